@@ -1,0 +1,3 @@
+from candorlm.cli import main
+
+main()

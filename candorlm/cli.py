@@ -1,0 +1,217 @@
+"""The `candorlm` command line: every subcommand parses its arguments and calls the library.
+
+Each command's docstring is its --help. Errors a user can fix print one clear message and exit
+with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from candorlm.errors import CandorError
+from candorlm.progress import console
+
+app = typer.Typer(
+    name="candorlm",
+    help="Train transformer language models from raw text, and be honest about their limits.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@app.command()
+def prepare(
+    sources: List[str] = typer.Argument(..., help="Text files, directories, JSONL files or builtin:NAME "
+                                        "(peoples-daily, reviews, python-docs)."),
+    out: Path = typer.Option(..., "--out", help="Data directory to create."),
+    tokenizer: str = typer.Option("bpe", help="Tokenizer kind: bpe, char or word (jieba)."),
+    vocab_size: int = typer.Option(8192, help="Vocabulary size, special tokens included."),
+    tokenizer_file: Optional[Path] = typer.Option(None, help="Use this tokenizer.json instead of training one."),
+    text_field: str = typer.Option("text", help="JSONL field that holds the text."),
+    val_fraction: float = typer.Option(0.05, help="Share of documents held out for validation."),
+    workers: Optional[int] = typer.Option(None, help="Processes for word tokenization (default: all cores)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing data directory."),
+) -> None:
+    """Read a corpus, train a tokenizer and write token shards for training.
+
+    Example: candorlm prepare builtin:peoples-daily --out data/pd --tokenizer bpe --vocab-size 8192
+    """
+    from candorlm.prepare import prepare as run_prepare
+
+    meta = run_prepare(sources, out, tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_file=tokenizer_file,
+                       text_field=text_field, val_fraction=val_fraction, workers=workers, overwrite=overwrite)
+    for path, enc in meta.encodings.items():
+        if enc not in ("utf-8", "utf-8-sig"):
+            console.print(f"{path}: decoded as {enc.upper()}")
+    console.print(
+        f"wrote {out}: {meta.documents['train']:,} training and {meta.documents['val']:,} validation documents, "
+        f"{meta.tokens['train']:,} + {meta.tokens['val']:,} tokens ({meta.tokenizer_kind}, vocabulary {meta.vocab_size:,})"
+    )
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    sources: List[str] = typer.Argument(..., help="Corpus: files, directories, JSONL or builtin:NAME."),
+    out: Path = typer.Option(..., "--out", help="Where to write tokenizer.json."),
+    kind: str = typer.Option("bpe", help="bpe, char or word."),
+    vocab_size: int = typer.Option(8192, help="Vocabulary size, special tokens included."),
+    text_field: str = typer.Option("text", help="JSONL field that holds the text."),
+) -> None:
+    """Train a tokenizer on a corpus and save it as tokenizer.json.
+
+    Example: candorlm tokenizer train builtin:peoples-daily --out tok.json --kind char --vocab-size 6000
+    """
+    from candorlm.prepare import train_tokenizer_file
+
+    tok = train_tokenizer_file(sources, out, kind=kind, vocab_size=vocab_size, text_field=text_field)  # type: ignore[arg-type]
+    console.print(f"wrote {out} ({tok.kind}, vocabulary {tok.vocab_size:,})")
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, help="Data directory from `candorlm prepare`."),
+    out: Path = typer.Option(..., "--out", help="Run directory to write."),
+    preset: Optional[str] = typer.Option(None, help="Model size preset: tiny, small, base, large."),
+    config: Optional[Path] = typer.Option(None, help="TOML file with [model], [data], [train] sections."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps to train for."),
+    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate on the validation split every N steps."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (weights, data order)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace the run in --out."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a config value: --set train.lr=1e-3 (repeatable)."),
+) -> None:
+    """Train a language model; writes config, checkpoints, metrics.jsonl and model.safetensors to --out.
+
+    Example: candorlm train --data data/pd --preset tiny --out runs/pd --max-steps 500
+
+    Ctrl-C saves a checkpoint and stops; --resume continues exactly where it stopped.
+    """
+    from candorlm.training import train as run_train
+
+    settings = {k: v for k, v in dict(max_steps=max_steps, save_every=save_every, eval_every=eval_every,
+                                      seed=seed).items() if v is not None}
+    if preset is None and config is None:
+        preset = "tiny"
+    result = run_train(out, data=data, preset=preset, config=config, overrides=overrides, resume=resume,
+                       overwrite=overwrite, **settings)
+    ev = result.final_eval
+    summary = f"val loss {ev['loss']:.4f}, val bits/byte {ev['bpb']:.4f}" if ev else "no evaluation yet"
+    if result.interrupted:
+        console.print(f"stopped at step {result.steps}; checkpoint saved. Continue with the same command and --resume.")
+        raise typer.Exit(130)
+    console.print(f"trained {result.steps} steps in {result.wall_s:.0f} s ({result.tokens_per_s:,.0f} tokens/s); "
+                  f"{summary}. Weights: {result.run_dir / 'model.safetensors'}")
+
+
+@app.command()
+def generate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    prompt: List[str] = typer.Option(..., "--prompt", help="Prompt text; repeat for a batch."),
+    max_new_tokens: int = typer.Option(64, help="Most tokens to generate."),
+    greedy: bool = typer.Option(False, help="Always take the most likely token."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
+    top_k: Optional[int] = typer.Option(None, help="Sample among the k most likely tokens."),
+    top_p: Optional[float] = typer.Option(None, help="Sample among the most likely tokens holding probability p."),
+    repetition_penalty: float = typer.Option(1.0, help="Above 1 discourages repeating tokens."),
+    stop: List[str] = typer.Option([], help="Stop when this text appears (repeatable)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed for sampling."),
+    no_cache: bool = typer.Option(False, help="Recompute the whole sequence each step (slow; for checking)."),
+) -> None:
+    """Continue a prompt; prints only the generated text on stdout, as it is generated.
+
+    Example: candorlm generate runs/pd --prompt "中国经济" --max-new-tokens 50 --temperature 0.8 --top-k 40 --seed 0
+    """
+    from candorlm.lm import load
+
+    lm = load(run)
+    kwargs = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_k=top_k,
+                  top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    if len(prompt) == 1:
+        for piece in lm.stream(prompt[0], stop=stop, use_cache=not no_cache, **kwargs):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        for text in lm.generate(prompt, stop=stop, use_cache=not no_cache, **kwargs):
+            sys.stdout.write(text + "\n")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    format: str = typer.Option("hf", "--format", help="Export format: hf (Hugging Face Llama)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Export a run to another format; `hf` loads in transformers.LlamaForCausalLM.
+
+    Example: candorlm export runs/pd --format hf --out hf/pd
+    """
+    if format != "hf":
+        raise CandorError(f"unknown export format '{format}'. Valid: hf.")
+    from candorlm.interop.hf import export_hf
+
+    console.print(f"wrote {export_hf(run, out, overwrite=overwrite)}")
+
+
+@app.command("import")
+def import_(
+    source: Path = typer.Argument(..., help="Hugging Face Llama model directory."),
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    format: str = typer.Option("hf", "--format", help="Source format: hf."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Import a Hugging Face Llama model directory as a candorlm run.
+
+    Example: candorlm import hf/pd --out runs/pd-imported
+    """
+    if format != "hf":
+        raise CandorError(f"unknown import format '{format}'. Valid: hf.")
+    from candorlm.interop.hf import import_hf
+
+    console.print(f"wrote {import_hf(source, out, overwrite=overwrite).path}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo model."),
+    data: Path = typer.Option(Path("data/peoples-daily"), help="Data directory (prepared if missing)."),
+    max_steps: Optional[int] = typer.Option(None, help="Training steps (default: a few minutes on 2 cores)."),
+) -> None:
+    """Prepare People's Daily, train a small model on the CPU, print samples and bits-per-byte against
+    unigram and bigram baselines.
+
+    Example: candorlm demo
+    """
+    from candorlm.demo import run_demo
+
+    run_demo(out=out, data=data, max_steps=max_steps)
+
+
+def _setup_logging() -> None:
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("jieba").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    _setup_logging()
+    try:
+        app()
+    except CandorError as exc:
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,161 @@
+"""Decoding: greedy, temperature, top-k, top-p, repetition penalty; KV cache; batched; streaming.
+
+`stream_ids` is the loop: it yields the next token of every sequence at each step, so callers
+can print as it goes. Prompts of different lengths are left-padded and masked, so a batch
+decodes together. With `use_cache=False` every step recomputes the whole sequence (slow; kept
+to prove the cache changes nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from candorlm.errors import CandorError
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 64
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def check(self) -> None:
+        if self.max_new_tokens < 0:
+            raise CandorError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature < 0:
+            raise CandorError(f"temperature must be 0 or more, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise CandorError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise CandorError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise CandorError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty (Keskar et al. 2019): tokens already seen get their logit divided by
+    `penalty` when positive, multiplied when negative."""
+    if penalty == 1.0:
+        return logits
+    scores = logits.gather(1, seen)
+    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return logits.scatter(1, seen, scores)
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens before it already reach top_p; the first always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose_next(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each row from its logits (B, V)."""
+    logits = apply_repetition_penalty(logits.float(), seen, cfg.repetition_penalty)
+    if cfg.is_greedy:
+        return logits.argmax(-1)
+    logits = filter_top_k_top_p(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) ids, left-padded, and the (B, T) mask of real tokens (None when nothing is padded)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise CandorError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    padded = bool((mask == 0).any())
+    return ids.to(device), (mask.to(device) if padded else None)
+
+
+@torch.no_grad()
+def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
+               stop_ids: Iterable[int] = (), suppress_ids: Iterable[int] = (), pad_id: int = 0,
+               use_cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (next tokens (B,), finished (B,)) per step until every row stops or the budget ends.
+
+    A row finishes when it emits a token in `stop_ids` (that token is yielded once); after
+    that its entries are `pad_id`. Tokens in `suppress_ids` are never chosen.
+    """
+    cfg.check()
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    B, T = ids.shape
+    max_len = model.cfg.max_seq_len
+    if T + cfg.max_new_tokens > max_len:
+        raise CandorError(
+            f"prompt ({T} tokens) plus max_new_tokens ({cfg.max_new_tokens}) exceeds the model's maximum "
+            f"sequence length ({max_len}). Shorten the prompt or lower --max-new-tokens."
+        )
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = model.make_cache(B, T + cfg.max_new_tokens) if use_cache else None
+    seen = ids
+    step_input = ids
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(cfg.max_new_tokens):
+            if cache is not None:
+                logits = model(step_input, attention_mask=mask, cache=cache)[:, -1]
+            else:
+                logits = model(seen, attention_mask=mask)[:, -1]
+            if len(suppress):
+                logits[:, suppress] = float("-inf")
+            token = choose_next(logits, seen, cfg, generator)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            newly_stopped = torch.isin(token, stop) & ~finished
+            yield token, finished | newly_stopped
+            finished |= newly_stopped
+            if bool(finished.all()):
+                break
+            seen = torch.cat([seen, token[:, None]], dim=1)
+            step_input = token[:, None]
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+    finally:
+        model.train(was_training)
+
+
+def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
+                 stop_ids: Iterable[int] = (), suppress_ids: Iterable[int] = (), pad_id: int = 0,
+                 use_cache: bool = True) -> list[list[int]]:
+    """The new tokens of each prompt (a stop token, when hit, is the last one kept)."""
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for token, finished in stream_ids(model, prompts, cfg, stop_ids=stop_ids, suppress_ids=suppress_ids,
+                                      pad_id=pad_id, use_cache=use_cache):
+        for i, (t, f) in enumerate(zip(token.tolist(), finished.tolist())):
+            if not done[i]:
+                out[i].append(t)
+                done[i] = f
+    return out

@@ -1,0 +1,1 @@
+"""Interoperability with other ecosystems' formats (Hugging Face)."""

@@ -1,0 +1,63 @@
+"""The device's measured matmul peak, the denominator of MFU (model FLOPs utilization).
+
+A short probe times large square matmuls in fp32 and bf16 and keeps the best rate. The answer
+is cached per machine (CPU model or GPU name, thread count, torch version) in
+~/.cache/candorlm/peak.json, so it is measured once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+CACHE = Path(os.environ.get("CANDORLM_CACHE", Path.home() / ".cache" / "candorlm")) / "peak.json"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _probe(dtype: torch.dtype, device: torch.device, size: int, seconds: float) -> float:
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(2):
+        torch.mm(a, b)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def measured_peak_flops(precision: str, device: torch.device | None = None, refresh: bool = False) -> float:
+    """Best measured matmul FLOP/s for 'fp32' or 'bf16' on this device (cached)."""
+    device = device or torch.device("cpu")
+    key = f"{device_name(device)}|{precision}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    cache = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
+    if key in cache and not refresh:
+        return float(cache[key])
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    size = 8192 if device.type == "cuda" else 2048
+    peak = max(_probe(dtype, device, size, 1.0) for _ in range(2))
+    cache[key] = peak
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    CACHE.write_text(json.dumps(cache, indent=2))
+    return peak

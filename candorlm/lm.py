@@ -1,0 +1,138 @@
+"""LanguageModel: a trained model with its tokenizer, ready to generate text.
+
+    lm = candorlm.load("runs/demo")
+    print(lm.generate("今天", max_new_tokens=40, temperature=0.8, top_k=50, seed=0))
+    for piece in lm.stream("今天"):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from candorlm.config import RunConfig
+from candorlm.device import pick_device
+from candorlm.generate import SamplingConfig, stream_ids
+from candorlm.model import DecoderLM
+from candorlm.rundir import open_run
+from candorlm.tokenizer import Tokenizer
+from candorlm.training.checkpoint import latest_checkpoint, load_weights
+
+
+class LanguageModel:
+    def __init__(self, model: DecoderLM, tokenizer: Tokenizer, config: RunConfig | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or RunConfig(model=model.cfg)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto") -> "LanguageModel":
+        """Load a run's final weights (or, while it trains, its newest checkpoint)."""
+        run = open_run(run_dir)
+        config = run.read_config()
+        tokenizer = Tokenizer.load(run.tokenizer)
+        model = DecoderLM(config.model)
+        weights = run.weights
+        if not weights.is_file():
+            checkpoint = latest_checkpoint(run.checkpoints)
+            if checkpoint is not None:
+                weights = checkpoint / "model.safetensors"
+        load_weights(model, weights)
+        model.to(pick_device(device)).eval()
+        return cls(model, tokenizer, config)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
+        return bos + self.tokenizer.encode(text)
+
+    def _suppressed(self) -> list[int]:
+        # Never emit padding, a new document start or other markers in plain text generation.
+        return [i for i in self.tokenizer.special_ids if i != self.tokenizer.eos_id]
+
+    def stream_batch(self, prompts: Sequence[str], *, stop: Sequence[str] = (), use_cache: bool = True,
+                     **sampling: object) -> Iterator[list[str]]:
+        """Yield, per decoding step, the new text of each prompt ('' while a character is incomplete)."""
+        cfg = SamplingConfig(**sampling)  # type: ignore[arg-type]
+        rows = [_TextRow(self.tokenizer, stop) for _ in prompts]
+        stop_ids = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
+        steps = stream_ids(self.model, [self.encode_prompt(p) for p in prompts], cfg, stop_ids=stop_ids,
+                           suppress_ids=self._suppressed(), pad_id=self.tokenizer.pad_id, use_cache=use_cache)
+        for tokens, finished in steps:
+            deltas = [row.push(t, f) for row, t, f in zip(rows, tokens.tolist(), finished.tolist())]
+            yield deltas
+            if all(row.done for row in rows):
+                break
+        tails = [row.flush() for row in rows]
+        if any(tails):
+            yield tails
+
+    def generate(self, prompt: str | Sequence[str], *, stop: Sequence[str] = (), use_cache: bool = True,
+                 max_new_tokens: int = 64, greedy: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                 seed: int | None = None) -> str | list[str]:
+        """Continue one prompt (returns a string) or several at once (returns a list)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        texts = [""] * len(prompts)
+        for deltas in self.stream_batch(prompts, stop=stop, use_cache=use_cache, max_new_tokens=max_new_tokens,
+                                        greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                                        repetition_penalty=repetition_penalty, seed=seed):
+            texts = [t + d for t, d in zip(texts, deltas)]
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def stream(self, prompt: str, **kwargs: object) -> Iterator[str]:
+        """Yield the continuation of one prompt piece by piece, as it is generated."""
+        for deltas in self.stream_batch([prompt], **kwargs):  # type: ignore[arg-type]
+            if deltas[0]:
+                yield deltas[0]
+
+    @torch.no_grad()
+    def logits(self, text: str) -> torch.Tensor:
+        ids = torch.tensor([self.encode_prompt(text)], device=next(self.model.parameters()).device)
+        return self.model(ids)[0]
+
+
+class _TextRow:
+    """Turns one sequence's new tokens into text deltas: waits out incomplete UTF-8 characters,
+    holds back text that may be the start of a stop string, and cuts at the first stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.holdback = max((len(s) for s in self.stop), default=1) - 1
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.done = False
+        self.text = ""
+
+    def push(self, token: int, finished: bool) -> str:
+        if self.done:
+            return ""
+        if finished and token == self.tokenizer.eos_id:
+            self.done = True
+            return self.flush()
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids)
+        cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text = self.text[:cut]
+            self.done = True
+            return self.flush()
+        if finished:
+            self.done = True
+            return self.flush()
+        if self.text.endswith("\ufffd"):
+            return ""
+        safe = max(self.emitted, len(self.text) - self.holdback)
+        delta, self.emitted = self.text[self.emitted:safe], safe
+        return delta
+
+    def flush(self) -> str:
+        delta, self.emitted = self.text[self.emitted:], len(self.text)
+        return delta
+
+
+def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:
+    """Load a trained run: `candorlm.load("runs/demo").generate("今天")`."""
+    return LanguageModel.load(run_dir, device)

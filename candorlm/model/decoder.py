@@ -1,0 +1,103 @@
+"""DecoderLM: a GPT-style decoder-only transformer language model, in Llama's conventions.
+
+Departures from the textbook GPT (Vaswani et al. 2017; Radford et al. 2019), each a Llama choice:
+- RMSNorm instead of LayerNorm, applied before each sub-layer (pre-norm), plus a final norm;
+- rotary position embeddings on queries and keys instead of learned absolute positions;
+- SwiGLU feed-forward network (ReLU/GELU MLPs remain options via `mlp`);
+- no bias in any linear layer; optional grouped-query attention (`n_kv_heads`);
+- input and output embeddings tied by default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from candorlm.config import ModelConfig
+from candorlm.model.cache import KVCache
+from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (it is taken from the tokenizer when training)")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.apply(self._init_weights)
+        # GPT-2's scaling: each residual branch's output projection shrinks with depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_emb.weight.numel() if non_embedding else n
+
+    def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        cfg = self.cfg
+        return KVCache(cfg.n_layers, batch_size, cfg.kv_heads, max_len or cfg.max_seq_len, cfg.head_dim,
+                       self.tok_emb.weight.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for input_ids (B, T).
+
+        attention_mask (B, S), 1 for real tokens and 0 for padding, covers the cached positions
+        too (S = cached + T); with left-padded prompts it also sets the positions.
+        """
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the model's maximum of {self.cfg.max_seq_len}")
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        mask, is_causal = self._attention_mask(attention_mask, B, T, past, input_ids.device)
+        rope = self.rope(position_ids)
+        x = self.tok_emb(input_ids)
+        for block in self.blocks:
+            x = block(x, rope, mask, is_causal, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.lm_head(self.norm(x))
+
+    @staticmethod
+    def _attention_mask(attention_mask: torch.Tensor | None, B: int, T: int, past: int,
+                        device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        if attention_mask is None:
+            if past == 0:
+                return None, True  # plain causal attention: SDPA's fast path
+            if T == 1:
+                return None, False  # one new token sees the whole cache
+        S = past + T
+        q_pos = torch.arange(past, S, device=device)
+        allowed = torch.arange(S, device=device)[None, :] <= q_pos[:, None]  # (T, S) causal
+        allowed = allowed.expand(B, 1, T, S)
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[:, None, None, :S].bool()
+        # A padding query would see nothing and give NaNs: let such rows see everything instead.
+        return allowed | ~allowed.any(-1, keepdim=True), False
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+            reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy in fp32 (logits may be bf16 under autocast)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=ignore_index, reduction=reduction)

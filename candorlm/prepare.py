@@ -1,0 +1,69 @@
+"""Corpus to data directory: read, train (or reuse) a tokenizer, write shards; all or nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from candorlm.corpus import Corpus
+from candorlm.errors import CandorError
+from candorlm.shards import ShardMeta, save_meta, write_shards
+from candorlm.tokenizer import Tokenizer, TokenizerKind, train_tokenizer
+
+log = logging.getLogger("candorlm")
+
+
+def train_tokenizer_file(sources: Sequence[str], out: str | Path, kind: TokenizerKind = "bpe",
+                         vocab_size: int = 8192, text_field: str = "text") -> Tokenizer:
+    """Train a tokenizer on a corpus and save it as `out` (a tokenizer.json path)."""
+    corpus = Corpus(sources, text_field=text_field)
+    tokenizer = train_tokenizer(corpus.texts(), kind, vocab_size)
+    if corpus.report.documents == 0:
+        raise CandorError("the corpus is empty: it holds no text. Check the path and the --text-field.")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out)
+    return tokenizer
+
+
+def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind = "bpe",
+            vocab_size: int = 8192, tokenizer_file: str | Path | None = None, text_field: str = "text",
+            val_fraction: float = 0.05, workers: int | None = None, overwrite: bool = False) -> ShardMeta:
+    """Prepare a corpus for training: `out/` gets tokenizer.json, token shards and meta.json.
+
+    Everything is written to a temporary sibling directory first and renamed into place at
+    the end, so a failure or Ctrl-C never leaves a half-written data directory behind.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CandorError(f"{out} already exists and is not empty. Choose another --out, or pass --overwrite.")
+    corpus = Corpus(sources, text_field=text_field)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if tokenizer_file:
+            tok = Tokenizer.load(tokenizer_file)
+        else:
+            log.info("training a %s tokenizer (vocabulary %d)", tokenizer, vocab_size)
+            tok = train_tokenizer(corpus.texts(), tokenizer, vocab_size)
+            if corpus.report.documents == 0:
+                raise CandorError("the corpus is empty: it holds no text. Check the path and the --text-field.")
+        tok.save(tmp / "tokenizer.json")
+        total = corpus.report.chars * 3 if corpus.report.chars else None  # rough byte total for the bar
+        meta = write_shards(tok, corpus, tmp, val_fraction=val_fraction, workers=workers, total_bytes=total)
+        meta.sources = [str(s) for s in sources]
+        meta.encodings = corpus.report.encodings
+        meta.skipped = corpus.report.skipped
+        save_meta(meta, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

@@ -1,0 +1,52 @@
+"""Progress bars for long loops: Rich on a terminal, quiet otherwise.
+
+Library code calls `progress_bar(...)` and never prints; whether bars show is decided here:
+on when stderr is a terminal, off under tests and pipes, and forced either way with
+`CANDORLM_PROGRESS=1|0`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+console = Console(stderr=True)
+
+
+def enabled() -> bool:
+    flag = os.environ.get("CANDORLM_PROGRESS")
+    if flag is not None:
+        return flag not in ("0", "", "false", "no")
+    return sys.stderr.isatty()
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task: int | None):
+        self._progress, self._task = progress, task
+
+    def advance(self, n: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def update(self, **fields: object) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, **fields)
+
+
+@contextmanager
+def progress_bar(description: str, total: float | None = None, unit: str = "") -> Iterator[_Bar]:
+    if not enabled():
+        yield _Bar(None, None)
+        return
+    count = DownloadColumn() if unit == "B" else MofNCompleteColumn()
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), count,
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total, status="")
+        yield _Bar(progress, task)

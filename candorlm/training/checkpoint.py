@@ -1,0 +1,166 @@
+"""Checkpoints: weights, optimizer state and trainer state, written atomically.
+
+    checkpoints/step-000100/model.safetensors   weights (safetensors: no code runs on load)
+                            optim.safetensors   optimizer tensors (Adam moments, step counts)
+                            state.json          step, data cursor, RNG state, optimizer hyper-
+                                                parameters, sha256 of both tensor files
+
+A checkpoint is written into a hidden temporary directory and renamed into place only when
+complete, so a kill at any moment leaves the previous checkpoint intact and loadable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from candorlm.errors import CandorError
+from candorlm.rundir import read_json, write_json
+
+STEP_PREFIX = "step-"
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    # save_model drops the duplicate of tied embeddings; save_file would refuse shared tensors.
+    save_model(model, str(path))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise CandorError(f"weights not found: {path}")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except SafetensorError as exc:
+        raise CandorError(f"{path} is not a readable safetensors file ({exc}); it is corrupt, truncated, "
+                          f"or not safetensors at all (candorlm never loads pickle)") from None
+    except RuntimeError as exc:
+        raise CandorError(f"{path} does not fit this model's shapes ({exc})") from None
+    if missing or unexpected:
+        raise CandorError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state() -> dict[str, str]:
+    out = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        out["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+                                      for s in state["cuda"]])
+
+
+def save_checkpoint(checkpoints: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoints/step-NNNNNN atomically, then delete all but the newest `keep`."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    final = checkpoints / f"{STEP_PREFIX}{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=checkpoints))
+    try:
+        save_weights(model, tmp / "model.safetensors")
+        tensors, optim_meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optim.safetensors"))
+        full_state = dict(state, step=step, optimizer=optim_meta, rng=rng_state(), sha256={
+            name: sha256_file(tmp / name) for name in ("model.safetensors", "optim.safetensors")})
+        write_json(tmp / "state.json", full_state)
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(checkpoints)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(checkpoints)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(checkpoints: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories of interrupted saves are ignored)."""
+    if not checkpoints.is_dir():
+        return []
+    found = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
+             and p.name[len(STEP_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    found = list_checkpoints(checkpoints)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore weights (and optimizer) from a checkpoint; return its state. Damage is a CandorError."""
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise CandorError(f"checkpoint {path} is incomplete (no state.json); delete it to resume from an earlier one")
+    state = read_json(state_file)
+    for name, digest in state.get("sha256", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CandorError(f"checkpoint {path} is missing {name}; delete the checkpoint to resume from an earlier one")
+        if sha256_file(file) != digest:
+            raise CandorError(f"checkpoint file {file} is corrupt (its sha256 does not match state.json); "
+                              f"delete {path} to resume from an earlier checkpoint")
+    load_weights(model, path / "model.safetensors")
+    if optimizer is not None:
+        try:
+            tensors = load_file(str(path / "optim.safetensors"))
+        except SafetensorError as exc:
+            raise CandorError(f"{path / 'optim.safetensors'} is corrupt ({exc})") from None
+        _restore_optimizer(optimizer, tensors, state["optimizer"])
+    return state

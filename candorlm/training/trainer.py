@@ -1,0 +1,283 @@
+"""The training loop: AdamW, warmup + cosine schedule, accumulation, clipping, bf16 autocast,
+periodic evaluation (loss and bits-per-byte), metrics.jsonl, atomic checkpoints, exact resume,
+and Ctrl-C that saves before it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from candorlm.config import RunConfig, build_config, parse_override, resolve
+from candorlm.device import autocast, keep_freed_memory, pick_device, resolve_precision, set_threads
+from candorlm.errors import CandorError
+from candorlm.evaluate import evaluate_bpb
+from candorlm.model import DecoderLM, lm_loss
+from candorlm.progress import progress_bar
+from candorlm.rundir import RunDir, atomic_write_text
+from candorlm.shards import BatchSampler, ShardSet
+from candorlm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights, set_rng_state
+
+log = logging.getLogger("candorlm")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    interrupted: bool = False
+    final_eval: dict[str, float] = field(default_factory=dict)
+    tokens_per_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float) -> float:
+    """Linear warmup to `peak`, then cosine decay to `peak * min_ratio` at `max_steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW (or Adam) with weight decay on matrices only; fused kernels where torch has them."""
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    weight_decay = t.weight_decay if t.optimizer == "adamw" else 0.0
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to save and stop after the current step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupt: saving a checkpoint after this step (Ctrl-C again to abort without saving)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False):
+        config.check_seq_len()
+        if not config.data.path:
+            raise CandorError("no training data: give --data DATA_DIR (made by `candorlm prepare`)")
+        self.data = ShardSet(config.data.path)
+        self.tokenizer = self.data.tokenizer
+        vocab = self.tokenizer.vocab_size
+        if config.model.vocab_size not in (0, vocab):
+            raise CandorError(f"model.vocab_size is {config.model.vocab_size} but the data's tokenizer has {vocab} tokens; "
+                              f"leave model.vocab_size unset")
+        config = config.model_copy(deep=True)
+        config.model.vocab_size = vocab
+        self.run = RunDir(Path(out))
+        self.resume_from = self._claim_run_dir(config, resume, overwrite)
+        self.config = config
+        t = config.train
+        self.device = pick_device(t.device)
+        self.threads = set_threads(t.threads) if self.device.type == "cpu" else None
+        if self.device.type == "cpu":
+            keep_freed_memory()
+        self.precision = resolve_precision(t.precision, self.device)
+        torch.manual_seed(t.seed)
+        self.model = DecoderLM(config.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.train_windows = self.data.windows("train", config.seq_len)
+        self.val_windows = self.data.windows("val", config.seq_len)
+        self.sampler = BatchSampler(self.train_windows, t.batch_size, t.seed)
+        steps_per_epoch = self.sampler.steps_per_epoch(t.grad_accum)
+        self.max_steps = math.ceil(t.epochs * steps_per_epoch) if t.epochs else t.max_steps
+        self.warmup = min(t.warmup_steps, self.max_steps // 2)
+        self.token_bytes = self.tokenizer.token_byte_lengths()
+        self.step = 0
+
+    # ------------------------------------------------------------ run directory
+    def _claim_run_dir(self, config: RunConfig, resume: bool, overwrite: bool) -> Path | None:
+        path = self.run.path
+        occupied = path.exists() and any(path.iterdir())
+        if resume:
+            if not self.run.exists():
+                raise CandorError(f"--resume: {path} holds no run to resume (no config.toml)")
+            previous = self.run.read_config()
+            if previous.model != config.model:
+                raise CandorError(f"--resume: {path} was trained with a different model config; "
+                                  f"resume with the same preset/config, or start a new --out")
+            if previous.train != config.train:
+                log.warning("resuming with changed training settings; the run will differ from an uninterrupted one")
+            checkpoint = latest_checkpoint(self.run.checkpoints)
+            if checkpoint is None:
+                raise CandorError(f"--resume: {path} has no complete checkpoint yet; start again with --overwrite")
+            return checkpoint
+        if occupied:
+            if not overwrite:
+                what = "a run" if self.run.exists() else "other files"
+                raise CandorError(f"{path} already holds {what}. Pass --resume to continue it, --overwrite to replace it, "
+                                  f"or choose another --out.")
+            if not self.run.exists():
+                raise CandorError(f"--overwrite: {path} is not a candorlm run directory; refusing to delete it")
+            shutil.rmtree(path)
+        return None
+
+    def _write_run_files(self) -> None:
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run.config, self.config.to_toml())
+        shutil.copyfile(self.data.path / "tokenizer.json", self.run.tokenizer)
+
+    def _restore(self, checkpoint: Path) -> None:
+        state = load_checkpoint(checkpoint, self.model, self.optimizer)
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self._truncate_metrics(self.step)
+        log.info("resumed from %s (step %d)", checkpoint, self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        # Rows written after the checkpoint would repeat when the resumed run logs those steps again.
+        if not self.run.metrics.is_file():
+            return
+        rows = [line for line in self.run.metrics.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        atomic_write_text(self.run.metrics, "".join(row + "\n" for row in rows))
+
+    def save(self) -> Path:
+        state = {"data": self.sampler.state_dict(), "precision": self.precision}
+        return save_checkpoint(self.run.checkpoints, self.step, self.model, self.optimizer, state,
+                               keep=self.config.train.keep_checkpoints)
+
+    # ------------------------------------------------------------ the loop
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.config.train
+        lr = lr_at(self.step, t.lr, self.warmup, self.max_steps, t.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=self.device)
+        for _ in range(t.grad_accum):
+            x, y = self.sampler.next_batch()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with autocast(self.precision, self.device):
+                logits = self.forward(x)
+            loss = lm_loss(logits, y) / t.grad_accum
+            loss.backward()
+            step_loss += loss.detach()
+        if t.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        else:
+            grad_norm = torch.zeros(())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return step_loss, grad_norm
+
+    def evaluate(self) -> dict[str, float]:
+        t = self.config.train
+        return evaluate_bpb(self.model, self.val_windows, self.token_bytes, batch_size=t.batch_size,
+                            max_tokens=t.eval_tokens, precision=self.precision)
+
+    def fit(self) -> TrainResult:
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        self._write_run_files()
+        t = self.config.train
+        tokens_per_step = t.batch_size * t.grad_accum * self.config.seq_len
+        log.info("training %s parameters for %d steps (%d tokens/step, %s, %s threads)",
+                 f"{self.model.num_params():,}", self.max_steps, tokens_per_step, self.precision, self.threads)
+        result = TrainResult(self.run.path, self.step)
+        start = last_time = time.perf_counter()
+        first_step = last_step = self.step
+        self.model.train()
+        with _StopFlag() as stop, progress_bar("training", total=self.max_steps) as bar, \
+                open(self.run.metrics, "a", encoding="utf-8") as metrics:
+            bar.advance(self.step)
+            while self.step < self.max_steps:
+                loss, grad_norm = self.train_step()
+                bar.advance(1)
+                row: dict[str, Any] = {}
+                if self.step % t.log_every == 0 or self.step == self.max_steps:
+                    now = time.perf_counter()
+                    tps = tokens_per_step * (self.step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, self.step
+                    row.update(loss=float(loss), lr=self.optimizer.param_groups[0]["lr"],
+                               grad_norm=float(grad_norm), tokens_per_s=round(tps, 1),
+                               tokens_seen=self.step * tokens_per_step, elapsed_s=round(now - start, 3),
+                               peak_rss_mb=round(peak_rss_bytes() / 2**20, 1))
+                    bar.update(status=f"loss {row['loss']:.3f}  {tps:,.0f} tok/s")
+                if self.step % t.eval_every == 0 or self.step == self.max_steps:
+                    ev = self.evaluate()
+                    row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
+                    result.final_eval = ev
+                    log.info("step %d: val loss %.4f, val bits/byte %.4f", self.step, ev["loss"], ev["bpb"])
+                if row:
+                    metrics.write(json.dumps({"step": self.step, **row}) + "\n")
+                    metrics.flush()
+                if self.step % t.save_every == 0 or stop.requested:
+                    self.save()
+                if stop.requested:
+                    result.interrupted = True
+                    break
+        result.steps = self.step
+        result.wall_s = time.perf_counter() - start
+        result.tokens_per_s = tokens_per_step * (self.step - first_step) / max(result.wall_s, 1e-9)
+        if not result.interrupted:
+            if latest_checkpoint(self.run.checkpoints) != self.run.checkpoints / f"step-{self.step:06d}":
+                self.save()
+            tmp = self.run.weights.with_suffix(".tmp")
+            save_weights(self.model, tmp)
+            tmp.replace(self.run.weights)
+        return result
+
+
+def train(out: str | Path, *, data: str | Path | None = None, preset: str | None = None,
+          config: RunConfig | str | Path | None = None, overrides: list[str] | None = None,
+          model: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
+          **train_settings: Any) -> TrainResult:
+    """Train a model and write the run directory `out`.
+
+    The config is a preset, then a TOML file (or a ready RunConfig), then `section.key=value`
+    overrides, then `model` and `train_settings` (keys of [model] and [train]):
+
+        candorlm.train("runs/pd", data="data/pd", preset="tiny", max_steps=500)
+    """
+    if isinstance(config, RunConfig):
+        cfg = build_config(config.model_dump(), *(parse_override(o) for o in overrides or []),
+                           {"model": model or {}, "train": train_settings})
+    else:
+        cfg = resolve(preset, config, overrides, model=model or {}, train=train_settings)
+    if data is not None:
+        cfg.data.path = str(data)
+    return Trainer(cfg, out, resume=resume, overwrite=overwrite).fit()

@@ -1,0 +1,52 @@
+"""Shared fixtures: a small real corpus (People's Daily articles), prepared data, a tiny trained run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("CANDORLM_PROGRESS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+from candorlm.corpus import peoples_daily_documents  # noqa: E402
+
+TINY_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 64}
+TINY_TRAIN = {"batch_size": 4, "seq_len": 32, "lr": 1e-2, "warmup_steps": 2, "log_every": 1,
+              "eval_every": 5, "eval_tokens": 2048, "save_every": 5, "precision": "fp32", "seed": 7}
+
+
+def write_articles(path: Path, start: int, count: int) -> Path:
+    docs = []
+    for i, doc in enumerate(peoples_daily_documents()):
+        if i >= start + count:
+            break
+        if i >= start:
+            docs.append(doc.text)
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """150 People's Daily articles, blank-line separated (about 70k characters)."""
+    return write_articles(tmp_path_factory.mktemp("corpus") / "pd.txt", 0, 150)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    from candorlm.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "pd"
+    prepare([str(corpus_file)], out, tokenizer="bpe", vocab_size=512, val_fraction=0.1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    from candorlm.training import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(out, data=data_dir, model=TINY_MODEL, max_steps=30, **TINY_TRAIN)
+    return out

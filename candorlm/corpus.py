@@ -314,6 +314,16 @@ class Corpus:
                 self.report.chars += len(text)
                 yield Document(text, doc.source, doc.label) if text is not doc.text else doc
 
+    def check_not_empty(self) -> None:
+        """After a pass: a CandorError if no document had any text."""
+        if self.report.documents:
+            return
+        if self.report.skipped:
+            names = ", ".join(list(self.report.skipped)[:3])
+            raise CandorError(f"the corpus is empty: every file was skipped as binary ({names}"
+                              f"{', ...' if len(self.report.skipped) > 3 else ''}). Give text files.")
+        raise CandorError("the corpus is empty: it holds no text. Check the path and the --text-field.")
+
     def texts(self) -> Iterator[str]:
         return (doc.text for doc in self)
 

@@ -22,8 +22,7 @@ def train_tokenizer_file(sources: Sequence[str], out: str | Path, kind: Tokenize
     """Train a tokenizer on a corpus and save it as `out` (a tokenizer.json path)."""
     corpus = Corpus(sources, text_field=text_field)
     tokenizer = train_tokenizer(corpus.texts(), kind, vocab_size)
-    if corpus.report.documents == 0:
-        raise CandorError("the corpus is empty: it holds no text. Check the path and the --text-field.")
+    corpus.check_not_empty()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
@@ -51,11 +50,11 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
         else:
             log.info("training a %s tokenizer (vocabulary %d)", tokenizer, vocab_size)
             tok = train_tokenizer(corpus.texts(), tokenizer, vocab_size)
-            if corpus.report.documents == 0:
-                raise CandorError("the corpus is empty: it holds no text. Check the path and the --text-field.")
+            corpus.check_not_empty()
         tok.save(tmp / "tokenizer.json")
         total = corpus.report.chars * 3 if corpus.report.chars else None  # rough byte total for the bar
         meta = write_shards(tok, corpus, tmp, val_fraction=val_fraction, workers=workers, total_bytes=total)
+        corpus.check_not_empty()
         meta.sources = [str(s) for s in sources]
         meta.encodings = corpus.report.encodings
         meta.skipped = corpus.report.skipped

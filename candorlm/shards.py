@@ -121,9 +121,7 @@ def write_shards(tokenizer: Tokenizer, documents: Iterable[Document], out: Path,
             w.close()
     for split in SPLITS:
         meta.files[split] = writers[split].files
-    if meta.documents["train"] == 0 and meta.documents["val"] == 0:
-        raise CandorError("the corpus is empty: it holds no text. Check the path and the --text-field.")
-    if meta.documents["val"] == 0 or meta.documents["train"] == 0:
+    if (meta.documents["val"] == 0) != (meta.documents["train"] == 0):
         empty = "validation" if meta.documents["val"] == 0 else "training"
         raise CandorError(
             f"the {empty} split is empty ({sum(meta.documents.values())} documents in all). Add more documents "

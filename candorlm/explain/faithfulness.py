@@ -105,5 +105,17 @@ def summarize(results: list[Deletion], seed: int = 0, resamples: int = 2000) -> 
     }
 
 
+def compare(a: list[Deletion], b: list[Deletion], seed: int = 0, resamples: int = 2000) -> dict:
+    """Paired comparison of two attributions' top-k drops on the same prompts (a - b)."""
+    if not a or len(a) != len(b):
+        return {"prompts": 0}
+    diff = np.array([x.drop_top - y.drop_top for x, y in zip(a, b)])
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"prompts": len(diff), "mean_difference": float(diff.mean()), "difference_ci95": [float(low), float(high)],
+            "share_a_better": float(np.mean(diff > 1e-12)), "share_equal": float(np.mean(np.abs(diff) <= 1e-12))}
+
+
 def to_json(result: Deletion | None) -> dict | None:
     return None if result is None else asdict(result)

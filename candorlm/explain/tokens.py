@@ -41,9 +41,19 @@ def encode_example(tokenizer: Tokenizer, prompt: str, target_ids: list[int] | No
 
 
 def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
-    """One label per token. A byte-level token that holds part of a character (a Chinese
+    """One visible label per token. A byte-level token that holds part of a character (a Chinese
     character is three UTF-8 bytes and BPE may split it) shows that character with a dot on
-    the side where the rest of it lies: '爱·' then '·爱'."""
+    the side where the rest of it lies: '爱·' then '·爱'. Newlines, tabs and blank tokens are
+    drawn as ↵, ⇥ and ␣."""
+    return [_visible(label) for label in _raw_labels(tokenizer, ids)]
+
+
+def _visible(label: str) -> str:
+    label = label.replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵").replace("\t", "⇥")
+    return "␣" * len(label) if label and not label.strip() else label
+
+
+def _raw_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
     if not tokenizer.byte_level:
         return [tokenizer.decode([i], skip_special=False) for i in ids]
     decoder = {c: b for b, c in _bytes_to_unicode().items()}

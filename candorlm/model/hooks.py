@@ -113,6 +113,26 @@ def hooks(model: nn.Module, fns: Mapping[str, HookFn | list[HookFn]]) -> Iterato
             point.fns.remove(fn)
 
 
+class _Identity:
+    """What a hook point becomes when compiled out: a plain callable, not a module, never active."""
+
+    active = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def compile_out_hook_points(model: nn.Module) -> nn.Module:
+    """Replace every hook point of `model` by a bare identity, in place: the reference against
+    which the cost of unused hook points is measured (tests, bench/hooks_overhead.py)."""
+    for name in list(hook_points(model)):
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        delattr(parent, attr)
+        object.__setattr__(parent, attr, _Identity())
+    return model
+
+
 def reset_hooks(model: nn.Module) -> None:
     """Detach every hook (after an interrupted session that attached them by hand)."""
     for point in hook_points(model).values():

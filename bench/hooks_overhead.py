@@ -5,7 +5,7 @@ scale, with every point recorded and with the attention pattern recorded (explic
 The variants run interleaved, round after round, so that load on a shared machine hits them
 alike; the table shows the median step time and its ratio to the compiled-out peer.
 
-    .venv/bin/python bench/hooks_overhead.py [--rounds 7] [--steps 5] [--batch-size 16]
+    .venv/bin/python bench/hooks_overhead.py [--rounds 5] [--steps 3] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def step_time(model: DecoderLM, opt: torch.optim.Optimizer, x: torch.Tensor, ste
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=8192)
     args = parser.parse_args()
     seq = resolve("tiny").model.max_seq_len
@@ -63,9 +63,10 @@ def main() -> None:
     for name, (model, attach) in variants.items():  # warm-up
         step_time(model, optimizers[name], x, 2, attach)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name, (model, attach) in variants.items():
             times[name].append(step_time(model, optimizers[name], x, args.steps, attach))
+        print(f"round {r + 1}: " + ", ".join(f"{v[-1] * 1e3:.0f}" for v in times.values()) + " ms", flush=True)
     point = HookPoint()
     t = torch.zeros(1)
     per_call = min(timeit.repeat(lambda: point(t), number=100_000, repeat=5)) / 100_000

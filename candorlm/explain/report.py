@@ -56,7 +56,7 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
 
     methods = parse_methods(method)
     if "patching" in methods and corrupt is None:
-        if method == "patching" or method == ["patching"]:
+        if "all" not in str(method):  # asked for by name, not just included in "all"
             raise CandorError("--method patching needs --corrupt TEXT: a corrupted prompt with as many tokens as "
                               "the prompt (for example the prompt with one word changed)")
         methods.remove("patching")

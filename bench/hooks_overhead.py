@@ -5,7 +5,7 @@ scale, with every point recorded and with the attention pattern recorded (explic
 The variants run interleaved, round after round, so that load on a shared machine hits them
 alike; the table shows the median step time and its ratio to the compiled-out peer.
 
-    .venv/bin/python bench/hooks_overhead.py [--rounds 5] [--steps 3] [--batch-size 8]
+    .venv/bin/python bench/hooks_overhead.py [--rounds 9] [--steps 3] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def step_time(model: DecoderLM, opt: torch.optim.Optimizer, x: torch.Tensor, ste
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=8192)

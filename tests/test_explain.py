@@ -12,7 +12,7 @@ from candorlm.explain import attention, attribution, faithfulness, lens, patchin
 from candorlm.explain.report import explain, parse_methods
 from candorlm.explain.tokens import encode_example, token_labels
 from candorlm.lm import load
-from candorlm.model.hooks import hook_points
+from candorlm.model.hooks import hook_points, hooks
 
 PROMPTS = ["中国经济", "人民日报记者", "新华社北京１月"]
 
@@ -32,9 +32,10 @@ def own_target(lm, prompt):
 
 def test_labels_show_split_characters_and_specials(lm):
     tok = lm.tokenizer
-    ids = [tok.bos_id] + tok.encode("我爱编程")
-    assert token_labels(tok, ids)[0] == "<|bos|>"
-    assert "".join(label.replace("·", "") for label in token_labels(tok, ids)[1:]).replace("我我", "我") != ""
+    ids = [tok.bos_id] + tok.encode("我爱编程\n")
+    labels = token_labels(tok, ids)
+    assert labels[0] == "<|bos|>" and labels[-1] == "↵"
+    assert all(label for label in labels)  # every token has something to show
     # A character split across two byte tokens is shown on both, dotted where the rest lies.
     from candorlm.explain.tokens import _label_run
     assert _label_run(["爱".encode()[:2], "爱".encode()[2:] + b"ab"]) == ["爱·", "·爱ab"]
@@ -80,9 +81,6 @@ def test_gradient_x_input_is_gradient_dot_embedding(lm):
     emb = lm.model.tok_emb(torch.tensor([ex.ids])).detach().requires_grad_(True)
 
     def f_from_embeddings(e):
-        with torch.no_grad():
-            pass
-        from candorlm.model.hooks import hooks
         with hooks(lm.model, {"hook_embed": lambda x, hook: e}):
             return attribution.target_log_prob(lm.model, torch.tensor([ex.ids]), ex)
 

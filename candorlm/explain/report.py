@@ -3,7 +3,6 @@ explain.json (into the output directory, and into the run's evals/)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,6 @@ from candorlm.explain import attribution, faithfulness, lens, patching, plots
 from candorlm.explain.html import render_html
 from candorlm.explain.tokens import Example, encode_example, token_labels
 from candorlm.rundir import RunDir, write_json
-
-log = logging.getLogger("candorlm")
 
 METHODS = ("attention", "lens", "ig", "patching")
 

@@ -84,7 +84,7 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
         "model": {"n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads, "d_model": model.cfg.d_model,
                   "parameters": model.num_params()},
     }
-    title = f"p({doc['target']!r} | prompt) = {p_target:.3f}"
+    quantity = f"p({doc['target']!r} | prompt)"
 
     def wrote(path: Path) -> None:
         doc["files"].append(path.name)
@@ -127,7 +127,7 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
             "deletion": deletion,
         }
         wrote(plots.attribution_png({"integrated gradients": ig.scores, "gradient x input": gxi.scores}, labels,
-                                    f"attribution of log {title[:-8]}; IG completeness error "
+                                    f"attribution of log {quantity}; IG completeness error "
                                     f"{ig.completeness_error:.2%} ({ig.n_steps} steps)", out_dir / "attribution.png"))
     if "patching" in methods:
         doc["patching"] = _patching(model, tok, example, corrupt, out_dir, wrote)  # type: ignore[arg-type]

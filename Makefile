@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # because an unpinned torch pulls a multi-GB CUDA build. Elsewhere: make demo TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test cjk-font clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(VENV)/bin/candorlm demo
 
-test: $(VENV)/.installed-test
+# A CJK font, so that explain/'s PNGs and headless Chromium render Chinese tokens rather than
+# empty boxes: Debian's fonts-wqy-zenhei when fontconfig knows no Chinese font (needs root and apt).
+cjk-font:
+	@fc-list :lang=zh family 2>/dev/null | grep -q . || { command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-wqy-zenhei; } || \
+		echo "no Chinese font found and apt-get failed: install one (fonts-wqy-zenhei, fonts-noto-cjk) or set CANDORLM_CJK_FONT"; }
+
+test: $(VENV)/.installed-test cjk-font
 	$(PY) -m pytest -q
 
 clean:

@@ -199,6 +199,51 @@ def demo(
     run_demo(out=out, data=data, max_steps=max_steps)
 
 
+# ---- explain (issue 5) ----
+@app.command("explain")
+def explain_cmd(
+    run: Path = typer.Argument(..., help="Run directory (a trained or imported model)."),
+    prompt: str = typer.Option(..., "--prompt", help="The prompt to explain."),
+    target: Optional[str] = typer.Option(None, help="Continuation to explain (default: the model's own next token)."),
+    method: str = typer.Option("all", help="attention, lens, ig, patching or all; several comma-separated."),
+    corrupt: Optional[str] = typer.Option(None, help="Corrupted prompt for activation patching, with as many tokens "
+                                          "as --prompt."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the PNGs, explain.html and explain.json "
+                                       "(default: RUN/explain)."),
+    top_k: int = typer.Option(5, help="Predictions per layer and position in the logit lens."),
+    ig_steps: int = typer.Option(32, help="Integrated-gradients steps (doubled until completeness is within 5%)."),
+    seed: int = typer.Option(0, help="Seed for the random sequences and deletions."),
+) -> None:
+    """Show why the model predicts what it does: attention maps and head summaries, the logit lens,
+    integrated gradients and gradient x input (with a completeness check and a deletion test
+    against random deletions), and activation patching against a corrupted prompt. Writes PNGs and
+    explain.html to --out and explain.json to --out and RUN/evals/.
+
+    Example: candorlm explain runs/demo --prompt "江泽民主席在北京会见了" --corrupt "李鹏总理在北京会见了" --out explain-out
+    """
+    from candorlm.explain import explain
+
+    doc = explain(run, prompt, target=target, method=method, corrupt=corrupt, out=out, top_k=top_k,
+                  ig_steps=ig_steps, seed=seed)
+    console.print(f"target {doc['target']!r} ({doc['target_source']}): p = {doc['p_target']:.3g}", highlight=False)
+    if "attention" in doc:
+        named = doc["attention"]["heads"]["heads"]
+        for kind, heads in named.items():
+            listed = ", ".join(f"L{h['layer']}H{h['head']} {h['score']:.2f}" for h in heads) or "none above 0.5"
+            console.print(f"{kind.replace('_', '-')} heads: {listed}", highlight=False)
+    if "attribution" in doc:
+        ig = doc["attribution"]["integrated_gradients"]
+        console.print(f"integrated gradients: completeness error {ig['completeness_error']:.2%} with "
+                      f"{ig['n_steps']} steps", highlight=False)
+        scores = "  ".join(f"{t}:{s:+.3f}" for t, s in zip(doc["tokens"], ig["scores"]))
+        console.print(f"  {escape(scores)}", highlight=False)
+    if "patching" in doc:
+        console.print(f"patching metric: {escape(doc['patching']['metric'])}", highlight=False)
+    out_dir = Path(out) if out is not None else Path(run) / "explain"
+    console.print(f"wrote {out_dir / 'explain.html'} and {len(doc['files']) - 2} PNGs; "
+                  f"{Path(run) / 'evals' / 'explain.json'}", highlight=False)
+
+
 def _setup_logging() -> None:
     handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)

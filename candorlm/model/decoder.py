@@ -18,6 +18,7 @@ from torch import nn
 
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
+from candorlm.model.hooks import HookPoint
 from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding
 
 
@@ -34,6 +35,7 @@ class DecoderLM(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.hook_embed, self.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
         self.apply(self._init_weights)
         # GPT-2's scaling: each residual branch's output projection shrinks with depth.
         for name, p in self.named_parameters():
@@ -71,12 +73,12 @@ class DecoderLM(nn.Module):
                 position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
         mask, is_causal = self._attention_mask(attention_mask, B, T, past, input_ids.device)
         rope = self.rope(position_ids)
-        x = self.tok_emb(input_ids)
+        x = self.hook_embed(self.tok_emb(input_ids))
         for block in self.blocks:
             x = block(x, rope, mask, is_causal, cache)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.hook_norm(self.norm(x)))
 
     @staticmethod
     def _attention_mask(attention_mask: torch.Tensor | None, B: int, T: int, past: int,

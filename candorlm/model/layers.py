@@ -13,12 +13,15 @@ D head dim, C model width.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
+from candorlm.model.hooks import HookPoint
 
 
 class RMSNorm(nn.Module):
@@ -71,6 +74,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.hook_pattern = HookPoint()  # (B, H, T, S); attached, it makes attention explicit
+        self.hook_z = HookPoint()  # (B, T, H, D)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
@@ -85,9 +90,28 @@ class Attention(nn.Module):
         if self.n_kv_heads != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        if self.hook_pattern.active:
+            y = self._explicit_attention(q, k, v, mask, is_causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        z = self.hook_z(y.transpose(1, 2))  # (B, T, H, D)
+        return self.o_proj(z.reshape(B, T, self.n_heads * self.head_dim))
+
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+        """softmax(QK^T / sqrt(d_k)) V with SDPA's masking, exposing the weights to hook_pattern."""
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        elif is_causal:
+            T, S = scores.shape[-2:]
+            scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).tril().logical_not(),
+                                        float("-inf"))
+        pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
+        if self.training and self.dropout:
+            pattern = F.dropout(pattern, self.dropout)
+        return pattern @ v
 
 
 class MLP(nn.Module):
@@ -118,9 +142,14 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint(), HookPoint()
+        self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()  # all (B, T, C)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
                 cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, mask, is_causal, cache))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = self.hook_resid_pre(x)
+        attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache))
+        x = self.hook_resid_mid(x + self.dropout(attn_out))
+        mlp_out = self.hook_mlp_out(self.mlp(self.mlp_norm(x)))
+        return self.hook_resid_post(x + self.dropout(mlp_out))

@@ -48,7 +48,7 @@ def total(sessions: list[dict[str, Any]]) -> dict[str, Any]:
         out["tokens_per_s"] = {"value": round(tokens / busy, 1), "unit": "tokens/s", "method": f"{how}: tokens / busy time"}
         out["achieved_flops_per_s"] = {"value": round(flops / busy), "unit": "FLOP/s", "method": f"{how}: flops / busy time"}
         if peak:
-            out["mfu"] = {"value": round(flops / busy / peak, 4), "unit": "fraction",
+            out["mfu"] = {"value": round(flops / busy / peak, 6), "unit": "fraction",
                           "method": "achieved FLOP/s / peak FLOP/s (the last session's peak)"}
     return out
 

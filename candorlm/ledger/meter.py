@@ -123,7 +123,7 @@ class Meter:
             "flops": figure(float(self.flops), "FLOP", flops_method),
             "achieved_flops_per_s": figure(round(achieved), "FLOP/s", "flops / busy time"),
             "peak_flops_per_s": figure(round(peak), "FLOP/s", peak_method),
-            "mfu": figure(round(achieved / peak, 4) if peak else None, "fraction", "achieved FLOP/s / peak FLOP/s"),
+            "mfu": figure(round(achieved / peak, 6) if peak else None, "fraction", "achieved FLOP/s / peak FLOP/s"),
             "peak_memory": figure(memory, "bytes", memory_method),
         }
         if reading is not None:

@@ -106,7 +106,7 @@ class TrainingMeter:
             "flops": figure(float(flops), "FLOP", f"analytic: {self.eval_fpt:,} forward FLOP per token x tokens"),
             "achieved_flops_per_s": figure(round(flops / max(self.eval_s, 1e-9)), "FLOP/s", "flops / wall time"),
             "peak_flops_per_s": session["peak_flops_per_s"],
-            "mfu": figure(round(flops / max(self.eval_s, 1e-9) / peak, 4), "fraction", "achieved FLOP/s / peak FLOP/s"),
+            "mfu": figure(round(flops / max(self.eval_s, 1e-9) / peak, 6), "fraction", "achieved FLOP/s / peak FLOP/s"),
             "peak_memory": session["peak_memory"],
         }
         for key in _SHARED:

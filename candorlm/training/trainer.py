@@ -238,7 +238,7 @@ class Trainer:
                     row.update(loss=float(loss), lr=self.optimizer.param_groups[0]["lr"],
                                grad_norm=float(grad_norm), tokens_per_s=round(tps, 1),
                                tokens_seen=self.step * tokens_per_step, elapsed_s=round(now - start, 3),
-                               peak_rss_mb=round(peak_rss_bytes() / 2**20, 1), mfu=round(meter.mfu(tps), 4))
+                               peak_rss_mb=round(peak_rss_bytes() / 2**20, 1), mfu=round(meter.mfu(tps), 6))
                     bar.update(status=f"loss {row['loss']:.3f}  {tps:,.0f} tok/s")
                 if self.step % t.eval_every == 0 or self.step == self.max_steps:
                     with meter.evaluating():

@@ -19,7 +19,7 @@ from torch import nn
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
 from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding
-from candorlm.model.loss import linear_cross_entropy
+from candorlm.model.loss import linear_cross_entropy, token_losses
 
 
 class DecoderLM(nn.Module):
@@ -56,9 +56,10 @@ class DecoderLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
+                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """Logits (B, T, vocab) for input_ids (B, T); or, given targets (B, T), the mean
-        next-token cross-entropy, computed without holding the logits (see model/loss.py).
+        next-token cross-entropy (reduction="none": each token's, (B, T), without gradient),
+        computed without holding the logits (see model/loss.py).
 
         attention_mask (B, S), 1 for real tokens and 0 for padding, covers the cached positions
         too (S = cached + T); with left-padded prompts it also sets the positions.
@@ -78,6 +79,8 @@ class DecoderLM(nn.Module):
         if cache is not None:
             cache.advance(T)
         x = self.norm(x)
+        if targets is not None and reduction == "none":
+            return token_losses(x, self.lm_head.weight, targets)
         if targets is not None:
             return linear_cross_entropy(x, self.lm_head.weight, targets)
         return self.lm_head(x)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 # Tokens per chunk: large enough that the matmuls stay efficient, small enough that a chunk's
 # logits (chunk x vocab floats: 8 MB for 256 x 8192) stay in the CPU's cache.
@@ -96,3 +97,20 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     with torch.autocast(device_type, enabled=False) if has_autocast else contextlib.nullcontext():
         return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
                                          ignore_index, compute_dtype, chunk)
+
+
+@torch.no_grad()
+def token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                 chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+    """Each token's cross-entropy in fp32 (0 where the target is ignore_index), shaped like
+    targets, without holding all the logits: for evaluation, where no gradient is needed."""
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    out = torch.empty(t.shape, dtype=torch.float32, device=hidden.device)
+    for start in range(0, t.numel(), chunk):
+        end = min(start + chunk, t.numel())
+        logits = F.linear(h[start:end], weight).float()
+        keep = t[start:end] != ignore_index
+        nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, torch.where(keep, t[start:end], 0)[:, None]).squeeze(1)
+        out[start:end] = torch.where(keep, nll, 0.0)
+    return out.view(targets.shape)

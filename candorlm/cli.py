@@ -90,6 +90,7 @@ def train(
     resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
     overwrite: bool = typer.Option(False, help="Replace the run in --out."),
     overrides: List[str] = typer.Option([], "--set", help="Override a config value: --set train.lr=1e-3 (repeatable)."),
+    peak_tflops: Optional[float] = typer.Option(None, help="Device peak for MFU in TFLOP/s (default: measured)."),
 ) -> None:
     """Train a language model; writes config, checkpoints, metrics.jsonl and model.safetensors to --out.
 
@@ -103,6 +104,8 @@ def train(
                                       seed=seed).items() if v is not None}
     if preset is None and config is None:
         preset = "tiny"
+    if peak_tflops is not None:
+        overrides = [*overrides, f"ledger.peak_tflops={peak_tflops}"]
     result = run_train(out, data=data, preset=preset, config=config, overrides=overrides, resume=resume,
                        overwrite=overwrite, **settings)
     ev = result.final_eval
@@ -242,6 +245,82 @@ def explain_cmd(
     out_dir = Path(out) if out is not None else Path(run) / "explain"
     console.print(f"wrote {out_dir / 'explain.html'} and {len(doc['files']) - 2} PNGs; "
                   f"{Path(run) / 'evals' / 'explain.json'}", highlight=False)
+
+
+# ---- cost and compute ledger (issue 3) ----
+@app.command()
+def estimate(
+    preset: Optional[str] = typer.Option(None, help="Model size preset: tiny, small, base, large."),
+    config: Optional[Path] = typer.Option(None, help="TOML file with [model] and [train] sections."),
+    params: Optional[float] = typer.Option(None, help="A parameter count instead of a config (a shape is assumed)."),
+    tokens: Optional[float] = typer.Option(None, help="Training tokens (default: the config's max_steps)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps instead of --tokens."),
+    compute_budget: Optional[float] = typer.Option(None, help="FLOPs to spend: prints the compute-optimal size."),
+    hardware: str = typer.Option("cpu", help="cpu (this machine, measured), a100, h100 or h200."),
+    precision: str = typer.Option("auto", help="auto, bf16 or fp32."),
+    mfu: Optional[float] = typer.Option(None, help="Assumed model FLOPs utilization, 0-1 (cpu: measured if unset)."),
+    price_per_hour: Optional[float] = typer.Option(None, help="Price of one device-hour."),
+    currency: str = typer.Option("USD", help="Currency of --price-per-hour."),
+    grid: Optional[float] = typer.Option(None, help="Grid carbon intensity, kg CO2e per kWh."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a config value: --set train.batch_size=8."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Predict a training run's FLOPs, time, memory (and whether it fits), energy, money and CO2;
+    or, with --compute-budget, the compute-optimal model size and token count (Chinchilla).
+
+    Example: candorlm estimate --preset small --tokens 50e6 --hardware cpu
+
+    Example: candorlm estimate --compute-budget 1e21 --hardware h100
+    """
+    import json
+
+    from candorlm.ledger.estimate import estimate as run_estimate
+    from candorlm.ledger.estimate import estimate_compute_budget
+    from candorlm.ledger.show import print_budget, print_estimate
+
+    if compute_budget is not None:
+        result = estimate_compute_budget(compute_budget, hardware, mfu=mfu, price_per_hour=price_per_hour,
+                                         currency=currency, grid_kg_co2_per_kwh=grid)
+        if json_out:
+            print(json.dumps(result))
+        else:
+            print_budget(result)
+        return
+    from candorlm.config import resolve
+
+    if params is not None and (preset or config):
+        raise CandorError("give either --params or --preset/--config, not both")
+    cfg = None if params is not None else resolve(preset or (None if config else "tiny"), config, overrides)
+    est = run_estimate(cfg, params=params, tokens=int(tokens) if tokens is not None else None, steps=steps,
+                       hardware_name=hardware, precision=precision, mfu=mfu, price_per_hour=price_per_hour,
+                       currency=currency, grid_kg_co2_per_kwh=grid)
+    if json_out:
+        print(json.dumps(est.to_dict()))
+    else:
+        print_estimate(est)
+
+
+@app.command("ledger")
+def ledger_cmd(
+    run: Path = typer.Argument(..., help="Run directory."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show each figure's full method."),
+    json_out: bool = typer.Option(False, "--json", help="Print ledger.json as it is."),
+) -> None:
+    """Print what a run cost (ledger.json) as a table: time, tokens/s, FLOPs, MFU, memory, energy, money, CO2.
+
+    Example: candorlm ledger runs/pd --verbose
+    """
+    import json
+
+    from candorlm.ledger.book import ledger, ledger_table
+
+    data = ledger(run)
+    if json_out:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        from rich.console import Console
+
+        Console().print(ledger_table(data, verbose=verbose))
 
 
 def _setup_logging() -> None:

@@ -125,12 +125,23 @@ class TrainConfig(_Strict):
         return self
 
 
+class LedgerConfig(_Strict):
+    """What the run's ledger.json counts with (candorlm/ledger): prices, grid, MFU denominator."""
+
+    price_per_hour: float | None = None  # per device-hour; None: a stated default (ledger/meter.py)
+    currency: str = "USD"
+    grid_kg_co2_per_kwh: float | None = None  # None: the world average, stated in the ledger
+    peak_tflops: float | None = None  # MFU denominator; None: the measured matmul peak of this device
+    energy: Literal["auto", "codecarbon", "rapl", "estimate"] = "auto"
+
+
 class RunConfig(_Strict):
     """Everything that produced a run; written to `RUN/config.toml`."""
 
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    ledger: LedgerConfig = LedgerConfig()
 
     @property
     def seq_len(self) -> int:
@@ -212,7 +223,7 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
 
 
 def _explain(exc: ValidationError, source: str) -> str:
-    sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+    sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "ledger": LedgerConfig}
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from candorlm.device import autocast
-from candorlm.model import lm_loss
 from candorlm.shards import WindowIndex
 
 LN2 = math.log(2)
@@ -42,8 +41,7 @@ def evaluate_bpb(model: nn.Module, windows: WindowIndex, token_bytes: np.ndarray
             x, y = windows.get(range(start, min(start + batch_size, n_windows)))
             x, y = x.to(device), y.to(device)
             with autocast(precision, device):
-                logits = model(x)
-            nats = lm_loss(logits, y, reduction="none").double()
+                nats = model(x, targets=y, reduction="none").double().reshape(-1)  # chunked: no (B, T, vocab) logits
             target_bytes = nbytes[y.reshape(-1)]
             total_nats += float(nats.sum())
             total_tokens += y.numel()

@@ -6,24 +6,70 @@ A matmul of (m x k) by (k x n) is 2mkn FLOPs. Per token, a decoder's forward pas
 `torch.utils.flop_counter` counts SDPA (no discount for the causal mask). Training is forward
 plus backward, and backward costs twice the forward (gradients for inputs and for weights).
 Norms, activations, softmax and the optimizer are left out: they are a few percent at most.
+
+Per token and layer, with d = d_model, h = heads x head_dim, kv = kv_heads x head_dim, f = the
+MLP width and S the context length:
+
+    attention projections   2 d (2h + 2kv)       (q, k, v, o)
+    attention scores        2 S h  +  2 S h      (Q K^T, then weights x V)
+    MLP                     2 d f x 3 (SwiGLU: gate, up, down) or x 2 (ReLU/GELU: up, down)
+    output layer, once      2 d vocab            (tied or not; the embedding lookup is free)
+
+This is the convention of Kaplan et al. (2020) and PaLM's MFU (Chowdhery et al. 2022): training
+is 6 N + 12 L S d per token for N matmul weights. A test checks these numbers against
+`torch.utils.flop_counter.FlopCounterMode` on real forward and backward passes.
 """
 
 from __future__ import annotations
 
 from candorlm.config import ModelConfig
+from candorlm.errors import CandorError
+
+
+def _check_arch(cfg: ModelConfig) -> None:
+    if cfg.arch != "decoder":
+        raise CandorError(f"no FLOP formula for model.arch = '{cfg.arch}' yet; candorlm.ledger.flops knows: decoder")
 
 
 def matmul_params(cfg: ModelConfig) -> int:
     """Weights that take part in matmuls (the embedding lookup is not one; the output layer is)."""
+    _check_arch(cfg)
     attn = cfg.d_model * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.kv_heads)
     mlp = (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.ff_dim
     return cfg.n_layers * (attn + mlp) + cfg.d_model * cfg.vocab_size
 
 
+def forward_breakdown(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+    """Forward FLOPs per token, by part, for a token that attends to `seq_len` positions."""
+    _check_arch(cfg)
+    L, d, hd = cfg.n_layers, cfg.d_model, cfg.head_dim
+    return {
+        "attention_projections": L * 2 * d * hd * (2 * cfg.n_heads + 2 * cfg.kv_heads),
+        "attention_scores": L * 2 * (2 * seq_len * cfg.n_heads * hd),
+        "mlp": L * 2 * (3 if cfg.mlp == "swiglu" else 2) * d * cfg.ff_dim,
+        "output_layer": 2 * d * cfg.vocab_size,
+    }
+
+
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    attention = cfg.n_layers * 2 * (2 * seq_len * cfg.n_heads * cfg.head_dim)
-    return 2 * matmul_params(cfg) + attention
+    """Forward FLOPs per token; for a full training sequence, seq_len is its length."""
+    return sum(forward_breakdown(cfg, seq_len).values())
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Forward plus backward (twice the forward) per token of a training sequence of seq_len."""
     return 3 * forward_flops_per_token(cfg, seq_len)
+
+
+def generation_flops(cfg: ModelConfig, prompt_len: int, new_tokens: int) -> int:
+    """FLOPs to read a prompt and generate `new_tokens` after it with a KV cache (one row).
+
+    The prompt's forward pass gives the first new token; each later one costs a one-token
+    step whose attention spans the cache, prompt_len + j positions for the j-th step."""
+    if new_tokens <= 0:
+        return 0
+    prefill = prompt_len * forward_flops_per_token(cfg, prompt_len)
+    steps = new_tokens - 1
+    mean_context = prompt_len + (steps + 1) / 2  # attention is linear in context: the mean gives the sum
+    per_step = 2 * matmul_params(cfg) + cfg.n_layers * 2 * (2 * mean_context * cfg.n_heads * cfg.head_dim)
+    return int(round(prefill + steps * per_step))

@@ -20,6 +20,7 @@ from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
 from candorlm.model.hooks import HookPoint
 from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding
+from candorlm.model.loss import linear_cross_entropy, token_losses
 
 
 class DecoderLM(nn.Module):
@@ -56,8 +57,11 @@ class DecoderLM(nn.Module):
                        self.tok_emb.weight.device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for input_ids (B, T).
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+        """Logits (B, T, vocab) for input_ids (B, T); or, given targets (B, T), the mean
+        next-token cross-entropy (reduction="none": each token's, (B, T), without gradient),
+        computed without holding the logits (see model/loss.py).
 
         attention_mask (B, S), 1 for real tokens and 0 for padding, covers the cached positions
         too (S = cached + T); with left-padded prompts it also sets the positions.
@@ -66,19 +70,22 @@ class DecoderLM(nn.Module):
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens exceeds the model's maximum of {self.cfg.max_seq_len}")
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        if position_ids is None and attention_mask is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
+        # Every row at the same positions (no padding): one rotation table shared by the batch.
+        rope = self.rope(position_ids) if position_ids is not None else self.rope.span(past, T)
         mask, is_causal = self._attention_mask(attention_mask, B, T, past, input_ids.device)
-        rope = self.rope(position_ids)
         x = self.hook_embed(self.tok_emb(input_ids))
         for block in self.blocks:
             x = block(x, rope, mask, is_causal, cache)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.hook_norm(self.norm(x)))
+        x = self.hook_norm(self.norm(x))
+        if targets is not None and reduction == "none":
+            return token_losses(x, self.lm_head.weight, targets)
+        if targets is not None:
+            return linear_cross_entropy(x, self.lm_head.weight, targets)
+        return self.lm_head(x)
 
     @staticmethod
     def _attention_mask(attention_mask: torch.Tensor | None, B: int, T: int, past: int,

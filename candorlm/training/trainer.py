@@ -23,7 +23,8 @@ from candorlm.config import RunConfig, build_config, parse_override, resolve
 from candorlm.device import autocast, keep_freed_memory, pick_device, resolve_precision, set_threads
 from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
-from candorlm.model import DecoderLM, lm_loss
+from candorlm.ledger.training import TrainingMeter, ledger_summary
+from candorlm.model import DecoderLM
 from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, atomic_write_text
 from candorlm.shards import BatchSampler, ShardSet
@@ -40,6 +41,7 @@ class TrainResult:
     final_eval: dict[str, float] = field(default_factory=dict)
     tokens_per_s: float = 0.0
     wall_s: float = 0.0
+    ledger: dict[str, Any] = field(default_factory=dict)  # this run's training total in ledger.json
 
 
 def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float) -> float:
@@ -191,8 +193,7 @@ class Trainer:
             x, y = self.sampler.next_batch()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast(self.precision, self.device):
-                logits = self.forward(x)
-            loss = lm_loss(logits, y) / t.grad_accum
+                loss = self.forward(x, targets=y) / t.grad_accum  # fused output layer + loss (model/loss.py)
             loss.backward()
             step_loss += loss.detach()
         if t.grad_clip > 0:
@@ -218,6 +219,8 @@ class Trainer:
         log.info("training %s parameters for %d steps (%d tokens/step, %s, %s threads)",
                  f"{self.model.num_params():,}", self.max_steps, tokens_per_step, self.precision, self.threads)
         result = TrainResult(self.run.path, self.step)
+        meter = TrainingMeter(self.config, self.device, self.precision, self.threads, self.step,
+                              self.model.num_params()).start()
         start = last_time = time.perf_counter()
         first_step = last_step = self.step
         self.model.train()
@@ -235,10 +238,12 @@ class Trainer:
                     row.update(loss=float(loss), lr=self.optimizer.param_groups[0]["lr"],
                                grad_norm=float(grad_norm), tokens_per_s=round(tps, 1),
                                tokens_seen=self.step * tokens_per_step, elapsed_s=round(now - start, 3),
-                               peak_rss_mb=round(peak_rss_bytes() / 2**20, 1))
+                               peak_rss_mb=round(peak_rss_bytes() / 2**20, 1), mfu=round(meter.mfu(tps), 6))
                     bar.update(status=f"loss {row['loss']:.3f}  {tps:,.0f} tok/s")
                 if self.step % t.eval_every == 0 or self.step == self.max_steps:
-                    ev = self.evaluate()
+                    with meter.evaluating():
+                        ev = self.evaluate()
+                    meter.count_eval(ev["tokens"])
                     row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
                     result.final_eval = ev
                     log.info("step %d: val loss %.4f, val bits/byte %.4f", self.step, ev["loss"], ev["bpb"])
@@ -246,7 +251,8 @@ class Trainer:
                     metrics.write(json.dumps({"step": self.step, **row}) + "\n")
                     metrics.flush()
                 if self.step % t.save_every == 0 or stop.requested:
-                    self.save()
+                    with meter.saving():
+                        self.save()
                 if stop.requested:
                     result.interrupted = True
                     break
@@ -259,6 +265,8 @@ class Trainer:
             tmp = self.run.weights.with_suffix(".tmp")
             save_weights(self.model, tmp)
             tmp.replace(self.run.weights)
+        result.ledger = meter.finish(self.run.path, self.step, resumed=self.resume_from is not None)
+        log.info("ledger: %s", ledger_summary(result.ledger))
         return result
 
 

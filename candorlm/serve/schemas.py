@@ -1,0 +1,268 @@
+"""Request and response bodies of the HTTP API, in OpenAI's shapes (pydantic v2, strict types).
+
+Fields that OpenAI defines but candorlm does not implement (logprobs, penalties, tools, ...)
+are accepted only at their neutral value; anything else is refused with a 400 that names the
+field, never silently ignored. `top_k` and `repetition_penalty` are candorlm extensions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _utf8(text: str) -> str:
+    # JSON may spell lone surrogates ("\ud800"); they are not text and cannot be tokenized.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it contains a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: Text
+    temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy; default 1.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, description="candorlm extension: sample among the k most likely tokens.")
+    repetition_penalty: float | None = Field(None, gt=0, le=10,
+                                             description="candorlm extension: above 1 discourages repeats.")
+    n: int = Field(1, ge=1, description="Choices to generate (the server's limit applies).")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Text | list[Text] | None = Field(None, description="Up to 4 strings that end generation.")
+    seed: Seed | None = None
+    user: str | None = None
+    # OpenAI fields candorlm does not implement: accepted at their neutral value only.
+    logprobs: Any = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+
+    def unsupported(self) -> str | None:
+        """The first field set to something candorlm cannot do, if any."""
+        neutral = {"logprobs": (None, False, 0), "presence_penalty": (None, 0, 0.0),
+                   "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}),
+                   "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
+                   "top_logprobs": (None, 0), "tools": (None, []), "tool_choice": (None, "none"),
+                   "response_format": (None, {"type": "text"})}
+        for name, allowed in neutral.items():
+            if name in type(self).model_fields and getattr(self, name) not in allowed:
+                return name
+        return None
+
+    @property
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class CompletionRequest(_Sampling):
+    prompt: Text | list[Text] = Field(description="A prompt, or a list of prompts (one choice each per n).")
+    max_tokens: int | None = Field(None, ge=1, description="Most new tokens per choice; default 16.")
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[TextPart]
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="Most new tokens; default: the rest of the context.")
+    max_completion_tokens: int | None = Field(None, ge=1)
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+class ExplainRequest(_Body):
+    model: Text
+    prompt: Text | None = Field(None, description="Plain prompt (give this or messages).")
+    messages: list[ChatMessage] | None = Field(None, min_length=1, description="Chat prompt, as for chat completions.")
+    target: Text = Field(min_length=1, description="The text that follows the prompt (e.g. the model's answer).")
+    target_index: int = Field(0, ge=0, description="Which token of the target to explain (0 = first).")
+    layer: int = Field(0, ge=0)
+    head: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> "ExplainRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    context_length: int
+    n_layers: int
+    n_heads: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ExplainToken(BaseModel):
+    id: int
+    text: str
+    source: Literal["prompt", "target"]
+
+
+class ExplainedToken(BaseModel):
+    id: int
+    text: str
+    logit: float
+    probability: float
+    rank: int = Field(description="1 when this was the model's most likely next token.")
+
+
+class Attribution(BaseModel):
+    method: Literal["gradient_x_input"] = "gradient_x_input"
+    of: Literal["logit"] = "logit"
+    scores: list[float] = Field(description="One score per token before the explained one.")
+
+
+class Attention(BaseModel):
+    layer: int
+    head: int
+    n_layers: int
+    n_heads: int
+    query: int = Field(description="Row of the pattern that predicted the explained token.")
+    pattern: list[list[float]] = Field(description="softmax(QK^T/sqrt(d)) over all tokens, row = query.")
+
+
+class ExplainResponse(BaseModel):
+    object: Literal["explanation"] = "explanation"
+    model: str
+    tokens: list[ExplainToken]
+    position: int
+    target_index: int
+    target_tokens: int
+    token: ExplainedToken
+    attribution: Attribution
+    attention: Attention
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    auth: bool
+    engine: dict[str, int]
+
+
+
+
+class KeyUsage(BaseModel):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class AdminKey(BaseModel):
+    name: str
+    scopes: list[str]
+    created: str
+    requests_per_minute: int | None
+    tokens_per_hour: int | None
+    usage: KeyUsage
+
+
+class AdminKeys(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdminKey]
+
+
+class AuditTail(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]

@@ -119,3 +119,20 @@ def test_prompt_too_long_for_the_cache_is_refused(lm):
 
     with pytest.raises(CandorError, match="exceeds the context"):
         engine.submit(Job([1] * 60, SamplingConfig(max_new_tokens=10), frozenset()))
+
+
+@pytest.mark.parametrize("cfg", [dict(temperature=5e-324), dict(temperature=1e-40, top_p=1e-300),
+                                 dict(temperature=2.0, repetition_penalty=0.01, top_k=1),
+                                 dict(temperature=1e-30, repetition_penalty=100.0)])
+def test_extreme_sampling_settings_decode_without_nan(lm, cfg):
+    """Found by the schema fuzzer: a tiny temperature or penalty once overflowed to inf, then NaN."""
+    engine = Engine(lm.model, lm.tokenizer, max_batch=2).start()
+    try:
+        job = engine.submit(Job(lm.encode_prompt("中国"), SamplingConfig(max_new_tokens=6, seed=0, **cfg), frozenset()))
+        _, event = job.result(timeout=60)
+    finally:
+        engine.stop()
+    assert event.finish_reason == "length" and event.error is None and len(job.tokens) == 6
+    if cfg.get("temperature", 1) < 1e-20 and "repetition_penalty" not in cfg:
+        greedy = reference(lm, job.prompt_ids, SamplingConfig(max_new_tokens=6, greedy=True), frozenset())
+        assert job.tokens == greedy  # the limit of sampling as the temperature goes to 0

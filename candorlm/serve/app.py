@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -223,7 +223,7 @@ class Service:
         target = tok.encode(body.target)
         if body.target_index >= len(target):
             raise APIError(400, f"target_index {body.target_index} is past the target's {len(target)} tokens",
-                           param="target_index")
+                           param="target_index", code="target_index_out_of_range")
         ids = prompt + target
         limit = min(self.limits.max_explain_tokens, self.context)
         if len(ids) > limit:
@@ -272,6 +272,16 @@ async def until_disconnect(request: Request, work: Any) -> Any:
     return None
 
 
+async def known_query_only(request: Request) -> None:
+    """A query parameter the endpoint does not define is a 400, not silently ignored."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    allowed = {p.alias for p in dependant.query_params} if dependant is not None else set()
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise APIError(400, f"unknown query parameter {unknown[0]!r}", param=unknown[0])
+
+
 ERRORS = {400: "The request is invalid (the message says what and how to fix it).",
           401: "No API key, or an invalid one.", 403: "The key lacks the scope this endpoint needs.",
           404: "Unknown model.", 413: "The request body is over the size limit.",
@@ -279,16 +289,27 @@ ERRORS = {400: "The request is invalid (the message says what and how to fix it)
           503: "Too many requests are waiting; retry shortly."}
 
 
-def _responses(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
+def _responses(*codes: int, stream: type | None = None) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {c: {"model": S.ErrorResponse, "description": ERRORS[c]} for c in codes}
     if 429 in codes or 503 in codes:
         for c in (429, 503):
             if c in out:
                 out[c]["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
-    if stream:
-        out[200] = {"description": "JSON, or server-sent events when stream is true.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    if stream is not None:
+        out[200] = {"description": "JSON, or with stream: true server-sent events, each `data: <chunk JSON>`, "
+                                   "then `data: [DONE]`.",
+                    "content": {"text/event-stream": {"schema": _event_schema(stream)}}}
     return out
+
+
+def _event_schema(chunk: type) -> dict[str, Any]:
+    """One server-sent event: its data is a chunk (or an error object) as JSON, or [DONE]."""
+    payload = {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"},
+                         {"$ref": "#/components/schemas/ErrorResponse"}]}
+    return {"type": "object", "required": ["data"],
+            "properties": {"data": {"anyOf": [{"const": "[DONE]"},
+                                              {"type": "string", "contentMediaType": "application/json",
+                                               "contentSchema": payload}]}}}
 
 
 def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = None, audit: AuditLog | None = None,
@@ -314,18 +335,19 @@ def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = No
     _install_error_handlers(app)
 
     gen_errors = (400, 401, 403, 404, 413, 429, 503)
+    api = APIRouter(dependencies=[Depends(known_query_only)])
 
-    @app.post("/v1/completions", response_model=S.CompletionResponse, responses=_responses(*gen_errors, stream=True),
-              summary="Complete a prompt")
+    @api.post("/v1/completions", response_model=S.CompletionResponse, summary="Complete a prompt",
+              responses=_responses(*gen_errors, stream=S.CompletionChunk))
     async def completions(body: S.CompletionRequest, request: Request) -> Any:
         return await service.respond(request, service.plan_completion(body), body)
 
-    @app.post("/v1/chat/completions", response_model=S.ChatResponse, responses=_responses(*gen_errors, stream=True),
-              summary="Answer a conversation")
+    @api.post("/v1/chat/completions", response_model=S.ChatResponse, summary="Answer a conversation",
+              responses=_responses(*gen_errors, stream=S.ChatChunk))
     async def chat_completions(body: S.ChatRequest, request: Request) -> Any:
         return await service.respond(request, service.plan_chat(body), body)
 
-    @app.post("/v1/explain", response_model=S.ExplainResponse, responses=_responses(400, 401, 403, 404, 413, 429),
+    @api.post("/v1/explain", response_model=S.ExplainResponse, responses=_responses(400, 401, 403, 404, 413, 429),
               summary="Why the model gives a target token: attribution over the prompt, attention of one head")
     async def explain(body: S.ExplainRequest, request: Request) -> Any:
         return JSONResponse(await run_in_threadpool(service.explain, body))
@@ -335,16 +357,16 @@ def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = No
         return {"id": model_name, "object": "model", "created": service.created, "owned_by": "candorlm",
                 "context_length": service.context, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads}
 
-    @app.get("/v1/models", response_model=S.ModelList, responses=_responses(401, 429))
+    @api.get("/v1/models", response_model=S.ModelList, responses=_responses(400, 401, 429))
     async def models() -> Any:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id}", response_model=S.ModelCard, responses=_responses(401, 404, 429))
+    @api.get("/v1/models/{model_id}", response_model=S.ModelCard, responses=_responses(400, 401, 404, 429))
     async def model(model_id: str) -> Any:
         service.check_model(model_id)
         return model_card()
 
-    @app.get("/v1/admin/keys", response_model=S.AdminKeys, responses=_responses(401, 403, 429))
+    @api.get("/v1/admin/keys", response_model=S.AdminKeys, responses=_responses(400, 401, 403, 429))
     async def admin_keys() -> Any:
         records = keys.records() if keys is not None else []
         data = [{"name": r.name, "scopes": list(r.scopes), "created": r.created,
@@ -352,16 +374,16 @@ def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = No
                  "usage": vars(service.usage.get(r.name, Usage()))} for r in records]
         return {"object": "list", "data": data}
 
-    @app.get("/v1/admin/audit", response_model=S.AuditTail, responses=_responses(400, 401, 403, 429))
-    async def admin_audit(limit: int = 100) -> Any:
-        if not 1 <= limit <= 10_000:
-            raise APIError(400, f"limit must be between 1 and 10000, got {limit}", param="limit")
+    @api.get("/v1/admin/audit", response_model=S.AuditTail, responses=_responses(400, 401, 403, 429))
+    async def admin_audit(limit: int = Query(100, ge=1, le=10_000, description="Newest records to return.")) -> Any:
         records = await run_in_threadpool(audit.read, limit) if audit is not None else []
         return {"object": "list", "data": records}
 
-    @app.get("/health", response_model=S.Health)
+    @api.get("/health", response_model=S.Health, responses=_responses(400))
     async def health() -> Any:
         return {"status": "ok", "model": model_name, "auth": keys is not None, "engine": engine.load}
+
+    app.include_router(api)
 
     index = (UI_DIR / "index.html").read_text(encoding="utf-8")
 
@@ -370,7 +392,7 @@ def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = No
         return HTMLResponse(index)
 
     app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
-    app.openapi = lambda: _openapi(app, auth=keys is not None)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, service)  # type: ignore[method-assign]
     return app
 
 
@@ -416,7 +438,7 @@ def _is_type_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none"))
 
 
-def _openapi(app: FastAPI, auth: bool) -> dict[str, Any]:
+def _openapi(app: FastAPI, service: Service) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -424,10 +446,16 @@ def _openapi(app: FastAPI, auth: bool) -> dict[str, Any]:
     for path in schema["paths"].values():
         for op in path.values():
             op.get("responses", {}).pop("422", None)
+    components = schema.setdefault("components", {})
     for name in ("HTTPValidationError", "ValidationError"):
-        schema.get("components", {}).get("schemas", {}).pop(name, None)
-    if auth:
-        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        components.get("schemas", {}).pop(name, None)
+    for model in (S.CompletionChunk, S.ChatChunk):  # named by the streaming responses' event schema
+        chunk = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components["schemas"].update(chunk.pop("$defs", {}))
+        components["schemas"][model.__name__] = chunk
+    _publish_limits(components["schemas"], service)
+    if service.keys is not None:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for route, path in schema["paths"].items():
             if route.startswith("/v1/"):
                 for op in path.values():
@@ -435,3 +463,30 @@ def _openapi(app: FastAPI, auth: bool) -> dict[str, Any]:
     app.openapi_schema = schema
     return schema
 
+
+def _publish_limits(schemas: dict[str, Any], service: Service) -> None:
+    """Write this server's limits (model name, n, max_tokens, stop strings, prompts, layers and
+    heads) into the request schemas, so clients and fuzzers see what will be accepted. Token
+    counts (prompt plus max_tokens within the context) depend on tokenization: JSON Schema
+    cannot state them, and they are refused with code 'context_length_exceeded'."""
+    limits, cfg = service.limits, service.lm.model.cfg
+    most_tokens = min(limits.max_tokens, service.context - 1)
+
+    def constrain(model: str, field: str, **rules: Any) -> None:
+        prop = schemas[model]["properties"][field]
+        branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+        for branch in branches:
+            kind = branch.get("type")
+            branch.update({k: v for k, v in rules.items()
+                           if (k in ("maxItems", "minItems")) == (kind == "array")})
+
+    for model in ("CompletionRequest", "ChatRequest", "ExplainRequest"):
+        schemas[model]["properties"]["model"] = {"type": "string", "enum": [service.model_name], "title": "Model"}
+    for model in ("CompletionRequest", "ChatRequest"):
+        constrain(model, "n", maximum=limits.max_n)
+        constrain(model, "max_tokens", maximum=most_tokens)
+        constrain(model, "stop", maxItems=limits.max_stop)
+    constrain("ChatRequest", "max_completion_tokens", maximum=most_tokens)
+    constrain("CompletionRequest", "prompt", minItems=1, maxItems=limits.max_prompts)
+    constrain("ExplainRequest", "layer", maximum=cfg.n_layers - 1)
+    constrain("ExplainRequest", "head", maximum=cfg.n_heads - 1)

@@ -36,12 +36,15 @@ class AuditLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.include_text:
             record = {k: v for k, v in record.items() if k not in ("prompt", "completion")}
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        # JSON may hold U+2028, U+2029 and U+0085 raw, but many line readers split on them.
+        line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085") + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as f:
             f.write(line)
 
     def read(self, limit: int | None = None) -> list[dict[str, Any]]:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        with self._lock:  # never a line half written
+            lines = self.path.read_text(encoding="utf-8").split("\n")
         return [json.loads(line) for line in (lines[-limit:] if limit else lines) if line]
 
 

@@ -187,9 +187,12 @@ class Engine:
 
     # ---------------------------------------------------------------- public
     def start(self) -> "Engine":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="candorlm-engine", daemon=True)
-            self._thread.start()
+        """Start (or restart, after `stop`) the decoding thread."""
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(target=self._run, name="candorlm-engine", daemon=True)
+                self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -212,8 +215,8 @@ class Engine:
             job._events = queue.SimpleQueue()
             job.on_event = job._events.put
         with self._wake:
-            if self._stopping:
-                raise EngineBusy("the server is shutting down")
+            if self._stopping or self._thread is None:
+                raise EngineBusy("the engine is not running (the server is starting or shutting down)")
             if len(self._waiting) >= self.max_waiting:
                 raise EngineBusy(f"{len(self._waiting)} requests are already waiting; retry shortly")
             self._waiting.append(job)

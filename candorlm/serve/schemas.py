@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 
 def _utf8(text: str) -> str:
@@ -21,8 +21,21 @@ def _utf8(text: str) -> str:
     return text
 
 
+def _whole(value: Any) -> Any:
+    # JSON Schema counts 3.0 as an integer; strings and fractions stay errors.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 Text = Annotated[str, AfterValidator(_utf8)]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Int = Annotated[int, BeforeValidator(_whole)]
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(_whole)]
+
+
+def _neutral(*schemas: dict[str, Any]) -> Any:
+    """An OpenAI field candorlm does not implement: the schema admits only its neutral values."""
+    return Annotated[Any, WithJsonSchema({"anyOf": [{"type": "null"}, *schemas],
+                                          "description": "Not implemented by candorlm: only the neutral value."})]
 
 
 class _Body(BaseModel):
@@ -37,20 +50,20 @@ class _Sampling(_Body):
     model: Text
     temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy; default 1.")
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1, description="candorlm extension: sample among the k most likely tokens.")
-    repetition_penalty: float | None = Field(None, gt=0, le=10,
+    top_k: PositiveInt | None = Field(None, description="candorlm extension: sample among the k most likely tokens.")
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100,
                                              description="candorlm extension: above 1 discourages repeats.")
-    n: int = Field(1, ge=1, description="Choices to generate (the server's limit applies).")
+    n: Int = Field(1, ge=1, description="Choices to generate per prompt.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Text | list[Text] | None = Field(None, description="Up to 4 strings that end generation.")
     seed: Seed | None = None
     user: str | None = None
     # OpenAI fields candorlm does not implement: accepted at their neutral value only.
-    logprobs: Any = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, Any] | None = None
+    logprobs: _neutral({"enum": [False, 0]}) = None
+    presence_penalty: _neutral({"enum": [0]}) = None
+    frequency_penalty: _neutral({"enum": [0]}) = None
+    logit_bias: _neutral({"type": "object", "maxProperties": 0}) = None
 
     def unsupported(self) -> str | None:
         """The first field set to something candorlm cannot do, if any."""
@@ -71,10 +84,10 @@ class _Sampling(_Body):
 
 class CompletionRequest(_Sampling):
     prompt: Text | list[Text] = Field(description="A prompt, or a list of prompts (one choice each per n).")
-    max_tokens: int | None = Field(None, ge=1, description="Most new tokens per choice; default 16.")
-    echo: bool | None = None
-    best_of: int | None = None
-    suffix: str | None = None
+    max_tokens: PositiveInt | None = Field(None, description="Most new tokens per choice; default 16.")
+    echo: _neutral({"enum": [False]}) = None
+    best_of: _neutral({"enum": [1]}) = None
+    suffix: _neutral({"enum": [""]}) = None
 
 
 class TextPart(_Body):
@@ -94,22 +107,27 @@ class ChatMessage(_Body):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Most new tokens; default: the rest of the context.")
-    max_completion_tokens: int | None = Field(None, ge=1)
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    max_tokens: PositiveInt | None = Field(None, description="Most new tokens; default: the rest of the context.")
+    max_completion_tokens: PositiveInt | None = None
+    top_logprobs: _neutral({"enum": [0]}) = None
+    tools: _neutral({"type": "array", "maxItems": 0}) = None
+    tool_choice: _neutral({"enum": ["none"]}) = None
+    response_format: _neutral({"type": "object", "properties": {"type": {"enum": ["text"]}}, "required": ["type"],
+                               "additionalProperties": False}) = None
 
 
 class ExplainRequest(_Body):
+    # Exactly one of prompt and messages; absent means None, and an explicit null is refused.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+
     model: Text
-    prompt: Text | None = Field(None, description="Plain prompt (give this or messages).")
-    messages: list[ChatMessage] | None = Field(None, min_length=1, description="Chat prompt, as for chat completions.")
+    prompt: Text = Field(None, description="Plain prompt (give this or messages).")  # type: ignore[assignment]
+    messages: list[ChatMessage] = Field(None, min_length=1,  # type: ignore[assignment]
+                                        description="Chat prompt, as for chat completions.")
     target: Text = Field(min_length=1, description="The text that follows the prompt (e.g. the model's answer).")
-    target_index: int = Field(0, ge=0, description="Which token of the target to explain (0 = first).")
-    layer: int = Field(0, ge=0)
-    head: int = Field(0, ge=0)
+    target_index: Int = Field(0, ge=0, description="Which token of the target to explain (0 = first).")
+    layer: Int = Field(0, ge=0)
+    head: Int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> "ExplainRequest":
@@ -266,3 +284,40 @@ class AdminKeys(BaseModel):
 class AuditTail(BaseModel):
     object: Literal["list"] = "list"
     data: list[dict[str, Any]]
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: FinishReason | None
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    logprobs: None = None
+    finish_reason: FinishReason | None
+
+
+class ChatChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None

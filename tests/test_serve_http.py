@@ -130,7 +130,8 @@ def test_explain_returns_the_models_own_attribution_and_attention(server, keys, 
     prompt, target = lm.encode_prompt("中国人民"), lm.tokenizer.encode("经济发展")
     assert [t["id"] for t in x["tokens"]] == prompt + target
     assert x["position"] == len(prompt) + 1 and x["token"]["id"] == target[1]
-    local = explain_token(lm.model, prompt + target, len(prompt) + 1, layer=1, head=1)
+    local = explain_token(lm.model, (prompt + target)[:len(prompt) + 2], len(prompt) + 1, layer=1, head=1)
+    assert len(x["attention"]["pattern"]) == len(prompt) + 2  # up to the explained token, not past it
     assert x["attribution"]["scores"] == pytest.approx(local.attribution, abs=1e-5)
     for row, expected in zip(x["attention"]["pattern"], local.pattern):
         assert row == pytest.approx(expected, abs=1e-4)

@@ -225,17 +225,18 @@ class Service:
             raise APIError(400, f"target_index {body.target_index} is past the target's {len(target)} tokens",
                            param="target_index", code="target_index_out_of_range")
         ids = prompt + target
+        position = len(prompt) + body.target_index
+        # What comes after the explained token cannot have caused it: the model reads up to it only.
         limit = min(self.limits.max_explain_tokens, self.context)
-        if len(ids) > limit:
-            raise APIError(400, f"prompt and target have {len(ids)} tokens; explain accepts at most {limit}",
-                           param="target", code="context_length_exceeded")
+        if position + 1 > limit:
+            raise APIError(400, f"the explained token is token {position + 1} of prompt and target; explain reads "
+                                f"at most {limit}", param="target_index", code="context_length_exceeded")
         cfg = self.lm.model.cfg
         for name, value, count in (("layer", body.layer, cfg.n_layers), ("head", body.head, cfg.n_heads)):
             if value >= count:
                 raise APIError(400, f"{name} {value} does not exist; the model has {name}s 0..{count - 1}", param=name)
-        position = len(prompt) + body.target_index
         with self.explain_lock:  # one at a time: each takes a forward and a backward pass
-            result = explain_token(self.lm.model, ids, position, body.layer, body.head)
+            result = explain_token(self.lm.model, ids[:position + 1], position, body.layer, body.head)
         labels = token_labels(tok, ids)
         return {
             "object": "explanation", "model": self.model_name,

@@ -237,7 +237,8 @@ class Attention(BaseModel):
     n_layers: int
     n_heads: int
     query: int = Field(description="Row of the pattern that predicted the explained token.")
-    pattern: list[list[float]] = Field(description="softmax(QK^T/sqrt(d)) over all tokens, row = query.")
+    pattern: list[list[float]] = Field(description="softmax(QK^T/sqrt(d)) over the tokens up to the explained "
+                                                   "one (row = query, column = key).")
 
 
 class ExplainResponse(BaseModel):

@@ -27,6 +27,7 @@ async function init() {
   state.auth = health.auth;
   $("model-name").textContent = "model: " + health.model;
   $("key-box").hidden = !health.auth;
+  if (health.auth && !$("api-key").value.trim()) { setStatus("enter an API key"); return; }
   await loadModel();
 }
 

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # because an unpinned torch pulls a multi-GB CUDA build. Elsewhere: make demo TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(VENV)/bin/candorlm demo
 
-test: $(VENV)/.installed-test
+# The chat page's browser test drives Debian's Chromium: install it when it is missing and apt can
+# (as root, as in CI). Without it that one test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "could not install chromium: the browser test will skip"
+
+test: $(VENV)/.installed-test chromium
 	$(PY) -m pytest -q
 
 clean:

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.lm import LanguageModel

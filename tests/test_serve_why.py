@@ -61,7 +61,7 @@ def test_gradient_x_input_matches_a_finite_difference(model):
     model64.load_state_dict(model.state_dict())
     eps = 1e-2  # central differences: error O(eps^2), well above fp32 rounding
     for i in range(position):
-        def logit(a):
+        def logit(a, i=i):
             scaled = emb.clone()
             scaled[0, i] *= 1 + a
             with torch.no_grad():

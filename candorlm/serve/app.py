@@ -121,8 +121,9 @@ class Service:
                            param=param, code="context_length_exceeded")
 
     def sampling(self, body: S._Sampling, max_tokens: int) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-                              top_k=body.top_k, top_p=body.top_p, seed=body.seed,
+        temperature = 1.0 if body.temperature is None else body.temperature
+        return SamplingConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=body.top_k, top_p=body.top_p,
+                              seed=body.seed,
                               repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty)
 
     # ---------------------------------------------------------------- plans

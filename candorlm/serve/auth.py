@@ -120,8 +120,9 @@ def add_key(path: str | Path, name: str, scopes: str | Iterable[str] = ("generat
     if any(r.name == name for r in records):
         raise CandorError(f"a key named '{name}' already exists in {path}; revoke it first or choose another name")
     key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_bytes(16)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     records.append(KeyRecord(name=name, id=key_id, salt=salt.hex(), hash=hash_secret(salt, secret).hex(),
-                             scopes=parse_scopes(scopes), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             scopes=parse_scopes(scopes), created=created,
                              requests_per_minute=requests_per_minute, tokens_per_hour=tokens_per_hour))
     write_keys(path, records)
     return f"{KEY_PREFIX}{key_id}.{secret}"

@@ -11,13 +11,13 @@ length. Active jobs always sit in rows 0..n-1 (a job that leaves is replaced by 
 so a decoding step works on a plain view of the first n rows: each row writes its new key and
 value at its own position, and a (n, S) mask hides the columns past each row's length.
 
-All model work happens on the engine's own thread; results reach asyncio callers through
-`loop.call_soon_threadsafe`, and blocking callers through `Job.result`.
+All model work happens on the engine's own thread. Results reach callers through each job's
+`on_event` callback (the HTTP layer hands them to its event loop), or `Job.result` for a
+blocking caller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import queue
@@ -132,7 +132,6 @@ class Job:
     stop_texts: tuple[str, ...] = ()
     on_event: Callable[[Event], None] | None = None
     id: int = field(default_factory=lambda: next(_ids))
-    submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     finished: bool = False
     # engine-side state
@@ -147,7 +146,8 @@ class Job:
 
     def result(self, timeout: float | None = None) -> tuple[str, Event]:
         """Block until the job ends: (all its text, the last event). For callers without asyncio."""
-        assert self._events is not None, "submit the job with on_event=None to wait on it"
+        if self._events is None:
+            raise RuntimeError("only a job submitted without on_event can be waited on")
         text = []
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -171,7 +171,7 @@ class Engine:
             raise CandorError(f"max_batch must be at least 1, got {max_batch}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_waiting = max_batch, max_waiting
-        self.max_len = max_len or model.cfg.max_seq_len
+        self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         param = next(model.parameters())
         self.device = param.device
         cfg = model.cfg
@@ -222,20 +222,6 @@ class Engine:
             self._waiting.append(job)
             self._wake.notify()
         return job
-
-    def submit_async(self, job: Job, loop: asyncio.AbstractEventLoop) -> "asyncio.Queue[Event]":
-        """Queue a job whose events arrive on an asyncio queue of `loop`."""
-        events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def deliver(event: Event) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the loop has closed: nobody is listening any more
-                job.cancel()
-
-        job.on_event = deliver
-        self.submit(job)
-        return events
 
     @property
     def load(self) -> dict[str, int]:

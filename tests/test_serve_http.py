@@ -280,6 +280,27 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(server, keys):
     assert record["completion_tokens"] < 900
 
 
+def test_a_client_that_gives_up_on_a_plain_request_frees_its_slot(server, keys):
+    """Without streaming too: the server watches for the disconnect while it generates."""
+    base = server[0]
+    body = {"model": MODEL, "prompt": "中国", "max_tokens": 900, "temperature": 1.0}
+    before = len(server[1].read_text(encoding="utf-8").splitlines())
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base}/v1/completions", json=body, headers=auth(keys[1]["full"]), timeout=0.2)
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{base}/health").json()["engine"]["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(f"{base}/health").json()["engine"]["active"] == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        new = [json.loads(line) for line in server[1].read_text(encoding="utf-8").splitlines()[before:]]
+        given_up = [r for r in new if r["path"] == "/v1/completions"]
+        if given_up:
+            break
+        time.sleep(0.05)
+    assert given_up[0]["cancelled"] is True and given_up[0]["completion_tokens"] < 900
+
+
 def wait_for_audit(path, request_id, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

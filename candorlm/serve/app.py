@@ -16,6 +16,7 @@ Every refusal is an OpenAI-style error object with a 4xx status; a 500 means a b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import threading
@@ -271,6 +272,8 @@ async def until_disconnect(request: Request, work: Any) -> Any:
     if task in done:
         return task.result()
     task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task  # let it cancel its jobs and settle its accounts before the request ends
     return None
 
 

@@ -108,12 +108,13 @@ class Generation:
                     if event.finish_reason == "cancelled" and not self._cancelled and not event.error:
                         event.error = "the server stopped this generation (shutting down)"
                     self.outcome.finish[index] = event.finish_reason
-                    self.outcome.completion_tokens += event.completion_tokens
                     if event.error:
                         self.outcome.error = event.error
                 yield index, event
         finally:
             self.cancel()
+            # Tokens generated so far, finished or not (a cancelled job may still add one).
+            self.outcome.completion_tokens = sum(len(job.tokens) for job in self.jobs)
             for callback in self.on_done:
                 callback(self.outcome)
 

@@ -1,7 +1,7 @@
 """Fuzz the server against its own OpenAPI schema with schemathesis: valid (positive) and invalid
 (negative) requests to every operation, sent with a key that may do everything, through the
 whole app (middleware, engine thread, model). Every schemathesis check runs: no 500, responses
-within the schema, documented status codes and headers, invalid data refused. Bounded: 20
+within the schema, documented status codes and headers, invalid data refused. Bounded: 30
 examples per case.
 
 One check is narrowed: schemathesis' "valid data is accepted" also fails a schema-valid request
@@ -68,7 +68,7 @@ def test_the_api_keeps_to_its_schema(served, method, path, mode):
             case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
     @given(case=operation.as_strategy(generation_mode=mode, auth_storage=auth))
-    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case):
         response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
         if mode is GenerationMode.POSITIVE and not 200 <= response.status_code < 300:

@@ -323,6 +323,85 @@ def ledger_cmd(
         Console().print(ledger_table(data, verbose=verbose))
 
 
+# ---- serving (issue 8) ----
+keys_app = typer.Typer(help="Manage API keys for `candorlm serve`.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("add")
+def keys_add(
+    name: str = typer.Argument(..., help="A name for the key's holder (letters, digits, '-', '_', '.')."),
+    keys: Path = typer.Option(..., "--keys", help="Keys file (created if missing)."),
+    scopes: str = typer.Option("generate", help="Comma-separated: generate, explain, admin."),
+    rate_limit: int = typer.Option(60, help="Requests per minute (0: no limit)."),
+    token_budget: int = typer.Option(0, help="Prompt plus completion tokens per hour (0: no limit)."),
+) -> None:
+    """Create an API key; prints it once (only a salted hash is stored).
+
+    Example: candorlm keys add alice --scopes generate,explain --keys keys.json
+    """
+    from candorlm.serve.auth import add_key
+
+    key = add_key(keys, name, scopes, requests_per_minute=rate_limit or None, tokens_per_hour=token_budget or None)
+    sys.stdout.write(key + "\n")
+    console.print(f"key '{name}' added to {keys}; it is shown only now, so keep it somewhere safe")
+
+
+@keys_app.command("list")
+def keys_list(keys: Path = typer.Option(..., "--keys", help="Keys file.")) -> None:
+    """List keys: name, scopes, limits, creation time (never the keys).
+
+    Example: candorlm keys list --keys keys.json
+    """
+    from candorlm.serve.auth import list_keys
+
+    for r in list_keys(keys):
+        rate = f"{r.requests_per_minute}/min" if r.requests_per_minute else "no rate limit"
+        budget = f"{r.tokens_per_hour:,} tokens/h" if r.tokens_per_hour else "no token budget"
+        sys.stdout.write(f"{r.name}\t{','.join(r.scopes)}\t{rate}\t{budget}\t{r.created}\n")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: str = typer.Argument(..., help="Name of the key to revoke."),
+    keys: Path = typer.Option(..., "--keys", help="Keys file."),
+) -> None:
+    """Revoke a key; a running server refuses it from its next request.
+
+    Example: candorlm keys revoke alice --keys keys.json
+    """
+    from candorlm.serve.auth import revoke_key
+
+    revoke_key(keys, name)
+    console.print(f"revoked key '{name}'")
+
+
+@app.command()
+def serve(
+    run: Path = typer.Argument(..., help="Run directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; beyond loopback it needs --keys."),
+    port: int = typer.Option(8000, help="Port."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help="Keys file from `candorlm keys add`: keys required."),
+    insecure_no_auth: bool = typer.Option(False, help="Serve beyond loopback without keys (anyone may call)."),
+    audit_log: Optional[Path] = typer.Option(None, help="Audit log (JSONL); default RUN/audit.jsonl."),
+    audit_text: bool = typer.Option(False, help="Also log prompt and completion text (off: counts only)."),
+    max_batch: int = typer.Option(16, help="Requests decoded together (slots in the KV cache)."),
+    max_tokens: int = typer.Option(1024, help="Most new tokens one request may ask for."),
+    max_body: int = typer.Option(1 << 20, help="Largest request body in bytes."),
+    model_name: Optional[str] = typer.Option(None, help="Model id clients use (default: the run's folder name)."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Serve a run: OpenAI-compatible API (completions, chat, streaming), /v1/explain, and a chat page at /.
+
+    Example: candorlm serve runs/pd --port 8000 --keys keys.json
+    """
+    from candorlm.serve.server import serve as run_server
+
+    run_server(run, host=host, port=port, keys=keys, insecure_no_auth=insecure_no_auth, audit_log=audit_log,
+               audit_text=audit_text, max_batch=max_batch, model_name=model_name, device=device,
+               max_tokens=max_tokens, max_body_bytes=max_body)
+
+
 def _setup_logging() -> None:
     handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)

@@ -36,8 +36,9 @@ class Session(Protocol):
     def reorder(self, index: torch.Tensor) -> None: ...
 
 
-def _right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
+def right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids padded on the right with `pad`, and the (B, T) mask of real tokens."""
+    width = max(1, max(len(r) for r in rows))
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -59,7 +60,7 @@ class Seq2SeqSession:
                               f"({model.cfg.max_seq_len - 1})")
         device = next(model.parameters()).device
         self.model = model
-        ids, mask = _right_pad(sources, pad_id, device)
+        ids, mask = right_pad(sources, pad_id, device)
         self.memory = model.encode(ids, mask).repeat_interleave(expand, 0)
         self.mask = mask.repeat_interleave(expand, 0)
         self.rows = len(sources) * expand

@@ -33,13 +33,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from candorlm.beam import DecoderSession, greedy_search
+from candorlm.beam import DecoderSession, greedy_search, right_pad
 from candorlm.corpus import document_hash, review_records
 from candorlm.errors import CandorError
 from candorlm.model import lm_loss
 from candorlm.rundir import write_json
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
-from candorlm.tasks.data import Record, pad_right, read_jsonl_records, split_of
+from candorlm.tasks.data import Record, read_jsonl_records, split_of
 from candorlm.tokenizer import CHAT_ROLES, Tokenizer, train_tokenizer
 
 default_arch = "decoder"
@@ -164,8 +164,8 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_
 
 def _batch(batch: Sequence[tuple[list[int], list[int], Any]], pad: int,
            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, _ = pad_right([i for i, _, _ in batch], pad)
-    targets, mask = pad_right([t for _, t, _ in batch], -100)
+    ids, _ = right_pad([i for i, _, _ in batch], pad)
+    targets, mask = right_pad([t for _, t, _ in batch], -100)
     return ids.to(device), targets.masked_fill(mask == 0, -100).to(device)
 
 

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 from candorlm.corpus import detect_encoding, document_hash
 from candorlm.errors import CandorError
 
@@ -125,14 +123,3 @@ def split_records(records: list[Record], key: str | None = None) -> dict[str, li
         k = rec[key] if key else json.dumps(rec.fields, ensure_ascii=False, sort_keys=True)
         out[split_of(str(k))].append(rec)
     return out
-
-
-def pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids padded on the right with `pad`, and the (B, T) mask of real tokens."""
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
-    return ids, mask

@@ -68,10 +68,10 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     optimizer = build_optimizer(model, config)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=_parent(out)))
     try:
-        log.info("fine-tuning %s (%s parameters, %s) for %s: %d training, %d dev examples, %d steps, %s, %s threads",
+        log.info("fine-tuning for %s: %s parameters, %s; %d training, %d dev examples, %d steps, %s, %s threads",
                  task, f"{sum(p.numel() for p in model.parameters()):,}",
                  f"from {base.run}" + (" (weights re-initialised)" if scratch else "") if base.run else "from scratch",
-                 task, len(prepared.train), len(prepared.dev), max_steps, prec, threads)
+                 len(prepared.train), len(prepared.dev), max_steps, prec, threads)
         history = _loop(spec, prepared, model, optimizer, train_cfg, dev, prec, tmp / "metrics.jsonl")
         model.cpu().eval()
         _write_run(tmp, config, prepared, model, base, task, data, history, scratch)

@@ -39,13 +39,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from candorlm.beam import DecoderSession, Seq2SeqSession, greedy_search
+from candorlm.beam import DecoderSession, Seq2SeqSession, greedy_search, right_pad
 from candorlm.corpus import document_hash, peoples_daily_tagged
 from candorlm.errors import CandorError
 from candorlm.model import lm_loss
 from candorlm.rundir import write_json
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
-from candorlm.tasks.data import Record, pad_right, read_jsonl_records, split_of, split_records
+from candorlm.tasks.data import Record, read_jsonl_records, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
 
 default_arch = "decoder"
@@ -174,13 +174,13 @@ def sequence_batch(tok: Tokenizer, batch: Sequence[tuple[list[int], list[int], A
                    device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Inputs and targets with loss on the answer (and its <|eos|>) only."""
     if seq2seq:
-        src, mask = pad_right([p for p, _, _ in batch], tok.pad_id)
-        dec_in, _ = pad_right([[tok.bos_id] + a for _, a, _ in batch], tok.pad_id)
-        labels, lmask = pad_right([a + [tok.eos_id] for _, a, _ in batch], tok.pad_id)
+        src, mask = right_pad([p for p, _, _ in batch], tok.pad_id)
+        dec_in, _ = right_pad([[tok.bos_id] + a for _, a, _ in batch], tok.pad_id)
+        labels, lmask = right_pad([a + [tok.eos_id] for _, a, _ in batch], tok.pad_id)
         return ({"input_ids": src.to(device), "attention_mask": mask.to(device), "decoder_input_ids": dec_in.to(device)},
                 labels.masked_fill(lmask == 0, -100).to(device))
     rows = [p + a + [tok.eos_id] for p, a, _ in batch]
-    ids, mask = pad_right(rows, tok.pad_id)
+    ids, mask = right_pad(rows, tok.pad_id)
     targets = torch.full_like(ids, -100)
     for i, (p, a, _) in enumerate(batch):
         targets[i, len(p) - 1:len(p) + len(a)] = torch.tensor(a + [tok.eos_id])  # predicted from the previous position

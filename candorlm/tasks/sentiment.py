@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from candorlm.beam import right_pad
 from candorlm.corpus import review_records
 from candorlm.errors import CandorError
 from candorlm.model import SequenceClassifier
 from candorlm.rundir import write_json
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
-from candorlm.tasks.data import TEST_FRACTION, Record, pad_right, read_jsonl_records, split_records
+from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
 
 default_arch = "encoder"
@@ -92,7 +93,7 @@ def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None =
 
 
 def _batch(tokenizer_pad: int, batch: Sequence[tuple[list[int], int]], device: torch.device):
-    ids, mask = pad_right([ids for ids, _ in batch], tokenizer_pad)
+    ids, mask = right_pad([ids for ids, _ in batch], tokenizer_pad)
     labels = torch.tensor([y for _, y in batch])
     return ids.to(device), mask.to(device), labels.to(device)
 
@@ -114,7 +115,7 @@ def predict(model: nn.Module, rows: Sequence[list[int]], pad_id: int, batch_size
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids, mask = pad_right([rows[i] for i in idx], pad_id)
+            ids, mask = right_pad([rows[i] for i in idx], pad_id)
             out = model(ids.to(device), mask.to(device)).argmax(-1).tolist()
             for i, p in zip(idx, out):
                 preds[i] = p

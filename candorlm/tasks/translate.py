@@ -37,13 +37,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from candorlm.beam import Seq2SeqSession, beam_search, greedy_search
+from candorlm.beam import Seq2SeqSession, beam_search, greedy_search, right_pad
 from candorlm.corpus import peoples_daily_documents
 from candorlm.errors import CandorError
 from candorlm.model import lm_loss
 from candorlm.rundir import write_json
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
-from candorlm.tasks.data import Record, pad_right, read_pairs, split_of, split_records
+from candorlm.tasks.data import Record, read_pairs, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
 
 default_arch = "seq2seq"
@@ -171,9 +171,9 @@ def teacher_forced(tgt: Tokenizer, batch: Sequence[tuple[list[int], list[int], A
     """Inputs and targets for a batch of (source ids, target ids): the decoder reads <|bos|> + target
     and predicts target + <|eos|>; padding is masked in the source and ignored in the loss."""
     bos, eos, pad = tgt.bos_id, tgt.eos_id, tgt.pad_id
-    src, src_mask = pad_right([s for s, _, _ in batch], src_pad)
-    dec_in, _ = pad_right([[bos] + t for _, t, _ in batch], pad)
-    labels, label_mask = pad_right([t + [eos] for _, t, _ in batch], pad)
+    src, src_mask = right_pad([s for s, _, _ in batch], src_pad)
+    dec_in, _ = right_pad([[bos] + t for _, t, _ in batch], pad)
+    labels, label_mask = right_pad([t + [eos] for _, t, _ in batch], pad)
     labels = labels.masked_fill(label_mask == 0, -100)
     inputs = {"input_ids": src.to(device), "attention_mask": src_mask.to(device), "decoder_input_ids": dec_in.to(device)}
     return inputs, labels.to(device)

@@ -82,6 +82,8 @@ def train(
     data: Optional[Path] = typer.Option(None, help="Data directory from `candorlm prepare`."),
     out: Path = typer.Option(..., "--out", help="Run directory to write."),
     preset: Optional[str] = typer.Option(None, help="Model size preset: tiny, small, base, large."),
+    arch: Optional[str] = typer.Option(None, help="Model family: decoder (GPT, next-token), encoder (BERT, "
+                                       "masked LM) or seq2seq (encoder-decoder, denoising)."),
     config: Optional[Path] = typer.Option(None, help="TOML file with [model], [data], [train] sections."),
     max_steps: Optional[int] = typer.Option(None, help="Optimizer steps to train for."),
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
@@ -96,6 +98,8 @@ def train(
 
     Example: candorlm train --data data/pd --preset tiny --out runs/pd --max-steps 500
 
+    Example: candorlm train --data data/pd --arch encoder --preset tiny --out runs/pd-bert
+
     Ctrl-C saves a checkpoint and stops; --resume continues exactly where it stopped.
     """
     from candorlm.training import train as run_train
@@ -107,7 +111,7 @@ def train(
     if peak_tflops is not None:
         overrides = [*overrides, f"ledger.peak_tflops={peak_tflops}"]
     result = run_train(out, data=data, preset=preset, config=config, overrides=overrides, resume=resume,
-                       overwrite=overwrite, **settings)
+                       overwrite=overwrite, model={"arch": arch} if arch else None, **settings)
     ev = result.final_eval
     summary = f"val loss {ev['loss']:.4f}, val bits/byte {ev['bpb']:.4f}" if ev else "no evaluation yet"
     if result.interrupted:
@@ -400,6 +404,110 @@ def serve(
     run_server(run, host=host, port=port, keys=keys, insecure_no_auth=insecure_no_auth, audit_log=audit_log,
                audit_text=audit_text, max_batch=max_batch, model_name=model_name, device=device,
                max_tokens=max_tokens, max_body_bytes=max_body)
+
+
+# ---- tasks: fine-tuning, task evaluation, chat (issue 4) ----
+
+
+@app.command()
+def finetune(
+    run: Optional[Path] = typer.Argument(None, help="Pretrained run to start from (omit to start from scratch)."),
+    task: str = typer.Option(..., help="sentiment, translate, qa or chat."),
+    data: str = typer.Option(..., help="Task data: a JSONL/TSV file, or builtin:reviews | builtin:pinyin | "
+                             "builtin:qa | builtin:chat."),
+    out: Path = typer.Option(..., "--out", help="New run directory to write."),
+    scratch: bool = typer.Option(False, help="Use RUN's config and tokenizer but not its weights (a from-scratch "
+                                 "control with the same shape)."),
+    preset: str = typer.Option("tiny", help="Model size when there is no RUN."),
+    arch: Optional[str] = typer.Option(None, help="Model family when there is no RUN: decoder, encoder or seq2seq."),
+    epochs: float = typer.Option(3.0, help="Passes over the training split."),
+    batch_size: int = typer.Option(32, help="Examples per step."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 5e-4 from a run, 1e-3 from scratch)."),
+    seed: int = typer.Option(1337, help="Random seed (head init, data order)."),
+    precision: str = typer.Option("auto", help="auto (bf16 where the hardware has it), fp32 or bf16."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: physical cores)."),
+    labels: Optional[str] = typer.Option(None, help="sentiment: the label set, comma-separated (default: the labels "
+                                         "found in the data)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Without RUN: tokenizer kind to train on the task data "
+                                            "(bpe or char; translate: the target side)."),
+    vocab_size: Optional[int] = typer.Option(None, help="Without RUN: vocabulary size of that tokenizer."),
+    beam_size: int = typer.Option(4, help="translate: beam size of the test evaluation."),
+    overwrite: bool = typer.Option(False, help="Replace the run in --out."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a config value: --set model.dropout=0.1."),
+) -> None:
+    """Fine-tune a pretrained run (or a fresh model) for a task; writes a new run directory with
+    task.json and evals/<task>.json (test metrics next to baselines).
+
+    Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --out runs/pd-sentiment
+
+    Example: candorlm finetune --task translate --data builtin:pinyin --arch seq2seq --out runs/pinyin
+    """
+    from candorlm.tasks import finetune as run_finetune
+
+    options = {k: v for k, v in dict(labels=labels.split(",") if labels else None, tokenizer=tokenizer,
+                                     vocab_size=vocab_size).items() if v is not None}
+    if task == "translate":
+        options["beam_size"] = beam_size
+    result = run_finetune(run, task=task, data=data, out=out, scratch=scratch, preset=preset, arch=arch, epochs=epochs,
+                          batch_size=batch_size, lr=lr, seed=seed, precision=precision, threads=threads, overrides=overrides, overwrite=overwrite, **options)
+    console.print(f"wrote {out}; test results in {out / 'evals' / (task + '.json')}")
+    _print_task_result(result)
+
+
+@app.command("eval")
+def eval_(
+    run: Path = typer.Argument(..., help="Fine-tuned run directory."),
+    task: str = typer.Option(..., help="sentiment, translate, qa or chat."),
+    data: Optional[str] = typer.Option(None, help="Task data (default: the data the run was fine-tuned on)."),
+    compare: List[Path] = typer.Option([], help="sentiment: another fine-tuned run to score on the same split "
+                                       "(repeatable)."),
+    beam_size: int = typer.Option(4, help="translate: beam size (1 = greedy)."),
+    length_penalty: float = typer.Option(1.0, help="translate: hypotheses are ranked by log-prob / length^this."),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N test examples."),
+) -> None:
+    """Score a fine-tuned run on its task's test split, next to baselines; writes RUN/evals/<task>.json.
+
+    Example: candorlm eval runs/pd-sentiment --task sentiment --compare runs/bert-sentiment
+    """
+    from candorlm.tasks import evaluate_task
+
+    result = evaluate_task(run, task, data=data, compare=compare, beam_size=beam_size, length_penalty=length_penalty,
+                           limit=limit)
+    console.print(f"wrote {run / 'evals' / (task + '.json')}")
+    _print_task_result(result)
+
+
+def _print_task_result(result: dict) -> None:
+    import json
+
+    shown = {k: v for k, v in result.items() if k not in ("examples", "command")}
+    sys.stdout.write(json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def chat(
+    run: Path = typer.Argument(..., help="Run directory of a decoder (best: one fine-tuned with --task chat)."),
+    system: Optional[str] = typer.Option(None, help="System message to start with."),
+    max_new_tokens: int = typer.Option(128, help="Most tokens per reply."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature (0 = greedy)."),
+    top_k: Optional[int] = typer.Option(40, help="Sample among the k most likely tokens."),
+    top_p: Optional[float] = typer.Option(None, help="Sample among the most likely tokens holding probability p."),
+    seed: Optional[int] = typer.Option(None, help="Random seed for sampling."),
+) -> None:
+    """Talk to a model in the terminal: replies stream as they are generated; the history is kept
+    (the oldest turns are dropped when it outgrows the model's context). Commands: /reset clears
+    the history, /system TEXT sets the system message, /quit (or Ctrl-D) leaves.
+
+    Example: candorlm chat runs/pd-chat --temperature 0.7
+    """
+    from candorlm.lm import load
+    from candorlm.tasks.chat import ChatSession, repl
+
+    lm = load(run)
+    session = ChatSession(lm, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, seed=seed)
+    repl(session, input_fn=input, write=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+         notice=lambda text: console.print(f"[dim]{escape(text)}[/dim]"))
 
 
 def _setup_logging() -> None:

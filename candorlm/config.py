@@ -31,8 +31,11 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """The transformer's shape. Derived values (head_dim, ff_dim) are computed, not stored."""
 
-    arch: Literal["decoder"] = "decoder"
+    # decoder: GPT (causal LM); encoder: BERT (masked LM); seq2seq: encoder-decoder (the original Transformer)
+    arch: Literal["decoder", "encoder", "seq2seq"] = "decoder"
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
+    n_encoder_layers: int | None = None  # seq2seq only; None: n_layers
+    src_vocab_size: int = 0  # seq2seq only; 0: the source shares the target's vocabulary and embeddings
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -59,6 +62,8 @@ class ModelConfig(_Strict):
             raise ValueError(f"head dimension d_model/n_heads = {self.head_dim} must be even for rotary embeddings")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.kv_heads})")
+        if self.n_encoder_layers is not None and self.n_encoder_layers <= 0:
+            raise ValueError(f"model.n_encoder_layers must be positive, got {self.n_encoder_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         return self

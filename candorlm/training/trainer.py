@@ -24,11 +24,12 @@ from candorlm.device import autocast, keep_freed_memory, pick_device, resolve_pr
 from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
 from candorlm.ledger.training import TrainingMeter, ledger_summary
-from candorlm.model import DecoderLM
+from candorlm.model import build_model, lm_loss
 from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, atomic_write_text
 from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights, set_rng_state
+from candorlm.training.objectives import make_objective
 
 log = logging.getLogger("candorlm")
 
@@ -117,7 +118,8 @@ class Trainer:
             keep_freed_memory()
         self.precision = resolve_precision(t.precision, self.device)
         torch.manual_seed(t.seed)
-        self.model = DecoderLM(config.model).to(self.device)
+        self.model = build_model(config.model).to(self.device)
+        self.objective = make_objective(config.model.arch, self.tokenizer, t.seed, self.data.path / "tokenizer.json")
         self.optimizer = build_optimizer(self.model, config)
         self.forward = torch.compile(self.model) if t.compile else self.model
         self.train_windows = self.data.windows("train", config.seq_len)
@@ -189,11 +191,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), device=self.device)
-        for _ in range(t.grad_accum):
+        for micro in range(t.grad_accum):
             x, y = self.sampler.next_batch()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            inputs, y = self.objective.batch(x, y, self.step * t.grad_accum + micro)
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+            y = y.to(self.device, non_blocking=True)
             with autocast(self.precision, self.device):
-                loss = self.forward(x, targets=y) / t.grad_accum  # fused output layer + loss (model/loss.py)
+                if self.objective.arch == "decoder":  # fused output layer + loss (model/loss.py)
+                    loss = self.forward(**inputs, targets=y) / t.grad_accum
+                else:
+                    loss = lm_loss(self.forward(**inputs), y) / t.grad_accum
             loss.backward()
             step_loss += loss.detach()
         if t.grad_clip > 0:
@@ -208,7 +215,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         t = self.config.train
         return evaluate_bpb(self.model, self.val_windows, self.token_bytes, batch_size=t.batch_size,
-                            max_tokens=t.eval_tokens, precision=self.precision)
+                            max_tokens=t.eval_tokens, precision=self.precision, make_batch=self.objective.eval_fn)
 
     def fit(self) -> TrainResult:
         if self.resume_from is not None:

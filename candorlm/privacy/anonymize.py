@@ -94,7 +94,12 @@ class Anonymizer:
         return f"<{entity.type}>"
 
     def anonymize(self, text: str) -> Result:
-        entities = self.detector.detect(text)
+        return self.anonymize_many([text])[0]
+
+    def anonymize_many(self, texts: Sequence[str]) -> list[Result]:
+        return [self._apply(t, e) for t, e in zip(texts, self.detector.detect_many(texts))]
+
+    def _apply(self, text: str, entities: list[Entity]) -> Result:
         if not entities:
             return Result(text, entities)
         if self.operator == "drop":

@@ -112,7 +112,7 @@ def _init_worker(operator: str, types: list[str] | None, key: bytes | None) -> N
 
 def _anonymize_batch(texts: list[str]) -> list[Result]:
     assert _worker is not None
-    return [_worker.anonymize(t) for t in texts]
+    return _worker.anonymize_many(texts)
 
 
 def _batched(docs: Iterable[Document], n: int) -> Iterator[list[Document]]:
@@ -125,8 +125,8 @@ def anonymize_documents(docs: Iterable[Document], anonymizer: Anonymizer, key: b
                         workers: int = 1) -> Iterator[tuple[Document, Result]]:
     """(document, result) in corpus order; with workers > 1, batches run in worker processes."""
     if workers <= 1:
-        for doc in docs:
-            yield doc, anonymizer.anonymize(doc.text)
+        for batch in _batched(docs, _BATCH):
+            yield from zip(batch, anonymizer.anonymize_many([d.text for d in batch]))
         return
     types = list(anonymizer.detector.types)
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(anonymizer.operator, types, key)) as pool:

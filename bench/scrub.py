@@ -64,11 +64,14 @@ def throughput(docs: list[str], text: str) -> None:
     structured = PIIDetector([t for t in ENTITY_TYPES if t != "PERSON"])
     names = PIIDetector(["PERSON"])
     everything = PIIDetector()
+    def batched(detector):  # as scrub calls it: 64 documents at a time
+        return lambda t: [detector.detect_many(docs[i:i + 64]) for i in range(0, len(docs), 64)]
+
     print("| what | MB/s |\n|---|---|")
     print(f"| detect, structured types ({', '.join(STRUCTURED_TYPES)}, URL credentials, passports, plates) | "
-          f"{_rate(lambda t: [structured.detect(d) for d in docs], text):.2f} |")
-    print(f"| detect, person names only | {_rate(lambda t: [names.detect(d) for d in docs], text):.2f} |")
-    print(f"| detect, all types | {_rate(lambda t: [everything.detect(d) for d in docs], text):.2f} |")
+          f"{_rate(batched(structured), text):.2f} |")
+    print(f"| detect, person names only | {_rate(batched(names), text):.2f} |")
+    print(f"| detect, all types | {_rate(batched(everything), text):.2f} |")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "pd.txt"
         src.write_text(text, encoding="utf-8")
@@ -153,6 +156,7 @@ def real_text_false_positives() -> None:
 
 
 def presidio_peer(docs: list[str], text: str) -> None:
+    start = time.perf_counter()
     try:
         import tldextract
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
@@ -171,7 +175,6 @@ def presidio_peer(docs: list[str], text: str) -> None:
         def validate_result(self, pattern_text: str) -> bool:
             return offline(pattern_text).fqdn != ""
 
-    start = time.perf_counter()
     recognizers = [OfflineEmail(), IpRecognizer(), CreditCardRecognizer(),
                    PhoneRecognizer(supported_regions=("CN", "US", "GB", "DE"))]
     engine = AnalyzerEngine(nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "no_op"}]),
@@ -188,10 +191,14 @@ def presidio_peer(docs: list[str], text: str) -> None:
             return [Entity(names[r.entity_type], r.start, r.end, s[r.start:r.end])
                     for r in engine.analyze(s, language="en", entities=list(names))]
 
-    print(f"## peer: Presidio {__import__('presidio_analyzer').__version__ if hasattr(__import__('presidio_analyzer'), '__version__') else '2.x'}"
-          f" pattern mode (NoOpNlpEngine), set up in {setup:.1f} s\n")
-    theirs = pii_testset.score(Adapter(), pii_testset.build(seed=0))
-    ours = pii_testset.score(PIIDetector(list(names.values())), pii_testset.build(seed=0))
+    from importlib.metadata import version
+
+    print(f"## peer: Presidio {version('presidio-analyzer')} in pattern mode (NoOpNlpEngine); import and set-up "
+          f"{setup:.1f} s\n")
+    # Only sentences whose planted values are of the four compared types, and the look-alikes.
+    samples = [s for s in pii_testset.build(seed=0) if all(t in names.values() for t, _, _ in s.entities)]
+    theirs = pii_testset.score(Adapter(), samples)
+    ours = pii_testset.score(PIIDetector(list(names.values())), samples)
     print("| type | Presidio precision / recall | candorlm precision / recall |\n|---|---|---|")
     for t in names.values():
         print(f"| {t} | {theirs[t]['precision']:.3f} / {theirs[t]['recall']:.3f} | "

@@ -9,7 +9,9 @@ import pytest
 from candorlm.errors import CandorError
 from candorlm.privacy.audit import audit, exposure_from_fit, roc_auc, split_documents, tpr_at_fpr
 from candorlm.privacy.canaries import CanaryCorpus, make_canaries, parse_repeats
+from candorlm.privacy.integrity import verify
 from candorlm.shards import is_validation
+from candorlm.training import train
 from conftest import TINY_MODEL, TINY_TRAIN, write_articles
 from test_cli import assert_clean_error, run_cli
 
@@ -56,11 +58,10 @@ def test_prepare_train_audit_from_the_command_line(tmp_path):
             "--canaries", "2", "--repeats", "1,60", "--canary-format", "我的密码是####。")
     planted = json.loads((data / "canaries.json").read_text(encoding="utf-8"))
     assert len(planted["canaries"]) == 6
-    sets = [f"--set=model.{k}={v}" for k, v in TINY_MODEL.items()]
-    sets += [f"--set=train.{k}={json.dumps(v)}" for k, v in dict(TINY_TRAIN, lr=3e-3, eval_every=100).items()]
-    run_cli("train", "--data", data, "--out", run, "--max-steps", "60", *sets)
+    settings = dict(TINY_TRAIN, lr=3e-3, eval_every=100)
+    train(run, data=data, model=TINY_MODEL, max_steps=60, **settings)
     assert (run / "canaries.json").is_file()
-    out = run_cli("audit", run, "--samples", "20", "--candidates", "300", "--generations", "4")
+    out = run_cli("audit", run, "--samples", "10", "--candidates", "300", "--generations", "2")
     assert "mean exposure" in out.stderr + out.stdout
     result = json.loads((run / "evals" / "privacy.json").read_text(encoding="utf-8"))
     by = result["canaries"]["by_repeats"]
@@ -69,11 +70,13 @@ def test_prepare_train_audit_from_the_command_line(tmp_path):
     assert by["60"]["mean_exposure"] > by["0"]["mean_exposure"] + 3, by
     assert 0.0 <= result["membership"]["auc"] <= 1.0 and result["membership"]["train_documents"] > 0
     assert set(result["extraction"]) == {"prefix_tokens", "suffix_tokens", "train", "heldout"}
-    assert result["pii_regurgitation"]["generations"] == 4
+    assert result["pii_regurgitation"]["generations"] == 2
     assert result["differential_privacy"] is None
-    run_cli("verify", run)  # the audit updated the run's manifest
+    assert verify(run).ok  # the audit updated the run's manifest
 
-    run_cli("train", "--data", data, "--out", dp_run, "--max-steps", "4", "--dp-epsilon", "8", *sets)
+    sets = [f"--set=model.{k}={v}" for k, v in TINY_MODEL.items()]
+    sets += [f"--set=train.{k}={json.dumps(v)}" for k, v in settings.items()]
+    run_cli("train", "--data", data, "--out", dp_run, "--max-steps", "3", "--dp-epsilon", "8", *sets)
     dp = audit(dp_run, samples=5, candidates=50, generations=2)["differential_privacy"]
     assert dp["epsilon_target"] == 8.0 and dp["epsilon_spent"] <= 8.05
     assert_clean_error(run_cli("audit", tmp_path, check=False), "not a candorlm run")

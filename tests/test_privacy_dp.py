@@ -14,6 +14,7 @@ from candorlm.training import train
 from conftest import TINY_MODEL, TINY_TRAIN
 
 
+@pytest.mark.filterwarnings("ignore:.*(autocast|Full backward hook).*")
 def test_per_window_gradients_are_exact():
     from opacus.grad_sample import GradSampleModule
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
@@ -22,6 +22,9 @@ from candorlm.rundir import open_run, read_json
 from candorlm.tokenizer import Tokenizer
 from candorlm.training.checkpoint import latest_checkpoint, load_weights
 
+if TYPE_CHECKING:
+    from candorlm.privacy.crypto import Key
+
 
 class LanguageModel:
     def __init__(self, model: DecoderLM, tokenizer: Tokenizer, config: RunConfig | None = None):
@@ -30,8 +33,16 @@ class LanguageModel:
         self.config = config or RunConfig(model=model.cfg)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto") -> "LanguageModel":
-        """Load a run's final weights (or, while it trains, its newest checkpoint)."""
+    def load(cls, run_dir: str | Path, device: str = "auto", key: "Key | None" = None) -> "LanguageModel":
+        """Load a run's final weights (or, while it trains, its newest checkpoint). An encrypted run
+        (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY / CANDORLM_KEY_FILE."""
+        from candorlm.privacy.crypto import use_key
+
+        with use_key(key):
+            return cls._load(run_dir, device)
+
+    @classmethod
+    def _load(cls, run_dir: str | Path, device: str) -> "LanguageModel":
         run = open_run(run_dir)
         config = run.read_config()
         task_file = run.path / "task.json"
@@ -150,6 +161,6 @@ class _TextRow:
         return delta
 
 
-def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:
+def load(run_dir: str | Path, device: str = "auto", key: "Key | None" = None) -> LanguageModel:
     """Load a trained run: `candorlm.load("runs/demo").generate("今天")`."""
-    return LanguageModel.load(run_dir, device)
+    return LanguageModel.load(run_dir, device, key)

@@ -93,8 +93,12 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise CandorError(f"tokenizer not found: {path}")
+        from candorlm.privacy.crypto import is_encrypted, read_text
+
         try:
-            hf = HFTokenizer.from_file(str(path))
+            hf = HFTokenizer.from_str(read_text(path)) if is_encrypted(path) else HFTokenizer.from_file(str(path))
+        except CandorError:
+            raise
         except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
             raise CandorError(f"{path} is not a valid tokenizer.json ({exc})") from None
         if all(hf.token_to_id(t) is not None for t in SPECIAL_TOKENS):

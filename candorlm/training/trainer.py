@@ -130,6 +130,21 @@ class Trainer:
         self.warmup = min(t.warmup_steps, self.max_steps // 2)
         self.token_bytes = self.tokenizer.token_byte_lengths()
         self.step = 0
+        self.last_eval: tuple[int, float] | None = None  # (step, val loss): the retention policy keeps the best
+        self.dp = None
+        if t.dp_epsilon is not None:  # DP-SGD, an isolated path: see candorlm/privacy/dp.py
+            from candorlm.privacy.dp import DPSGD, check_resume
+
+            if config.model.arch != "decoder":
+                raise CandorError(f"--dp-epsilon trains decoders only (next-token windows are its privacy unit); "
+                                  f"this run's model.arch is '{config.model.arch}'. Drop --dp-epsilon or use "
+                                  "--arch decoder.")
+
+            self.dp = DPSGD(self.model, self.optimizer, self.train_windows, epsilon=t.dp_epsilon, delta=t.dp_delta,
+                            max_grad_norm=t.dp_max_grad_norm, batch_size=t.batch_size, grad_accum=t.grad_accum,
+                            steps=self.max_steps, seed=t.seed, autocast_ctx=lambda: autocast(self.precision, self.device))
+            if self.resume_from is not None:
+                check_resume(self.run.path / "dp.json", self.dp.budget)
 
     # ------------------------------------------------------------ run directory
     def _claim_run_dir(self, config: RunConfig, resume: bool, overwrite: bool) -> Path | None:
@@ -161,7 +176,11 @@ class Trainer:
     def _write_run_files(self) -> None:
         self.run.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run.config, self.config.to_toml())
-        shutil.copyfile(self.data.path / "tokenizer.json", self.run.tokenizer)
+        from candorlm.privacy.crypto import read_bytes  # the data may be encrypted; the run is written plain
+
+        self.run.tokenizer.write_bytes(read_bytes(self.data.path / "tokenizer.json"))
+        if (self.data.path / "canaries.json").is_file():  # planted by `prepare --canaries`, for `audit`
+            (self.run.path / "canaries.json").write_bytes(read_bytes(self.data.path / "canaries.json"))
 
     def _restore(self, checkpoint: Path) -> None:
         state = load_checkpoint(checkpoint, self.model, self.optimizer)
@@ -181,8 +200,15 @@ class Trainer:
 
     def save(self) -> Path:
         state = {"data": self.sampler.state_dict(), "precision": self.precision}
-        return save_checkpoint(self.run.checkpoints, self.step, self.model, self.optimizer, state,
-                               keep=self.config.train.keep_checkpoints)
+        if self.last_eval is not None and self.last_eval[0] == self.step:
+            state["val_loss"] = self.last_eval[1]
+        path = save_checkpoint(self.run.checkpoints, self.step, self.model, self.optimizer, state,
+                               keep=self.config.train.keep_checkpoints, keep_best=self.config.train.keep_best_checkpoint)
+        if self.dp is not None:
+            from candorlm.rundir import write_json
+
+            write_json(self.run.path / "dp.json", self.dp.record(self.step))
+        return path
 
     # ------------------------------------------------------------ the loop
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,6 +216,10 @@ class Trainer:
         lr = lr_at(self.step, t.lr, self.warmup, self.max_steps, t.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.dp is not None:
+            step_loss, grad_norm = self.dp.step(self.step, self.device)
+            self.step += 1
+            return step_loss, grad_norm
         step_loss = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
             x, y = self.sampler.next_batch()
@@ -252,6 +282,7 @@ class Trainer:
                         ev = self.evaluate()
                     meter.count_eval(ev["tokens"])
                     row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
+                    self.last_eval = (self.step, ev["loss"])
                     result.final_eval = ev
                     log.info("step %d: val loss %.4f, val bits/byte %.4f", self.step, ev["loss"], ev["bpb"])
                 if row:
@@ -274,6 +305,9 @@ class Trainer:
             tmp.replace(self.run.weights)
         result.ledger = meter.finish(self.run.path, self.step, resumed=self.resume_from is not None)
         log.info("ledger: %s", ledger_summary(result.ledger))
+        from candorlm.privacy.integrity import write_manifest
+
+        write_manifest(self.run.path)  # SHA256SUMS, after every file is written: `candorlm verify RUN` checks it
         return result
 
 

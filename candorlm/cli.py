@@ -414,16 +414,18 @@ def serve(
     max_body: int = typer.Option(1 << 20, help="Largest request body in bytes."),
     model_name: Optional[str] = typer.Option(None, help="Model id clients use (default: the run's folder name)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    key_file: Optional[Path] = typer.Option(None, help="Key to read an encrypted run with (or set CANDORLM_KEY)."),
 ) -> None:
     """Serve a run: OpenAI-compatible API (completions, chat, streaming), /v1/explain, and a chat page at /.
 
     Example: candorlm serve runs/pd --port 8000 --keys keys.json
     """
+    from candorlm.privacy.crypto import resolve_key
     from candorlm.serve.server import serve as run_server
 
     run_server(run, host=host, port=port, keys=keys, insecure_no_auth=insecure_no_auth, audit_log=audit_log,
                audit_text=audit_text, max_batch=max_batch, model_name=model_name, device=device,
-               max_tokens=max_tokens, max_body_bytes=max_body)
+               max_tokens=max_tokens, max_body_bytes=max_body, key=resolve_key(key_file))
 
 
 # ---- tasks: fine-tuning, task evaluation, chat (issue 4) ----

@@ -361,3 +361,28 @@ def document_hash(text: str) -> int:
     """A stable 64-bit hash of a document's text (the same on every machine and run)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
+
+class CorpusFilter:
+    """A corpus made from another one's documents (scrubbed, or with canaries planted): its
+    reading report, sources and emptiness check are those of the corpus underneath."""
+
+    def __init__(self, corpus: "Corpus | CorpusFilter"):
+        self.corpus = corpus
+
+    def __iter__(self) -> Iterator[Document]:
+        raise NotImplementedError
+
+    @property
+    def report(self) -> CorpusReport:
+        return self.corpus.report
+
+    @property
+    def sources(self) -> list[str]:
+        return self.corpus.sources
+
+    def check_not_empty(self) -> None:
+        """After a pass: a CandorError if the corpus underneath had no text."""
+        self.corpus.check_not_empty()
+
+    def texts(self) -> Iterator[str]:
+        return (doc.text for doc in self)

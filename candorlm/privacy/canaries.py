@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from candorlm.corpus import Document
+from candorlm.corpus import CorpusFilter, Document
 from candorlm.errors import CandorError
 from candorlm.shards import is_validation
 
@@ -117,24 +117,13 @@ def parse_repeats(text: str | Sequence[int]) -> list[int]:
         raise CandorError(f"--repeats '{text}' is not a list of counts such as 10 or 1,10,100") from None
 
 
-class CanaryCorpus:
+class CanaryCorpus(CorpusFilter):
     """A corpus with the canaries' copies inserted at seeded random places among its documents."""
 
     def __init__(self, corpus, canaries: CanarySet):
-        self.corpus, self.canaries = corpus, canaries
+        super().__init__(corpus)
+        self.canaries = canaries
         self._n_docs: int | None = None
-
-    @property
-    def report(self):
-        return self.corpus.report
-
-    @property
-    def sources(self) -> list[str]:
-        return self.corpus.sources
-
-    def check_not_empty(self) -> None:
-        """After a pass: a CandorError if the corpus underneath had no text."""
-        self.corpus.check_not_empty()
 
     def _schedule(self, n_docs: int) -> dict[int, list[Canary]]:
         rng = random.Random(self.canaries.seed + 1)
@@ -159,6 +148,3 @@ class CanaryCorpus:
     def _copies(self, canaries: Iterable[Canary]) -> Iterator[Document]:
         for c in canaries:
             yield Document(c.text, f"canary:{c.secret}")
-
-    def texts(self) -> Iterator[str]:
-        return (doc.text for doc in self)

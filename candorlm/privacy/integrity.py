@@ -9,7 +9,6 @@ Hidden entries (temporary files of an interrupted write) are left out.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,16 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from candorlm.errors import CandorError
+from candorlm.rundir import atomic_write_text, sha256_file
 
 MANIFEST_NAME = "SHA256SUMS"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_files(root: Path) -> list[Path]:
@@ -48,16 +40,7 @@ def _format(entries: dict[str, str]) -> str:
 
 def _write(root: Path, entries: dict[str, str]) -> Path:
     path = root / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_format(entries))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, _format(entries))
     return path
 
 

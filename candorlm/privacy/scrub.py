@@ -20,7 +20,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from candorlm.corpus import Corpus, Document
+from candorlm.corpus import Corpus, CorpusFilter, Document
 from candorlm.errors import CandorError
 from candorlm.privacy.anonymize import Anonymizer, Result, mask
 from candorlm.privacy.pii import ENTITY_TYPES, Entity
@@ -211,27 +211,15 @@ def scrub(sources: Sequence[str], out: str | Path, *, operator: str = "placehold
     return rep
 
 
-class ScrubbedCorpus:
+class ScrubbedCorpus(CorpusFilter):
     """A corpus whose documents come out scrubbed (dropped ones left out): `prepare --scrub`."""
 
     def __init__(self, corpus: Corpus, operator: str = "placeholder", types: Sequence[str] | None = None,
                  key: bytes | None = None, workers: int | None = None):
-        self.corpus = corpus
+        super().__init__(corpus)
         self.anonymizer = Anonymizer(operator, types, key)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.scrub_report = ScrubReport(operator, list(self.anonymizer.detector.types))
-
-    @property
-    def report(self):
-        return self.corpus.report
-
-    @property
-    def sources(self) -> list[str]:
-        return self.corpus.sources
-
-    def check_not_empty(self) -> None:
-        """After a pass: a CandorError if the corpus underneath had no text."""
-        self.corpus.check_not_empty()
 
     def __iter__(self) -> Iterator[Document]:
         rep = ScrubReport(self.anonymizer.operator, list(self.anonymizer.detector.types))
@@ -243,6 +231,3 @@ class ScrubbedCorpus:
                 yield Document(result.text, doc.source, doc.label)
         rep.seconds = time.perf_counter() - start
         self.scrub_report = rep
-
-    def texts(self) -> Iterator[str]:
-        return (doc.text for doc in self)

@@ -12,7 +12,6 @@ complete, so a kill at any moment leaves the previous checkpoint intact and load
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from candorlm.errors import CandorError
-from candorlm.rundir import read_json, write_json
+from candorlm.rundir import read_json, sha256_file, write_json
 
 STEP_PREFIX = "step-"
 
@@ -66,14 +65,6 @@ def _load_encrypted_weights(model: nn.Module, path: Path) -> tuple[list[str], li
     state = model.state_dict()
     loaded = {state[name].data_ptr() for name in tensors if name in state}
     return [name for name in missing if state[name].data_ptr() not in loaded], list(unexpected)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -8,9 +8,10 @@ encoder-decoder's given the source). The input attributed to is the decoder's or
 sequence, or an encoder-decoder's source. The integrated-gradients baseline keeps <bos>, the
 target's own tokens, an encoder's <|mask|> tokens and a source's <eos>, and puts the `<|pad|>`
 embedding at every other prompt position: "the same input with the prompt's content removed".
-The path integral uses Gauss-Legendre quadrature with `n_steps` points. Completeness (Sundararajan et al. 2017): the attributions
-sum to f(input) - f(baseline); we report the relative error and, if it is above the
-tolerance, double the steps (up to `max_steps`) and say how many were used.
+The path integral uses Gauss-Legendre quadrature with `n_steps` points. Completeness
+(Sundararajan et al. 2017): the attributions sum to f(input) - f(baseline); we report the
+relative error and, if it is above the tolerance, double the steps (up to `max_steps`) and say
+how many were used.
 """
 
 from __future__ import annotations

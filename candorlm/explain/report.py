@@ -230,10 +230,10 @@ def _patching(subject: Subject, example: Example, corrupt: str, out_dir: Path, w
     if subject.arch == "seq2seq":
         streams = [("encoder", "the encoder's residual stream", "encoder.", labels),
                    ("decoder", "the decoder's residual stream", "", list(example.decoder_labels))]
-        head_groups = [("encoder", "encoder self-attention", [f"encoder.blocks.{i}.attn.hook_z"
-                                                              for i in range(len(model.encoder.blocks))]),
-                       ("decoder", "decoder self-attention", [f"blocks.{i}.attn.hook_z" for i in range(len(model.blocks))]),
-                       ("cross", "cross-attention", [f"blocks.{i}.cross_attn.hook_z" for i in range(len(model.blocks))])]
+        n_enc, n_dec = len(model.encoder.blocks), len(model.blocks)
+        head_groups = [("encoder", "encoder self-attention", [f"encoder.blocks.{i}.attn.hook_z" for i in range(n_enc)]),
+                       ("decoder", "decoder self-attention", [f"blocks.{i}.attn.hook_z" for i in range(n_dec)]),
+                       ("cross", "cross-attention", [f"blocks.{i}.cross_attn.hook_z" for i in range(n_dec)])]
     else:
         streams = [("residual", "the residual stream", "", labels)]
         head_groups = [("heads", "attention", None)]

@@ -131,8 +131,9 @@ class Subject:
         ids = bos + body
         masks = [i for i, t in enumerate(ids) if t == tok.mask_id]
         if len(masks) < need:
-            raise CandorError(f"the target {tok.decode(target_ids or [])!r} is {need} tokens but the prompt marks {len(masks)} position(s) "
-                              f"with {MASK}; put one {MASK} per target token where the target goes")
+            raise CandorError(f"the target {tok.decode(target_ids or [])!r} is {need} tokens but the prompt marks "
+                              f"{len(masks)} position(s) with {MASK}; put one {MASK} per target token where the "
+                              f"target goes")
         chosen = tuple(masks[-need:])
         if target_ids is None:
             with torch.no_grad():

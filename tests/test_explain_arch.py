@@ -27,7 +27,7 @@ def cfg(**kw):
 @pytest.fixture(scope="module", params=["encoder", "seq2seq"])
 def run(request, tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("explain-arch") / request.param
-    train(out, data=data_dir, model=dict(TINY_MODEL, arch=request.param), max_steps=8,
+    train(out, data=data_dir, model=dict(TINY_MODEL, arch=request.param), max_steps=4,
           **dict(TINY_TRAIN, eval_every=100, save_every=100))
     return out
 

@@ -235,7 +235,8 @@ def demo(
 def explain_cmd(
     run: Path = typer.Argument(..., help="Run directory (a trained or imported model)."),
     prompt: str = typer.Option(..., "--prompt", help="The prompt to explain."),
-    target: Optional[str] = typer.Option(None, help="Continuation to explain (default: the model's own next token)."),
+    target: Optional[str] = typer.Option(None, help="Continuation to explain (default: the model's own next token); "
+                                         "an encoder's tokens at the prompt's <|mask|>; an encoder-decoder's output."),
     method: str = typer.Option("all", help="attention, lens, ig, patching or all; several comma-separated."),
     corrupt: Optional[str] = typer.Option(None, help="Corrupted prompt for activation patching, with as many tokens "
                                           "as --prompt."),
@@ -250,6 +251,13 @@ def explain_cmd(
     against random deletions), and activation patching against a corrupted prompt. Writes PNGs and
     explain.html to --out and explain.json to --out and RUN/evals/.
 
+    The run's model.arch picks what is explained: a decoder's continuation of the prompt; an
+    encoder's prediction at the prompt's <|mask|> positions (one <|mask|> is appended per target
+    token when the prompt has none); an encoder-decoder's output (the target) for the prompt as
+    its source, with encoder, decoder and cross-attention maps.
+
+    Example: candorlm explain runs/mlm --prompt "人民日<|mask|>记者" --out explain-mlm
+
     Example: candorlm explain runs/demo --prompt "江泽民主席在北京会见了" --corrupt "李鹏总理在北京会见了" --out explain-out
     """
     from candorlm.explain import explain
@@ -257,11 +265,11 @@ def explain_cmd(
     doc = explain(run, prompt, target=target, method=method, corrupt=corrupt, out=out, top_k=top_k,
                   ig_steps=ig_steps, seed=seed)
     console.print(f"target {doc['target']!r} ({doc['target_source']}): p = {doc['p_target']:.3g}", highlight=False)
-    if "attention" in doc:
-        named = doc["attention"]["heads"]["heads"]
-        for kind, heads in named.items():
+    for attention in doc.get("attention", {}).get("maps", []):
+        where = "" if attention["name"] == "self" else f"{attention['name']} "
+        for kind, heads in (attention["heads"] or {}).get("heads", {}).items():
             listed = ", ".join(f"L{h['layer']}H{h['head']} {h['score']:.2f}" for h in heads) or "none above 0.5"
-            console.print(f"{kind.replace('_', '-')} heads: {listed}", highlight=False)
+            console.print(f"{where}{kind.replace('_', '-')} heads: {listed}", highlight=False)
     if "attribution" in doc:
         ig = doc["attribution"]["integrated_gradients"]
         console.print(f"integrated gradients: completeness error {ig['completeness_error']:.2%} with "

@@ -176,9 +176,9 @@ def test_explain_writes_everything(lm, trained_run, tmp_path):
     saved = json.loads((trained_run / "evals" / "explain.json").read_text(encoding="utf-8"))
     assert saved["prompt"] == "中国经济" and saved["tokens"][0] == "<|bos|>"
     assert saved["attribution"]["completeness_ok"] is True
-    assert len(saved["attention"]["patterns"]) == 2
+    assert len(saved["attention"]["maps"][0]["patterns"]) == 2 and saved["attention"]["maps"][0]["causal"]
     assert {"patching-residual.png", "patching-heads.png"} <= files
-    assert doc["patching"]["residual"]["effect"][-1][-1] == pytest.approx(1.0, abs=1e-3)
+    assert doc["patching"]["residual"][0]["effect"][-1][-1] == pytest.approx(1.0, abs=1e-3)
     html = (tmp_path / "out" / "explain.html").read_text(encoding="utf-8")
     assert "中国" in html
     # Self-contained: nothing is fetched from anywhere.

@@ -67,7 +67,7 @@ def test_buttons_switch_layers_and_heads(page):
     from selenium.webdriver.common.by import By
 
     driver, doc = page
-    patterns = doc["attention"]["patterns"]
+    patterns = doc["attention"]["maps"][0]["patterns"]
     driver.find_element(By.ID, "layer-1").click()
     driver.find_element(By.ID, "head-1").click()
     table = driver.find_element(By.ID, "attn-map")

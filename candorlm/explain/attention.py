@@ -8,6 +8,10 @@ Scores are mean attention weights, between 0 and 1:
   second half of the weight from r_i's second occurrence onto r_{i+1}'s first occurrence
   (Olsson et al. 2022). Random tokens carry no meaning, so only an induction mechanism can
   score high.
+
+The scores apply to any self-attention: a decoder's, an encoder's (bidirectional: "previous"
+is the token to the left, and a query may also look right), an encoder-decoder's encoder and
+decoder. Cross-attention (target queries, source keys) gets maps but no such scores.
 """
 
 from __future__ import annotations
@@ -24,11 +28,27 @@ PATTERN = "blocks.*.attn.hook_pattern"
 THRESHOLD = 0.5  # a head whose score is above this is named in the summary
 
 
+# An encoder-decoder's three kinds of attention: (name, hook point glob, stack prefix, suffix).
+SEQ2SEQ_MAPS = (("encoder", "encoder.blocks.*.attn.hook_pattern", "encoder.", "attn.hook_pattern"),
+                ("decoder", PATTERN, "", "attn.hook_pattern"),
+                ("cross", "blocks.*.cross_attn.hook_pattern", "", "cross_attn.hook_pattern"))
+
+
 @torch.no_grad()
 def attention_patterns(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Attention weights (layer, batch, head, query, key) for input ids (batch, T)."""
+    """Attention weights (layer, batch, head, query, key) for input ids (batch, T) of a decoder
+    or an encoder (whose weights are bidirectional: every query sees every key)."""
     _, cache = run_with_cache(model, ids, names=PATTERN)
     return cache.stack("attn.hook_pattern").float()
+
+
+@torch.no_grad()
+def seq2seq_patterns(model: nn.Module, source: torch.Tensor, decoder_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An encoder-decoder's attention weights (layer, batch, head, query, key), by kind:
+    'encoder' (source x source), 'decoder' (target x target, causal) and 'cross' (target
+    queries x source keys)."""
+    _, cache = run_with_cache(model, source, decoder_ids, names=[glob for _, glob, _, _ in SEQ2SEQ_MAPS])
+    return {name: cache.stack(suffix, prefix).float() for name, _, prefix, suffix in SEQ2SEQ_MAPS}
 
 
 def previous_token_scores(patterns: torch.Tensor) -> torch.Tensor:
@@ -69,6 +89,18 @@ def induction_scores(model: nn.Module, vocab: list[int], bos: int | None, n: int
     return induction_scores_from(attention_patterns(model, ids), n, int(bos is not None))
 
 
+@torch.no_grad()
+def seq2seq_induction_scores(model: nn.Module, source_vocab: list[int], target_vocab: list[int], bos: int,
+                             n: int = 20, batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """(layer, head) induction scores of an encoder-decoder's encoder and decoder self-attention:
+    repeated random sequences (<bos> r r) as the source and, drawn afresh, as the decoder input."""
+    device = next(model.parameters()).device
+    src = repeated_random_tokens(n, batch, source_vocab, bos, seed).to(device)
+    dec = repeated_random_tokens(n, batch, target_vocab, bos, seed + 1).to(device)
+    patterns = seq2seq_patterns(model, src, dec)
+    return {kind: induction_scores_from(patterns[kind], n, 1) for kind in ("encoder", "decoder")}
+
+
 @dataclass
 class HeadSummary:
     previous_token: np.ndarray  # (layer, head)
@@ -92,11 +124,20 @@ class HeadSummary:
                 "heads": self.named()}
 
 
+def induction_length(model: nn.Module) -> int:
+    """n of the repeated random sequences <bos> r_1..r_n r_1..r_n that fit the model."""
+    return min(20, (model.cfg.max_seq_len - 1) // 2) if hasattr(model, "cfg") else 20
+
+
 def head_summary(model: nn.Module, ids: torch.Tensor, vocab: list[int], bos: int | None,
                  seed: int = 0) -> HeadSummary:
     """Previous- and first-token scores on the prompt `ids` (1, T), induction scores on random
-    repeated sequences drawn from `vocab`."""
+    repeated sequences drawn from `vocab` (a decoder or an encoder)."""
     patterns = attention_patterns(model, ids)
-    n = min(20, (model.cfg.max_seq_len - 1) // 2) if hasattr(model, "cfg") else 20
+    return summary_of(patterns, induction_scores(model, vocab, bos, n=induction_length(model), seed=seed))
+
+
+def summary_of(patterns: torch.Tensor, induction: torch.Tensor) -> HeadSummary:
+    """A HeadSummary from self-attention patterns (layer, batch, head, T, T) and induction scores."""
     return HeadSummary(previous_token_scores(patterns).cpu().numpy(), first_token_scores(patterns).cpu().numpy(),
-                       induction_scores(model, vocab, bos, n=n, seed=seed).cpu().numpy())
+                       induction.cpu().numpy())

@@ -4,7 +4,7 @@ and measure how far the target's probability falls, against removing k tokens at
 attribution that does no better than random is reported as such.
 
 Tokens are removed from the sequence (not masked), so what remains is an ordinary shorter
-prompt; <bos> is never removed.
+prompt; <bos> is never removed, nor an encoder's <|mask|> or an encoder-decoder's <eos>.
 """
 
 from __future__ import annotations
@@ -36,29 +36,31 @@ class Deletion:
 
 
 def _without(example: Example, positions: tuple[int, ...]) -> Example:
-    keep = [i for i in range(example.n_prompt) if i not in positions]
-    prompt = [example.ids[i] for i in keep]
-    ids = prompt + example.ids[example.n_prompt:]
-    return Example(ids, [example.labels[i] for i in keep] + example.labels[example.n_prompt:], len(prompt),
-                   example.target_ids)
+    return example.without(positions)
 
 
 @torch.no_grad()
 def _target_probs(model: nn.Module, variants: list[Example], batch_size: int = 64) -> list[float]:
     device = next(model.parameters()).device
-    out: list[float] = []
-    for i in range(0, len(variants), batch_size):
-        chunk = variants[i:i + batch_size]
-        ids = torch.tensor([v.ids for v in chunk], device=device)
-        out.extend(torch.exp(target_log_prob(model, ids, chunk[0])).tolist())
-    return out
+    out: dict[int, float] = {}
+    # Removing tokens before an encoder's mask moves it: batch the variants that predict at the same positions.
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, v in enumerate(variants):
+        groups.setdefault(tuple(v.target_positions), []).append(k)
+    for members in groups.values():
+        for i in range(0, len(members), batch_size):
+            chunk = members[i:i + batch_size]
+            ids = torch.tensor([variants[k].ids for k in chunk], device=device)
+            out.update(zip(chunk, torch.exp(target_log_prob(model, ids, variants[chunk[0]])).tolist()))
+    return [out[k] for k in range(len(variants))]
 
 
 def deletion_test(model: nn.Module, example: Example, scores: list[float], k: int, has_bos: bool = True,
                   draws: int = 200, seed: int = 0) -> Deletion | None:
-    """Deletion test for one example; None when the prompt has no more than k removable tokens."""
+    """Deletion test for one example; None when the prompt has no more than k removable tokens.
+    Removable: the prompt's content positions (never <bos>, an encoder's <|mask|>, a source's <eos>)."""
     first = 1 if has_bos else 0
-    candidates = list(range(first, example.n_prompt))
+    candidates = [i for i in example.content_positions if i >= first]
     if len(candidates) <= k:
         return None
     top = tuple(sorted(sorted(candidates, key=lambda i: -scores[i])[:k]))

@@ -45,27 +45,29 @@ TEMPLATE = r"""<!doctype html>
 <h1>Why did the model say “<span class="tok" id="target">{{ doc.target }}</span>”?</h1>
 <p>Prompt: <span class="tok" id="prompt">{{ doc.prompt }}</span> &nbsp;·&nbsp;
    target ({{ doc.target_source }}): p = {{ '%.4f' % doc.p_target }} &nbsp;·&nbsp;
-   model: {{ doc.model.n_layers }} layers × {{ doc.model.n_heads }} heads, {{ '{:,}'.format(doc.model.parameters) }} parameters
+   model: {{ doc.arch or "decoder" }}, {{ doc.model.n_layers }} layers × {{ doc.model.n_heads }} heads, {{ '{:,}'.format(doc.model.parameters) }} parameters
    <br><span class="muted">Run: {{ doc.run }}</span></p>
 <p class="chips" id="tokens"></p>
 
 <section id="attention-section">
 <h2>Attention</h2>
 <p class="muted">Rows are query positions, columns the positions they attend to (key). Darker = more weight.</p>
+<div id="map-buttons"></div>
+<p id="map-title" class="muted"></p>
 <div id="layer-buttons"></div>
 <div id="head-buttons"></div>
 <table class="heat" id="attn-map"></table>
 <h3>Head summary</h3>
 <p class="muted">Mean attention to the previous token and to the first token on this prompt; induction score on random
-repeated sequences. Heads above {{ doc.attention.heads.threshold if doc.attention else 0.5 }} are named.</p>
+repeated sequences. Heads above {{ doc.attention.maps[0].heads.threshold if doc.attention else 0.5 }} are named.</p>
 <div id="head-summary"></div>
 </section>
 
 <section id="lens-section">
 <h2>Logit lens</h2>
 <p class="muted">The residual stream after each layer, decoded by the final norm and unembedding. Cell text: that
-layer's top guess for the next token; colour: the probability of the token that actually comes next (darkest = the
-largest shown). Click a cell for the top-k.</p>
+layer's top guess for the token the position predicts (a decoder's: the next one); colour: the probability of the
+token that actually comes there (darkest = the largest shown). Click a cell for the top-k.</p>
 <table class="heat" id="lens-map"></table>
 <div id="lens-detail"></div>
 </section>
@@ -122,44 +124,67 @@ function heatTable(table, rowLabels, colLabels, value, text, color) {
 }
 
 D.tokens.forEach((t, i) => $("tokens").appendChild(el("span", { class: "tok", text: t,
-  style: i < D.n_prompt ? "background:#eef" : "background:#efe" })));
+  style: (D.masked_positions || []).includes(i) ? "background:#fde" : i < D.n_prompt ? "background:#eef" : "background:#efe" })));
+if (D.decoder_tokens) {  // an encoder-decoder: the source above, the decoder's input (<bos> + target) after it
+  $("tokens").appendChild(el("b", { text: "  →  " }));
+  D.decoder_tokens.forEach((t) => $("tokens").appendChild(el("span", { class: "tok", text: t, style: "background:#efe" })));
+}
 
-// ---- attention: one map at a time, chosen by layer and head buttons
-const state = { layer: 0, head: 0 };
+// ---- attention: one map at a time, chosen by kind (an encoder-decoder has three), layer and head buttons
+const state = { map: 0, layer: 0, head: 0 };
 function drawAttention() {
-  const P = D.attention.patterns[state.layer][state.head];
+  const M = D.attention.maps[state.map];
+  const P = M.patterns[state.layer][state.head];
   const table = $("attn-map");
+  table.dataset.map = M.name;
   table.dataset.layer = String(state.layer);
   table.dataset.head = String(state.head);
-  heatTable(table, D.tokens, D.tokens, (i, j) => (j <= i || P[i][j] > 0 ? P[i][j] : null), null, blues);
+  $("map-title").textContent = M.title;
+  heatTable(table, M.queries, M.keys, (i, j) => (!M.causal || j <= i || P[i][j] > 0 ? P[i][j] : null), null, blues);
+  document.querySelectorAll("#map-buttons button").forEach((b) => b.classList.toggle("on", +b.dataset.map === state.map));
   document.querySelectorAll("#layer-buttons button").forEach((b) => b.classList.toggle("on", +b.dataset.layer === state.layer));
   document.querySelectorAll("#head-buttons button").forEach((b) => b.classList.toggle("on", +b.dataset.head === state.head));
 }
-if (D.attention) {
-  const L = D.attention.patterns.length, H = D.attention.patterns[0].length;
-  for (let l = 0; l < L; l++) {
+function layerButtons() {
+  const M = D.attention.maps[state.map];
+  $("layer-buttons").replaceChildren();
+  state.layer = Math.min(state.layer, M.patterns.length - 1);
+  for (let l = 0; l < M.patterns.length; l++) {
     const b = el("button", { "data-layer": String(l), id: `layer-${l}`, text: `layer ${l}` });
     b.onclick = () => { state.layer = l; drawAttention(); };
     $("layer-buttons").appendChild(b);
   }
-  for (let h = 0; h < H; h++) {
+}
+function headSummary(M, m) {
+  const L = M.patterns.length, H = M.patterns[0].length, S = M.heads.scores;
+  const t = el("table", { class: "plain", id: D.attention.maps.length > 1 ? `head-scores-${M.name}` : "head-scores" });
+  t.appendChild(el("tr", {}, ["layer", "head", "previous token", "first token", "induction"].map((x) => el("th", { text: x }))));
+  for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) {
+    const cells = [l, h, S.previous_token[l][h], S.first_token[l][h], S.induction[l][h]];
+    const tr = el("tr", {}, cells.map((x, k) => el("td", { text: k < 2 ? String(x) : fmt(x) })));
+    cells.slice(2).forEach((x, k) => { if (x > M.heads.threshold) tr.children[k + 2].style.fontWeight = "bold"; });
+    tr.style.cursor = "pointer";
+    tr.onclick = () => { state.map = m; layerButtons(); state.layer = l; state.head = h; drawAttention(); $("attn-map").scrollIntoView(); };
+    t.appendChild(tr);
+  }
+  if (D.attention.maps.length > 1) $("head-summary").appendChild(el("h4", { text: M.title }));
+  $("head-summary").appendChild(t);
+}
+if (D.attention) {
+  const maps = D.attention.maps;
+  if (maps.length > 1) maps.forEach((M, m) => {
+    const b = el("button", { "data-map": String(m), id: `map-${M.name}`, text: M.title });
+    b.onclick = () => { state.map = m; layerButtons(); drawAttention(); };
+    $("map-buttons").appendChild(b);
+  });
+  layerButtons();
+  for (let h = 0; h < maps[0].patterns[0].length; h++) {
     const b = el("button", { "data-head": String(h), id: `head-${h}`, text: `head ${h}` });
     b.onclick = () => { state.head = h; drawAttention(); };
     $("head-buttons").appendChild(b);
   }
   drawAttention();
-  const S = D.attention.heads.scores;
-  const t = el("table", { class: "plain", id: "head-scores" });
-  t.appendChild(el("tr", {}, ["layer", "head", "previous token", "first token", "induction"].map((x) => el("th", { text: x }))));
-  for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) {
-    const cells = [l, h, S.previous_token[l][h], S.first_token[l][h], S.induction[l][h]];
-    const tr = el("tr", {}, cells.map((x, k) => el("td", { text: k < 2 ? String(x) : fmt(x) })));
-    cells.slice(2).forEach((x, k) => { if (x > D.attention.heads.threshold) tr.children[k + 2].style.fontWeight = "bold"; });
-    tr.style.cursor = "pointer";
-    tr.onclick = () => { state.layer = l; state.head = h; drawAttention(); $("attn-map").scrollIntoView(); };
-    t.appendChild(tr);
-  }
-  $("head-summary").appendChild(t);
+  maps.forEach((M, m) => { if (M.heads) headSummary(M, m); });
 } else {
   $("attention-section").appendChild(el("p", { class: "muted", text: "Not computed (add --method attention)." }));
 }
@@ -169,7 +194,9 @@ if (D.lens) {
   const Ls = D.lens;
   // Small models give small probabilities: the colour scale stops at the largest one shown.
   const vmax = Math.max(0.05, ...Ls.next_prob.flat().filter((v) => v !== null));
-  heatTable($("lens-map"), Ls.layers, D.tokens, (i, j) => Ls.next_prob[i][j], (i, j) => Ls.top_tokens[i][j][0],
+  const cols = Ls.positions || D.tokens;
+  if (Ls.reads) $("lens-section").insertBefore(el("p", { class: "muted", id: "lens-reads", text: `Each position predicts ${Ls.reads}.` }), $("lens-map"));
+  heatTable($("lens-map"), Ls.layers, cols, (i, j) => Ls.next_prob[i][j], (i, j) => Ls.top_tokens[i][j][0],
             (v) => blues(v / vmax));
   $("lens-map").addEventListener("click", (ev) => {
     const td = ev.target.closest("td"); if (!td) return;
@@ -177,7 +204,7 @@ if (D.lens) {
     td.classList.add("sel");
     const i = +td.dataset.row, j = +td.dataset.col;
     const box = $("lens-detail"); box.replaceChildren();
-    box.appendChild(el("p", { text: `${Ls.layers[i]}, after “${D.tokens[j]}” (next: “${Ls.next_tokens[j]}”, p = ${fmt(Ls.next_prob[i][j])}; ` +
+    box.appendChild(el("p", { text: `${Ls.layers[i]}, at “${cols[j]}” (expected: “${Ls.next_tokens[j]}”, p = ${fmt(Ls.next_prob[i][j])}; ` +
                                     `target “${Ls.target_token}” p = ${fmt(Ls.target_prob[i][j])}):` }));
     const ol = el("ol");
     Ls.top_tokens[i][j].forEach((tok, k) => ol.appendChild(el("li", { class: "tok", text: `${tok}  ${fmt(Ls.top_probs[i][j][k])}` })));
@@ -220,11 +247,17 @@ if (D.patching) {
   box.appendChild(el("p", { text: `Clean: “${D.prompt}”; corrupted: “${P.corrupt}”. Metric: ${P.metric} ` +
     `(clean ${P.clean_metric.toFixed(3)}, corrupted ${P.corrupted_metric.toFixed(3)}). Cell: share of the clean metric ` +
     `restored by copying that activation from the clean run into the corrupted one.` }));
-  const lim = Math.max(1, ...P.residual.effect.flat().map(Math.abs));
-  const t1 = el("table", { class: "heat", id: "patch-resid" }); box.appendChild(t1);
-  heatTable(t1, P.residual.rows, P.position_labels, (i, j) => P.residual.effect[i][j], (i, j) => P.residual.effect[i][j].toFixed(2), (v) => diverging(v, lim));
-  const t2 = el("table", { class: "heat", id: "patch-heads" }); box.appendChild(t2);
-  heatTable(t2, P.heads.rows, P.heads.effect[0].map((_, h) => `head ${h}`), (i, j) => P.heads.effect[i][j], (i, j) => P.heads.effect[i][j].toFixed(2), (v) => diverging(v, lim));
+  const lim = Math.max(1, ...P.residual.flatMap((r) => r.effect.flat().map(Math.abs)));
+  P.residual.forEach((R, k) => {
+    if (P.residual.length > 1) box.appendChild(el("h4", { text: R.title }));
+    const t = el("table", { class: "heat", id: k ? `patch-resid-${R.name}` : "patch-resid" }); box.appendChild(t);
+    heatTable(t, R.rows, R.columns, (i, j) => R.effect[i][j], (i, j) => R.effect[i][j].toFixed(2), (v) => diverging(v, lim));
+  });
+  P.heads.forEach((R, k) => {
+    box.appendChild(el("h4", { text: R.title }));
+    const t = el("table", { class: "heat", id: k ? `patch-heads-${R.name}` : "patch-heads" }); box.appendChild(t);
+    heatTable(t, R.rows, R.effect[0].map((_, h) => `head ${h}`), (i, j) => R.effect[i][j], (i, j) => R.effect[i][j].toFixed(2), (v) => diverging(v, lim));
+  });
 } else {
   $("patching-section").appendChild(el("p", { class: "muted", text: "Not computed (give --corrupt TEXT, a prompt of the same length with the key word changed)." }));
 }

@@ -51,15 +51,25 @@ def _normalize(values: torch.Tensor, clean: float, corrupted: float) -> torch.Te
     return (values - corrupted) / gap
 
 
+def _run(model: nn.Module, ids: torch.Tensor, extra: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return model(ids, *(e.expand(ids.shape[0], -1) for e in extra))
+
+
 @torch.no_grad()
-def patch_residual(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, metric: Metric) -> Patching:
+def patch_residual(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, metric: Metric,
+                   prefix: str = "", extra: tuple[torch.Tensor, ...] = ()) -> Patching:
     """Effect of restoring the residual stream at (row, position): row 0 the embeddings, row
-    l+1 the stream after block l. clean, corrupted: (1, T)."""
+    l+1 the stream after block l. clean, corrupted: (1, T).
+
+    For an encoder-decoder, `extra` = (decoder input (1, T'),), the same in both runs, and
+    prefix "encoder." patches the encoder's stream (source positions), "" the decoder's
+    (decoder positions: what cross-attention brought in from the source differs there)."""
     _check(clean, corrupted)
-    names = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(len(model.blocks))]
-    logits, cache = run_with_cache(model, clean, names=names)
-    m_clean, m_corrupt = float(metric(logits)[0]), float(metric(model(corrupted))[0])
-    T = clean.shape[1]
+    n_blocks = len(model.get_submodule(prefix + "blocks")) if prefix else len(model.blocks)
+    names = [f"{prefix}hook_embed"] + [f"{prefix}blocks.{i}.hook_resid_post" for i in range(n_blocks)]
+    logits, cache = run_with_cache(model, clean, *extra, names=names)
+    m_clean, m_corrupt = float(metric(logits)[0]), float(metric(_run(model, corrupted, extra))[0])
+    T = cache[names[0]].shape[1]  # positions of the patched stream
     batch = corrupted.expand(T, -1)  # row b restores position b
     effects = []
     for name in names:
@@ -71,19 +81,23 @@ def patch_residual(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tenso
             return x
 
         with hooks(model, {name: restore}):
-            effects.append(metric(model(batch)).float().cpu())
+            effects.append(metric(_run(model, batch, extra)).float().cpu())
     rows = ["embed"] + [f"block {i}" for i in range(len(names) - 1)]
     return Patching(rows, _normalize(torch.stack(effects), m_clean, m_corrupt), m_clean, m_corrupt)
 
 
 @torch.no_grad()
-def patch_heads(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, metric: Metric) -> Patching:
+def patch_heads(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, metric: Metric,
+                names: list[str] | None = None, extra: tuple[torch.Tensor, ...] = ()) -> Patching:
     """Effect of restoring one attention head's output (hook_z, every position): (layer, head).
-    clean, corrupted: (B, T); the metric is averaged over the batch."""
+    clean, corrupted: (B, T); the metric is averaged over the batch. names: the heads' hook_z
+    points, one per layer (default: the decoder's or encoder's self-attention,
+    `blocks.{i}.attn.hook_z`; an encoder-decoder also has `encoder.blocks.{i}.attn.hook_z` and
+    `blocks.{i}.cross_attn.hook_z`)."""
     _check(clean, corrupted)
-    names = [f"blocks.{i}.attn.hook_z" for i in range(len(model.blocks))]
-    logits, cache = run_with_cache(model, clean, names=names)
-    m_clean, m_corrupt = float(metric(logits).mean()), float(metric(model(corrupted)).mean())
+    names = names or [f"blocks.{i}.attn.hook_z" for i in range(len(model.blocks))]
+    logits, cache = run_with_cache(model, clean, *(e.expand(clean.shape[0], -1) for e in extra), names=names)
+    m_clean, m_corrupt = float(metric(logits).mean()), float(metric(_run(model, corrupted, extra)).mean())
     effects = []
     for name in names:
         source = cache[name]  # (B, T, H, D)
@@ -95,7 +109,7 @@ def patch_heads(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, 
                 return z
 
             with hooks(model, {name: restore}):
-                row.append(float(metric(model(corrupted)).mean()))
+                row.append(float(metric(_run(model, corrupted, extra)).mean()))
         effects.append(torch.tensor(row))
     rows = [f"layer {i}" for i in range(len(names))]
     return Patching(rows, _normalize(torch.stack(effects), m_clean, m_corrupt), m_clean, m_corrupt)

@@ -30,9 +30,12 @@ def _token_axes(ax, labels: list[str], x: bool = True, y: bool = True) -> None: 
         ax.set_yticks(range(n), labels, fontsize=8)
 
 
-def attention_png(patterns: np.ndarray, labels: list[str], layer: int, path: Path) -> Path:
-    """One layer's heads side by side: rows are queries, columns are keys."""
-    heads, T = patterns.shape[0], patterns.shape[-1]
+def attention_png(patterns: np.ndarray, labels: list[str], layer: int, path: Path, keys: list[str] | None = None,
+                  title: str = "") -> Path:
+    """One layer's heads side by side: rows are queries (`labels`), columns are keys (`keys`,
+    default the same tokens; cross-attention: the source's). `title` names the kind of attention."""
+    keys = labels if keys is None else keys
+    heads, T = patterns.shape[0], max(patterns.shape[-2:])
     cols = min(heads, 4)
     rows = (heads + cols - 1) // cols
     side = max(2.6, 0.28 * T + 1.2)
@@ -43,8 +46,9 @@ def attention_png(patterns: np.ndarray, labels: list[str], layer: int, path: Pat
             ax.axis("off")
             continue
         im = ax.imshow(patterns[h], cmap="viridis", vmin=0, vmax=1)
-        _token_axes(ax, labels)
-        ax.set_title(f"layer {layer} head {h}", fontsize=9)
+        ax.set_xticks(range(len(keys)), keys, rotation=90 if max(map(len, keys), default=0) > 2 else 0, fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_title(f"{title + ' ' if title else ''}layer {layer} head {h}", fontsize=9)
         ax.set_xlabel("key (attended to)", fontsize=8)
         if h % cols == 0:
             ax.set_ylabel("query", fontsize=8)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from candorlm.errors import CandorError
 from candorlm.tokenizer import Tokenizer, _bytes_to_unicode
@@ -10,18 +10,51 @@ from candorlm.tokenizer import Tokenizer, _bytes_to_unicode
 
 @dataclass(frozen=True)
 class Example:
-    """`ids` = <bos> + prompt tokens + target tokens except the last, so one forward pass gives
-    the probability of every target token (teacher forcing). `n_prompt` counts <bos> too."""
+    """What one explanation is about, for any architecture (`candorlm.explain.subject` builds it).
+
+    `ids` is the input that attributions, deletion and patching vary; `n_prompt` counts its
+    prompt part (<bos> included); `frame` lists the prompt positions that hold structure, not
+    content (<bos>, a source's <eos>, an encoder's <|mask|>): never removed, kept in the
+    integrated-gradients baseline.
+    - decoder: ids = <bos> + prompt + target[:-1], so one forward pass gives the probability of
+      every target token (teacher forcing);
+    - encoder: ids = <bos> + prompt with <|mask|> tokens; the target tokens are predicted at
+      the `masked` positions;
+    - encoder-decoder: ids = the source; the decoder reads `decoder_ids` = <bos> + target[:-1]
+      and predicts the target at its positions 0..n-1.
+    """
 
     ids: list[int]
     labels: list[str]
     n_prompt: int
     target_ids: list[int]
+    frame: tuple[int, ...] = ()
+    masked: tuple[int, ...] = ()
+    decoder_ids: tuple[int, ...] = ()
+    decoder_labels: tuple[str, ...] = ()
 
     @property
     def target_positions(self) -> list[int]:
-        """Positions whose next-token prediction is a target token."""
+        """Positions of the logits whose prediction is a target token."""
+        if self.masked:
+            return list(self.masked)
+        if self.decoder_ids:
+            return list(range(len(self.target_ids)))
         return list(range(self.n_prompt - 1, self.n_prompt - 1 + len(self.target_ids)))
+
+    @property
+    def content_positions(self) -> list[int]:
+        """Prompt positions an attribution ranks and the deletion test may remove."""
+        fixed = set(self.frame) | set(self.masked)
+        return [i for i in range(self.n_prompt) if i not in fixed]
+
+    def without(self, positions: tuple[int, ...]) -> "Example":
+        """The example with the prompt tokens at `positions` removed (a shorter ordinary prompt)."""
+        keep = [i for i in range(len(self.ids)) if i not in positions]
+        new = {old: k for k, old in enumerate(keep)}
+        return replace(self, ids=[self.ids[i] for i in keep], labels=[self.labels[i] for i in keep],
+                       n_prompt=self.n_prompt - sum(1 for p in set(positions) if p < self.n_prompt),
+                       frame=tuple(new[i] for i in self.frame), masked=tuple(new[i] for i in self.masked))
 
 
 def encode_example(tokenizer: Tokenizer, prompt: str, target_ids: list[int] | None = None,
@@ -37,7 +70,7 @@ def encode_example(tokenizer: Tokenizer, prompt: str, target_ids: list[int] | No
             raise CandorError(f"the target {target!r} encodes to no tokens: give a non-empty --target")
     target_ids = list(target_ids or [])
     ids = prompt_ids + target_ids[:-1]
-    return Example(ids, token_labels(tokenizer, ids), len(prompt_ids), target_ids)
+    return Example(ids, token_labels(tokenizer, ids), len(prompt_ids), target_ids, frame=(0,) if bos else ())
 
 
 def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:

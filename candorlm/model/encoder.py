@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from candorlm.config import ModelConfig
+from candorlm.model.hooks import HookPoint
 from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding, init_weights, padding_mask
 
 
@@ -34,6 +35,7 @@ class EncoderLM(nn.Module):
         if self.lm_head is not None and cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.hook_embed, self.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
         init_weights(self, cfg.init_std, cfg.n_layers)
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -52,10 +54,10 @@ class EncoderLM(nn.Module):
         position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         rope = self.rope(position_ids)
         mask = padding_mask(attention_mask)  # (B, 1, 1, T): every query sees every real key
-        x = self.tok_emb(input_ids)
+        x = self.hook_embed(self.tok_emb(input_ids))
         for block in self.blocks:
             x = block(x, rope, mask, is_causal=False)
-        return self.norm(x)
+        return self.hook_norm(self.norm(x))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Masked-LM logits (B, T, vocab): at each position, the model's guess of the original token."""

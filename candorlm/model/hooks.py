@@ -14,6 +14,15 @@ theirs the same way:
     blocks.{i}.hook_resid_post        residual stream leaving block i       (B, T, C)
     hook_norm                         the final norm's output, before the unembedding (B, T, C)
 
+The encoder (EncoderLM) has the same points, its attention bidirectional. The encoder-decoder
+(Seq2SeqLM) names its encoder's points `encoder.hook_embed`, `encoder.blocks.{i}.*`,
+`encoder.hook_norm` (S source positions), and its decoder's as above, plus cross-attention:
+
+    blocks.{i}.cross_attn.hook_pattern   weights from target queries to source keys (B, H, T, S)
+    blocks.{i}.cross_attn.hook_z         cross-attention output per head        (B, T, H, D)
+    blocks.{i}.hook_cross_out            cross-attention output added to the stream (B, T, C)
+    blocks.{i}.hook_resid_cross          residual stream after cross-attention  (B, T, C)
+
 A hook is `fn(tensor, hook) -> tensor | None`: returning a tensor replaces the activation.
 Unused, a point costs one Python call and a list check (no tensor work, nothing recorded), so
 training is unchanged. SDPA never materialises attention weights: while a hook is attached
@@ -157,12 +166,14 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._store)
 
-    def stack(self, suffix: str) -> torch.Tensor:
-        """`blocks.{i}.<suffix>` for every layer i, stacked on a new first dimension (layer)."""
-        names = [n for n in self._store if n.startswith("blocks.") and n.split(".", 2)[2] == suffix]
+    def stack(self, suffix: str, prefix: str = "") -> torch.Tensor:
+        """`{prefix}blocks.{i}.<suffix>` for every layer i, stacked on a new first dimension (layer);
+        prefix "encoder." reads an encoder-decoder's encoder."""
+        head = prefix + "blocks."
+        names = [n for n in self._store if n.startswith(head) and n[len(head):].split(".", 1)[1] == suffix]
         if not names:
-            raise KeyError(f"no cached 'blocks.*.{suffix}'. Cached: {', '.join(self._store)}")
-        names.sort(key=lambda n: int(n.split(".")[1]))
+            raise KeyError(f"no cached '{head}*.{suffix}'. Cached: {', '.join(self._store)}")
+        names.sort(key=lambda n: int(n[len(head):].split(".")[0]))
         return torch.stack([self._store[n] for n in names])
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
 from candorlm.model.encoder import EncoderLM
+from candorlm.model.hooks import HookPoint
 from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding, init_weights, padding_mask
 
 
@@ -42,6 +43,8 @@ class Seq2SeqLM(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        # The decoder's points; the encoder's are encoder.hook_embed, encoder.blocks.N.*, encoder.hook_norm.
+        self.hook_embed, self.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
         init_weights(self, cfg.init_std, cfg.n_layers + enc_cfg.n_layers)
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -78,12 +81,12 @@ class Seq2SeqLM(nn.Module):
         if past and T > 1:
             raise ValueError("with a cache, feed the decoder one token at a time")
         cross_mask = padding_mask(memory_mask)
-        x = self.tok_emb(decoder_input_ids)
+        x = self.hook_embed(self.tok_emb(decoder_input_ids))
         for block in self.blocks:
             x = block(x, rope, None, is_causal, cache, memory=memory, memory_mask=cross_mask)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.hook_norm(self.norm(x)))
 
     def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -91,13 +91,25 @@ def train(
     overwrite: bool = typer.Option(False, help="Replace the run in --out."),
     overrides: List[str] = typer.Option([], "--set", help="Override a config value: --set train.lr=1e-3 (repeatable)."),
     peak_tflops: Optional[float] = typer.Option(None, help="Device peak for MFU in TFLOP/s (default: measured)."),
+    nproc: Optional[int] = typer.Option(None, help="Train in N processes on this machine (starts torchrun): "
+                                        "one per GPU, or CPU processes sharing the cores."),
+    strategy: Optional[str] = typer.Option(None, help="With several processes: ddp (each holds the whole model) or "
+                                           "fsdp (parameters, gradients and optimizer state sharded)."),
 ) -> None:
     """Train a language model; writes config, checkpoints, metrics.jsonl and model.safetensors to --out.
 
     Example: candorlm train --data data/pd --preset tiny --out runs/pd --max-steps 500
 
     Ctrl-C saves a checkpoint and stops; --resume continues exactly where it stopped.
+
+    Several processes (DDP or FSDP2), here or under torchrun on many nodes (README, "Many processes"):
+
+    Example: candorlm train --data data/pd --preset small --out runs/pd --nproc 2 --strategy fsdp
     """
+    if nproc is not None and nproc > 1:
+        from candorlm.training.launch import launch, strip_option
+
+        raise typer.Exit(launch(nproc, strip_option(sys.argv[1:], "--nproc")))
     from candorlm.training import train as run_train
 
     settings = {k: v for k, v in dict(max_steps=max_steps, save_every=save_every, eval_every=eval_every,
@@ -106,8 +118,12 @@ def train(
         preset = "tiny"
     if peak_tflops is not None:
         overrides = [*overrides, f"ledger.peak_tflops={peak_tflops}"]
+    if strategy is not None:
+        overrides = [*overrides, f"train.strategy={strategy}"]
     result = run_train(out, data=data, preset=preset, config=config, overrides=overrides, resume=resume,
                        overwrite=overwrite, **settings)
+    if result.rank != 0:  # under torchrun rank 0 speaks for all
+        raise typer.Exit(130 if result.interrupted else 0)
     ev = result.final_eval
     summary = f"val loss {ev['loss']:.4f}, val bits/byte {ev['bpb']:.4f}" if ev else "no evaluation yet"
     if result.interrupted:

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # because an unpinned torch pulls a multi-GB CUDA build. Elsewhere: make demo TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-test cjk-font clean
+.PHONY: demo test install install-test system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,14 +29,22 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(VENV)/bin/candorlm demo
 
-# A CJK font, so that explain/'s PNGs and headless Chromium render Chinese tokens rather than
-# empty boxes: Debian's fonts-wqy-zenhei when fontconfig knows no Chinese font (needs root and apt).
-cjk-font:
-	@fc-list :lang=zh family 2>/dev/null | grep -q . || { command -v apt-get >/dev/null && \
-		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-wqy-zenhei; } || \
-		echo "no Chinese font found and apt-get failed: install one (fonts-wqy-zenhei, fonts-noto-cjk) or set CANDORLM_CJK_FONT"; }
+# Browser tests (the chat page, explain.html) drive Debian's Chromium, and Chinese must render in
+# figures and pages: install chromium, chromium-driver and a CJK font when they are missing and apt
+# can (as root, as in CI). Without them the tests that need them skip and say why.
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	fc-list :lang=zh family 2>/dev/null | grep -q . || missing="$$missing fonts-wqy-zenhei"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing$$missing"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $$missing >/dev/null; } || echo "could not install$$missing: the tests that need them will skip"; \
+	else echo "missing$$missing (installing needs root and apt): the tests that need them will skip"; fi
 
-test: $(VENV)/.installed-test cjk-font
+test: $(VENV)/.installed-test system-deps
 	$(PY) -m pytest -q
 
 clean:

@@ -31,8 +31,11 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """The transformer's shape. Derived values (head_dim, ff_dim) are computed, not stored."""
 
-    arch: Literal["decoder"] = "decoder"
+    # decoder: GPT (causal LM); encoder: BERT (masked LM); seq2seq: encoder-decoder (the original Transformer)
+    arch: Literal["decoder", "encoder", "seq2seq"] = "decoder"
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
+    n_encoder_layers: int | None = None  # seq2seq only; None: n_layers
+    src_vocab_size: int = 0  # seq2seq only; 0: the source shares the target's vocabulary and embeddings
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -59,6 +62,8 @@ class ModelConfig(_Strict):
             raise ValueError(f"head dimension d_model/n_heads = {self.head_dim} must be even for rotary embeddings")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.kv_heads})")
+        if self.n_encoder_layers is not None and self.n_encoder_layers <= 0:
+            raise ValueError(f"model.n_encoder_layers must be positive, got {self.n_encoder_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         return self
@@ -113,6 +118,10 @@ class TrainConfig(_Strict):
     eval_tokens: int = 262144  # validation tokens per evaluation; 0: the whole split
     save_every: int = 500
     keep_checkpoints: int = 2
+    keep_best_checkpoint: bool = True  # also keep the checkpoint with the lowest validation loss
+    dp_epsilon: float | None = None  # DP-SGD: train with this privacy budget (candorlm/privacy/dp.py)
+    dp_delta: float | None = None  # None: min(1e-5, 1/(10 * training windows))
+    dp_max_grad_norm: float = 1.0  # per-window gradient clipping bound
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -123,6 +132,12 @@ class TrainConfig(_Strict):
             raise ValueError(f"train.lr must be positive, got {self.lr}")
         if self.keep_checkpoints < 1:
             raise ValueError("train.keep_checkpoints must be at least 1")
+        if self.dp_epsilon is not None and self.dp_epsilon <= 0:
+            raise ValueError(f"train.dp_epsilon must be positive, got {self.dp_epsilon}")
+        if self.dp_delta is not None and not 0 < self.dp_delta < 1:
+            raise ValueError(f"train.dp_delta must be between 0 and 1, got {self.dp_delta}")
+        if self.dp_max_grad_norm <= 0:
+            raise ValueError(f"train.dp_max_grad_norm must be positive, got {self.dp_max_grad_norm}")
         return self
 
 
@@ -171,11 +186,13 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    from candorlm.privacy.crypto import read_text
+
     path = Path(path)
     if not path.is_file():
         raise CandorError(f"config file not found: {path}")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CandorError(f"{path} is not valid TOML: {exc}") from None
 

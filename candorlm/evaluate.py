@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from candorlm.device import autocast
+from candorlm.model.decoder import lm_loss
 from candorlm.shards import WindowIndex
 
 LN2 = math.log(2)
@@ -25,8 +26,15 @@ LN2 = math.log(2)
 
 @torch.no_grad()
 def evaluate_bpb(model: nn.Module, windows: WindowIndex, token_bytes: np.ndarray, *, batch_size: int = 16,
-                 max_tokens: int = 0, precision: str = "fp32") -> dict[str, float]:
-    """Mean loss per token and bits-per-byte over the first windows of a split (all when max_tokens=0)."""
+                 max_tokens: int = 0, precision: str = "fp32",
+                 make_batch: Callable[[torch.Tensor, torch.Tensor, int], tuple[dict, torch.Tensor]] | None = None,
+                 ) -> dict[str, float]:
+    """Mean loss per token and bits-per-byte over the first windows of a split (all when max_tokens=0).
+
+    `make_batch(x, y, index)` turns windows into the model's inputs and targets for objectives
+    other than next-token prediction (masked LM, denoising); targets of -100 are not scored, and
+    bits-per-byte is then over the scored tokens only (for a masked LM: bits per byte of the
+    masked tokens, given both sides, which is not comparable to a causal model's)."""
     device = next(model.parameters()).device
     n_windows = len(windows)
     if max_tokens:
@@ -39,12 +47,17 @@ def evaluate_bpb(model: nn.Module, windows: WindowIndex, token_bytes: np.ndarray
     try:
         for start in range(0, n_windows, batch_size):
             x, y = windows.get(range(start, min(start + batch_size, n_windows)))
-            x, y = x.to(device), y.to(device)
+            inputs, y = make_batch(x, y, start // batch_size) if make_batch else ({"input_ids": x}, y)
+            inputs, y = {k: v.to(device) for k, v in inputs.items()}, y.to(device)
             with autocast(precision, device):
-                nats = model(x, targets=y, reduction="none").double().reshape(-1)  # chunked: no (B, T, vocab) logits
-            target_bytes = nbytes[y.reshape(-1)]
+                if make_batch is None:  # next-token scoring: chunked, no (B, T, vocab) logits
+                    nats = model(**inputs, targets=y, reduction="none").double().reshape(-1)
+                else:
+                    nats = lm_loss(model(**inputs), y, reduction="none").double()
+            scored = y.reshape(-1) != -100
+            target_bytes = nbytes[y.reshape(-1).clamp(min=0)] * scored
             total_nats += float(nats.sum())
-            total_tokens += y.numel()
+            total_tokens += int(scored.sum())
             bytes_nats += float((nats * (target_bytes > 0)).sum())
             total_bytes += float(target_bytes.sum())
     finally:

@@ -63,6 +63,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | N
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token when the tokens before it already reach top_p; the first always stays.
         drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[:, 0] = False  # even when rounding (or a top_p below float32's range) says otherwise
         drop = drop_sorted.scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -74,7 +75,11 @@ def choose_next(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
     logits = apply_repetition_penalty(logits.float(), seen, cfg.repetition_penalty)
     if cfg.is_greedy:
         return logits.argmax(-1)
-    logits = filter_top_k_top_p(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    # Softmax ignores a shift: with the max subtracted first, a tiny temperature (or penalty) sends
+    # the other logits towards -inf instead of overflowing to +inf, whose softmax is NaN.
+    logits = logits.clamp(max=torch.finfo(logits.dtype).max)
+    logits = ((logits - logits.max(-1, keepdim=True).values).double() / cfg.temperature).float()
+    logits = filter_top_k_top_p(logits, cfg.top_k, cfg.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 

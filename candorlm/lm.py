@@ -9,18 +9,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
 from candorlm.config import RunConfig
 from candorlm.device import pick_device
+from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, stream_ids
 from candorlm.model import DecoderLM
-from candorlm.rundir import open_run
+from candorlm.rundir import open_run, read_json
 from candorlm.tokenizer import Tokenizer
 from candorlm.training.checkpoint import latest_checkpoint, load_weights
 from candorlm.training.sharded import load_checkpoint_weights
+
+if TYPE_CHECKING:
+    from candorlm.privacy.crypto import Key
 
 
 class LanguageModel:
@@ -30,10 +34,24 @@ class LanguageModel:
         self.config = config or RunConfig(model=model.cfg)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto") -> "LanguageModel":
-        """Load a run's final weights (or, while it trains, its newest checkpoint)."""
+    def load(cls, run_dir: str | Path, device: str = "auto", key: "Key | None" = None) -> "LanguageModel":
+        """Load a run's final weights (or, while it trains, its newest checkpoint). An encrypted run
+        (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY / CANDORLM_KEY_FILE."""
+        from candorlm.privacy.crypto import use_key
+
+        with use_key(key):
+            return cls._load(run_dir, device)
+
+    @classmethod
+    def _load(cls, run_dir: str | Path, device: str) -> "LanguageModel":
         run = open_run(run_dir)
         config = run.read_config()
+        task_file = run.path / "task.json"
+        classifier = task_file.is_file() and read_json(task_file).get("task") == "sentiment"
+        kind = "sentiment classifier" if classifier else f"{config.model.arch} model"
+        if config.model.arch != "decoder" or classifier:
+            raise CandorError(f"{run.path} holds a {kind}; text generation needs a decoder language model. "
+                              f"Evaluate it with `candorlm eval {run.path} --task ...`.")
         tokenizer = Tokenizer.load(run.tokenizer)
         model = DecoderLM(config.model)
         checkpoint = None if run.weights.is_file() else latest_checkpoint(run.checkpoints)
@@ -55,11 +73,21 @@ class LanguageModel:
     def stream_batch(self, prompts: Sequence[str], *, stop: Sequence[str] = (), use_cache: bool = True,
                      **sampling: object) -> Iterator[list[str]]:
         """Yield, per decoding step, the new text of each prompt ('' while a character is incomplete)."""
+        yield from self.stream_batch_ids([self.encode_prompt(p) for p in prompts], stop=stop, use_cache=use_cache,
+                                         **sampling)
+
+    def stream_batch_ids(self, prompts: Sequence[Sequence[int]], *, stop: Sequence[str] = (),
+                         stop_ids: Sequence[int] | None = None, suppress_ids: Sequence[int] | None = None,
+                         use_cache: bool = True, **sampling: object) -> Iterator[list[str]]:
+        """`stream_batch` for prompts given as token ids (a chat template builds them); generation
+        ends at a token in `stop_ids` (default <|eos|>) and never emits `suppress_ids`."""
         cfg = SamplingConfig(**sampling)  # type: ignore[arg-type]
         rows = [_TextRow(self.tokenizer, stop) for _ in prompts]
-        stop_ids = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
-        steps = stream_ids(self.model, [self.encode_prompt(p) for p in prompts], cfg, stop_ids=stop_ids,
-                           suppress_ids=self._suppressed(), pad_id=self.tokenizer.pad_id, use_cache=use_cache)
+        if stop_ids is None:
+            stop_ids = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
+        suppress = self._suppressed() if suppress_ids is None else suppress_ids
+        steps = stream_ids(self.model, prompts, cfg, stop_ids=stop_ids,
+                           suppress_ids=suppress, pad_id=self.tokenizer.pad_id, use_cache=use_cache)
         for tokens, finished in steps:
             deltas = [row.push(t, f) for row, t, f in zip(rows, tokens.tolist(), finished.tolist())]
             yield deltas
@@ -133,6 +161,6 @@ class _TextRow:
         return delta
 
 
-def load(run_dir: str | Path, device: str = "auto") -> LanguageModel:
+def load(run_dir: str | Path, device: str = "auto", key: "Key | None" = None) -> LanguageModel:
     """Load a trained run: `candorlm.load("runs/demo").generate("今天")`."""
-    return LanguageModel.load(run_dir, device)
+    return LanguageModel.load(run_dir, device, key)

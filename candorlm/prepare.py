@@ -31,8 +31,15 @@ def train_tokenizer_file(sources: Sequence[str], out: str | Path, kind: Tokenize
 
 def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind = "bpe",
             vocab_size: int = 8192, tokenizer_file: str | Path | None = None, text_field: str = "text",
-            val_fraction: float = 0.05, workers: int | None = None, overwrite: bool = False) -> ShardMeta:
+            val_fraction: float = 0.05, workers: int | None = None, overwrite: bool = False,
+            scrub: bool = False, scrub_operator: str = "placeholder", canaries: int = 0,
+            canary_repeats: str | Sequence[int] = (10,), canary_format: str | None = None,
+            canary_seed: int = 0) -> ShardMeta:
     """Prepare a corpus for training: `out/` gets tokenizer.json, token shards and meta.json.
+
+    scrub: replace personal data on the way in (candorlm.privacy.scrub; report in
+    scrub_report.json). canaries: plant that many random secrets per repeat count
+    (candorlm.privacy.canaries; list in canaries.json). A SHA256SUMS manifest is written last.
 
     Everything is written to a temporary sibling directory first and renamed into place at
     the end, so a failure or Ctrl-C never leaves a half-written data directory behind.
@@ -42,6 +49,17 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
         if not overwrite:
             raise CandorError(f"{out} already exists and is not empty. Choose another --out, or pass --overwrite.")
     corpus = Corpus(sources, text_field=text_field)
+    scrubbed = planted = None
+    if scrub:
+        from candorlm.privacy.scrub import ScrubbedCorpus
+
+        corpus = scrubbed = ScrubbedCorpus(corpus, scrub_operator, workers=workers)
+    if canaries:
+        from candorlm.privacy.canaries import DEFAULT_FORMAT, CanaryCorpus, make_canaries, parse_repeats
+
+        planted = make_canaries(canaries, parse_repeats(canary_repeats), canary_format or DEFAULT_FORMAT,
+                                canary_seed, val_fraction)
+        corpus = CanaryCorpus(corpus, planted)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -59,6 +77,13 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
         meta.encodings = corpus.report.encodings
         meta.skipped = corpus.report.skipped
         save_meta(meta, tmp)
+        if scrubbed is not None:
+            scrubbed.scrub_report.save(tmp / "scrub_report.json")
+        if planted is not None:
+            planted.save(tmp / "canaries.json")
+        from candorlm.privacy.integrity import write_manifest
+
+        write_manifest(tmp)  # SHA256SUMS: `candorlm verify DATA_DIR` checks it
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

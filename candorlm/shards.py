@@ -188,7 +188,9 @@ class ShardSet:
         if not meta_file.is_file():
             raise CandorError(f"{self.path} is not a prepared data directory (no meta.json). "
                               f"Make one with: candorlm prepare CORPUS --out {self.path}")
-        raw = json.loads(meta_file.read_text(encoding="utf-8"))
+        from candorlm.privacy.crypto import read_text
+
+        raw = json.loads(read_text(meta_file))
         self.meta = ShardMeta(**raw)
         self.tokenizer = Tokenizer.load(self.path / "tokenizer.json")
         self.dtype = np.dtype(self.meta.dtype)
@@ -201,7 +203,7 @@ class ShardSet:
                 file = self.path / name
                 if not file.is_file():
                     raise CandorError(f"shard {file} is missing; prepare the data again")
-                maps.append(np.memmap(file, dtype=self.dtype, mode="r"))
+                maps.append(_open_shard(file, self.dtype))
             if sum(len(m) for m in maps) != self.meta.tokens[split]:
                 raise CandorError(f"the {split} shards in {self.path} do not match meta.json (truncated?); prepare the data again")
             self._maps[split] = maps
@@ -209,6 +211,15 @@ class ShardSet:
 
     def windows(self, split: str, seq_len: int) -> "WindowIndex":
         return WindowIndex(self.arrays(split), seq_len)
+
+
+def _open_shard(file: Path, dtype: np.dtype) -> np.ndarray:
+    """A shard memory-mapped, or (when encrypted) decrypted into memory, read-only."""
+    from candorlm.privacy.crypto import is_encrypted, read_bytes
+
+    if is_encrypted(file):
+        return np.frombuffer(read_bytes(file), dtype=dtype)
+    return np.memmap(file, dtype=dtype, mode="r")
 
 
 class WindowIndex:

@@ -42,6 +42,14 @@ BPE_SPLIT = (
 _BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
 
+CHAT_ROLES = ("system", "user", "assistant")
+# The same template in Jinja, for tokenizer_config.json (transformers' apply_chat_template).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
 ROLES = {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK, "mask": MASK, "sep": SEP,
          "system": SYSTEM, "user": USER, "assistant": ASSISTANT, "end": END}
 
@@ -85,8 +93,12 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise CandorError(f"tokenizer not found: {path}")
+        from candorlm.privacy.crypto import is_encrypted, read_text
+
         try:
-            hf = HFTokenizer.from_file(str(path))
+            hf = HFTokenizer.from_str(read_text(path)) if is_encrypted(path) else HFTokenizer.from_file(str(path))
+        except CandorError:
+            raise
         except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
             raise CandorError(f"{path} is not a valid tokenizer.json ({exc})") from None
         if all(hf.token_to_id(t) is not None for t in SPECIAL_TOKENS):
@@ -153,6 +165,39 @@ class Tokenizer:
                 tid = self.hf.token_to_id(ch)
                 ids.append(self.unk_id if tid is None else tid)
         return ids
+
+    # ------------------------------------------------------------ chat template
+    def encode_literal(self, text: str) -> list[int]:
+        """Token ids of `text` with special-token strings in it read as plain text: a user who types
+        "<|assistant|>" gets those characters, not the control token (no prompt injection by markup)."""
+        if self.kind == "word":
+            return self._encode_words(text)
+        self.hf.encode_special_tokens = True
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        finally:
+            self.hf.encode_special_tokens = False
+
+    def encode_chat(self, messages: Sequence[dict[str, str]],
+                    add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+        """A conversation in the chat template (CHAT_TEMPLATE), and the mask of the tokens an
+        assistant writes (1: each assistant message's content and its closing <|end|>).
+
+            <|bos|><|system|>...<|end|><|user|>...<|end|><|assistant|>...<|end|>...
+
+        With `add_generation_prompt`, the ids end with <|assistant|>, ready for the reply.
+        Messages must already be checked (roles in CHAT_ROLES, contents strings).
+        """
+        self.require("bos", "system", "user", "assistant", "end", why="the chat template")
+        ids, mask = [self.ids["bos"]], [0]
+        for message in messages:
+            content = self.encode_literal(message["content"]) + [self.ids["end"]]
+            ids += [self.ids[message["role"]]] + content
+            mask += [0] + [1 if message["role"] == "assistant" else 0] * len(content)
+        if add_generation_prompt:
+            ids.append(self.ids["assistant"])
+            mask.append(0)
+        return ids, mask  # type: ignore[return-value]
 
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes each token stands for (0 for special tokens); the denominator of bits-per-byte."""

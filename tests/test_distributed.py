@@ -240,3 +240,12 @@ def test_gpu_bench_dry_run(tmp_path):
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1 and result["peak_memory_gib"] > 0
     assert result["fused_adamw"] and result["timed_steps"] == 3
     assert all(torch.isfinite(torch.tensor(result["loss_first_last"])))
+
+
+def test_dp_sgd_is_refused_with_several_processes(tmp_path, data_dir):
+    args = _train_args(data_dir, tmp_path / "dp", steps=2)
+    proc = subprocess.run(CANDORLM + [*args, "--nproc", "2", "--dp-epsilon", "8"], capture_output=True, text=True,
+                          timeout=300, env=_env(), cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "--dp-epsilon trains in one process" in " ".join((proc.stdout + proc.stderr).split())
+    assert not (tmp_path / "dp" / "checkpoints").exists()

@@ -57,3 +57,26 @@ def test_generation_flops_match_the_counter():
     measured = _count(lambda: generate_ids(model, [list(range(5, 5 + prompt))],
                                            SamplingConfig(max_new_tokens=new, greedy=True)))
     assert measured == pytest.approx(generation_flops(cfg, prompt, new), rel=0.05)
+
+
+@pytest.mark.parametrize("arch,src_len", [("encoder", None), ("seq2seq", 32), ("seq2seq", 20)])
+def test_encoder_and_seq2seq_flops_match_the_counter(arch, src_len):
+    from candorlm.model import build_model
+
+    cfg = ModelConfig(vocab_size=1000, max_seq_len=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, arch=arch,
+                      **({"n_encoder_layers": 3} if arch == "seq2seq" else {}))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch, seq = 2, 32
+    y = torch.randint(0, cfg.vocab_size, (batch, seq))
+    if arch == "encoder":
+        inputs = {"input_ids": y}
+    else:
+        inputs = {"input_ids": torch.randint(0, cfg.vocab_size, (batch, src_len)), "decoder_input_ids": y}
+    with torch.no_grad():
+        measured_fwd = _count(lambda: model(**inputs))
+    measured_train = _count(lambda: torch.nn.functional.cross_entropy(
+        model(**inputs).reshape(-1, cfg.vocab_size), y.reshape(-1)).backward())
+    tokens = batch * seq
+    assert measured_fwd == pytest.approx(tokens * forward_flops_per_token(cfg, seq, src_len), rel=0.05)
+    assert measured_train == pytest.approx(tokens * train_flops_per_token(cfg, seq, src_len), rel=0.05)

@@ -24,7 +24,7 @@ from candorlm.errors import CandorError
 from candorlm.lm import LanguageModel
 from candorlm.model import DecoderLM
 from candorlm.rundir import RunDir, atomic_write_text, write_json
-from candorlm.tokenizer import Tokenizer
+from candorlm.tokenizer import CHAT_ROLES, CHAT_TEMPLATE, Tokenizer
 from candorlm.training.checkpoint import save_weights
 
 # candorlm parameter name -> Hugging Face Llama name; {i} is the layer index.
@@ -111,6 +111,7 @@ def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
         "model_max_length": cfg.max_seq_len,
         "add_bos_token": False,
         "clean_up_tokenization_spaces": False,
+        **({"chat_template": CHAT_TEMPLATE} if all(tok.ids.get(r) is not None for r in (*CHAT_ROLES, "end")) else {}),
         **specials,
     })
     return out

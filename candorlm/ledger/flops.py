@@ -18,6 +18,13 @@ MLP width and S the context length:
 This is the convention of Kaplan et al. (2020) and PaLM's MFU (Chowdhery et al. 2022): training
 is 6 N + 12 L S d per token for N matmul weights. A test checks these numbers against
 `torch.utils.flop_counter.FlopCounterMode` on real forward and backward passes.
+
+An encoder (`arch = "encoder"`) costs what a decoder of its shape costs: bidirectional attention
+does the same matmuls, and the masked-LM head is the same output layer. An encoder-decoder
+(`arch = "seq2seq"`) is counted per target token, for a source of `src_len` tokens (by default as
+long as the target, as in denoising pretraining): its encoder's layers run on the source, and
+each decoder layer adds cross-attention: q and o projections on the target, k and v
+projections on the source, and two score matmuls over the source.
 """
 
 from __future__ import annotations
@@ -26,39 +33,65 @@ from candorlm.config import ModelConfig
 from candorlm.errors import CandorError
 
 
-def _check_arch(cfg: ModelConfig) -> None:
-    if cfg.arch != "decoder":
-        raise CandorError(f"no FLOP formula for model.arch = '{cfg.arch}' yet; candorlm.ledger.flops knows: decoder")
+ARCHS = ("decoder", "encoder", "seq2seq")
+
+
+def _check_arch(cfg: ModelConfig, archs: tuple[str, ...] = ARCHS) -> None:
+    if cfg.arch not in archs:
+        raise CandorError(f"no FLOP formula for model.arch = '{cfg.arch}'; candorlm.ledger.flops knows: "
+                          f"{', '.join(archs)}")
+
+
+def _block_params(cfg: ModelConfig) -> tuple[int, int]:
+    """Matmul weights of one block's self-attention and of its MLP."""
+    attn = cfg.d_model * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.kv_heads)
+    return attn, (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.ff_dim
+
+
+def _encoder_layers(cfg: ModelConfig) -> int:
+    return cfg.n_encoder_layers or cfg.n_layers
 
 
 def matmul_params(cfg: ModelConfig) -> int:
     """Weights that take part in matmuls (the embedding lookup is not one; the output layer is)."""
     _check_arch(cfg)
-    attn = cfg.d_model * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.kv_heads)
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.ff_dim
-    return cfg.n_layers * (attn + mlp) + cfg.d_model * cfg.vocab_size
+    attn, mlp = _block_params(cfg)
+    n = cfg.n_layers * (attn + mlp) + cfg.d_model * cfg.vocab_size
+    if cfg.arch == "seq2seq":
+        n += _encoder_layers(cfg) * (attn + mlp) + cfg.n_layers * attn  # the encoder; cross-attention
+    return n
 
 
-def forward_breakdown(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
-    """Forward FLOPs per token, by part, for a token that attends to `seq_len` positions."""
+def forward_breakdown(cfg: ModelConfig, seq_len: int, src_len: int | None = None) -> dict[str, int]:
+    """Forward FLOPs per token, by part, for a token that attends to `seq_len` positions (and, for
+    an encoder-decoder, to a source of `src_len` tokens, by default `seq_len`)."""
     _check_arch(cfg)
     L, d, hd = cfg.n_layers, cfg.d_model, cfg.head_dim
-    return {
-        "attention_projections": L * 2 * d * hd * (2 * cfg.n_heads + 2 * cfg.kv_heads),
+    attn, mlp = _block_params(cfg)
+    parts = {
+        "attention_projections": L * 2 * attn,
         "attention_scores": L * 2 * (2 * seq_len * cfg.n_heads * hd),
-        "mlp": L * 2 * (3 if cfg.mlp == "swiglu" else 2) * d * cfg.ff_dim,
+        "mlp": L * 2 * mlp,
         "output_layer": 2 * d * cfg.vocab_size,
     }
+    if cfg.arch == "seq2seq":
+        src = seq_len if src_len is None else src_len
+        ratio = src / seq_len  # source tokens per target token
+        parts["cross_attention"] = L * (2 * d * hd * 2 * cfg.n_heads  # q and o, on the target
+                                        + round(ratio * 2 * d * hd * 2 * cfg.kv_heads)  # k and v, on the source
+                                        + 2 * (2 * src * cfg.n_heads * hd))  # scores and weights x V
+        parts["encoder"] = round(ratio * _encoder_layers(cfg) * 2 * (attn + mlp + 2 * src * cfg.n_heads * hd))
+    return parts
 
 
-def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int, src_len: int | None = None) -> int:
     """Forward FLOPs per token; for a full training sequence, seq_len is its length."""
-    return sum(forward_breakdown(cfg, seq_len).values())
+    return sum(forward_breakdown(cfg, seq_len, src_len).values())
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, src_len: int | None = None) -> int:
     """Forward plus backward (twice the forward) per token of a training sequence of seq_len."""
-    return 3 * forward_flops_per_token(cfg, seq_len)
+    return 3 * forward_flops_per_token(cfg, seq_len, src_len)
 
 
 def generation_flops(cfg: ModelConfig, prompt_len: int, new_tokens: int) -> int:
@@ -66,6 +99,7 @@ def generation_flops(cfg: ModelConfig, prompt_len: int, new_tokens: int) -> int:
 
     The prompt's forward pass gives the first new token; each later one costs a one-token
     step whose attention spans the cache, prompt_len + j positions for the j-th step."""
+    _check_arch(cfg, ("decoder",))
     if new_tokens <= 0:
         return 0
     prefill = prompt_len * forward_flops_per_token(cfg, prompt_len)

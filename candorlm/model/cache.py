@@ -20,9 +20,21 @@ class KVCache:
         self.k: torch.Tensor | None = None  # allocated at the first write, in the keys' dtype
         self.v: torch.Tensor | None = None
         self.length = 0
+        # Cross-attention keys/values of an encoder's output, per decoder layer: computed at the
+        # first decoding step and reused by every later one (an encoder-decoder's cache).
+        self.memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def reset(self) -> None:
         self.length = 0
+        self.memory = {}
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` of the batch, in that order (beam search picks which beams go on)."""
+        if self.k is not None:
+            self.k = self.k.index_select(1, index)
+            self.v = self.v.index_select(1, index)
+        self.memory = {layer: (k.index_select(0, index), v.index_select(0, index))
+                       for layer, (k, v) in self.memory.items()}
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.k is None or self.k.dtype != k.dtype:

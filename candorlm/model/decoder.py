@@ -66,6 +66,16 @@ class DecoderLM(nn.Module):
         attention_mask (B, S), 1 for real tokens and 0 for padding, covers the cached positions
         too (S = cached + T); with left-padded prompts it also sets the positions.
         """
+        x = self.hidden_states(input_ids, attention_mask, position_ids, cache)
+        if targets is not None and reduction == "none":
+            return token_losses(x, self.lm_head.weight, targets)
+        if targets is not None:
+            return linear_cross_entropy(x, self.lm_head.weight, targets)
+        return self.lm_head(x)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """The final normed hidden states (B, T, d_model): what the LM head, or a task head, reads."""
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.max_seq_len:
@@ -80,12 +90,7 @@ class DecoderLM(nn.Module):
             x = block(x, rope, mask, is_causal, cache)
         if cache is not None:
             cache.advance(T)
-        x = self.hook_norm(self.norm(x))
-        if targets is not None and reduction == "none":
-            return token_losses(x, self.lm_head.weight, targets)
-        if targets is not None:
-            return linear_cross_entropy(x, self.lm_head.weight, targets)
-        return self.lm_head(x)
+        return self.hook_norm(self.norm(x))
 
     @staticmethod
     def _attention_mask(attention_mask: torch.Tensor | None, B: int, T: int, past: int,

@@ -5,6 +5,10 @@ feed-forward network, block.
     FFN(x)             = W_down (silu(W_gate x) * W_up x)      (SwiGLU; ReLU/GELU: W_down act(W_up x))
     block(x)           = x + attn(norm(x));  then  x + FFN(norm(x))   (pre-norm residual)
 
+The same block builds all three families: causal (decoder), bidirectional (encoder), and with
+cross-attention to an encoder's output (the encoder-decoder's decoder), as in keras-hub's
+TransformerDecoder that gains cross-attention when given the encoder's output.
+
 The conventions are Llama's (RMSNorm, rotate-half RoPE, no biases, q/k/v/o and gate/up/down
 projections), so a decoder exports to `transformers.LlamaForCausalLM` with the same logits.
 Shapes: B batch, T query length, S key length (cache included), H heads, Hkv key/value heads,
@@ -94,6 +98,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
+        return self._attend(q, k, v, mask, is_causal)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                is_causal: bool) -> torch.Tensor:
+        """softmax(Q K^T / sqrt(D)) V over all heads, then the output projection: (B, H, T, D) -> (B, T, C)."""
+        B, _, T, _ = q.shape
         if self.n_kv_heads != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -121,6 +131,30 @@ class Attention(nn.Module):
         return pattern @ v
 
 
+class CrossAttention(Attention):
+    """Attention from the decoder's positions (queries) to the encoder's output (keys, values).
+
+    No rotary positions: queries and keys come from different sequences, so their relative
+    offset means nothing (the positions are already inside the encoder's output). The keys and
+    values of the encoder's output are computed once per sequence and kept in the cache.
+    """
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        kv = cache.memory.get(self.layer_idx) if cache is not None else None
+        if kv is None:
+            S = memory.shape[1]
+            k = self.k_proj(memory).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+            v = self.v_proj(memory).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            if cache is not None:
+                cache.memory[self.layer_idx] = (k, v)
+        else:
+            k, v = kv
+        return self._attend(q, k, v, memory_mask, is_causal=False)
+
+
 class MLP(nn.Module):
     """The feed-forward network: SwiGLU (default), or the classic two-layer ReLU/GELU MLP."""
 
@@ -140,9 +174,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: attention, then feed-forward, each added to the residual stream."""
+    """Pre-norm transformer block: attention, then feed-forward, each added to the residual stream.
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    One block serves all three families: causal self-attention (decoder), bidirectional
+    self-attention (encoder: is_causal=False), and, built with `cross_attention=True` and given
+    the encoder's output as `memory`, a cross-attention sub-layer between the two (the
+    encoder-decoder's decoder):  x + self_attn(norm(x));  x + cross_attn(norm(x), memory);  x + FFN(norm(x)).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, cross_attention: bool = False):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer_idx)
@@ -151,12 +191,36 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint(), HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()  # all (B, T, C)
+        if cross_attention:
+            self.cross_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.cross_attn = CrossAttention(cfg, layer_idx)
+            self.hook_cross_out, self.hook_resid_cross = HookPoint(), HookPoint()  # (B, T, C)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, memory: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
         attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache))
         x = self.hook_resid_mid(x + self.dropout(attn_out))
+        if memory is not None:
+            cross_out = self.hook_cross_out(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache))
+            x = self.hook_resid_cross(x + self.dropout(cross_out))
         mlp_out = self.hook_mlp_out(self.mlp(self.mlp_norm(x)))
         return self.hook_resid_post(x + self.dropout(mlp_out))
+
+
+def init_weights(model: nn.Module, init_std: float, n_layers: int) -> None:
+    """Normal(0, init_std) for linear and embedding weights; GPT-2's depth scaling for the output
+    projection of each residual branch (o_proj, down_proj): std / sqrt(2 * n_layers)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=init_std)
+    for name, p in model.named_parameters():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            nn.init.normal_(p, mean=0.0, std=init_std / math.sqrt(2 * n_layers))
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, S) 1/0 mask of real keys -> (B, 1, 1, S) boolean mask for SDPA (None stays None)."""
+    return None if attention_mask is None else attention_mask[:, None, None, :].bool()

@@ -38,8 +38,13 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def load_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise CandorError(f"weights not found: {path}")
+    from candorlm.privacy.crypto import is_encrypted
+
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        if is_encrypted(path):
+            missing, unexpected = _load_encrypted_weights(model, path)
+        else:
+            missing, unexpected = load_model(model, str(path), strict=False)
     except SafetensorError as exc:
         raise CandorError(f"{path} is not a readable safetensors file ({exc}); it is corrupt, truncated, "
                           f"or not safetensors at all (candorlm never loads pickle)") from None
@@ -47,6 +52,20 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise CandorError(f"{path} does not fit this model's shapes ({exc})") from None
     if missing or unexpected:
         raise CandorError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _load_encrypted_weights(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    # Decrypted in memory, never to disk. Tied weights are stored once (save_model), so a name
+    # the file lacks is not missing when it shares its tensor with one the file has.
+    from safetensors.torch import load as load_safetensors
+
+    from candorlm.privacy.crypto import read_bytes
+
+    tensors = load_safetensors(read_bytes(path))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    state = model.state_dict()
+    loaded = {state[name].data_ptr() for name in tensors if name in state}
+    return [name for name in missing if state[name].data_ptr() not in loaded], list(unexpected)
 
 
 def sha256_file(path: Path) -> str:
@@ -96,8 +115,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(checkpoints: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoints/step-NNNNNN atomically, then delete all but the newest `keep`."""
+                    state: dict[str, Any], keep: int = 2, keep_best: bool = False) -> Path:
+    """Write checkpoints/step-NNNNNN atomically, then apply the retention policy (`retain`)."""
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"{STEP_PREFIX}{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=checkpoints))
@@ -116,9 +135,36 @@ def save_checkpoint(checkpoints: Path, step: int, model: nn.Module, optimizer: t
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(checkpoints)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    retain(checkpoints, keep, keep_best)
     return final
+
+
+def retain(checkpoints: Path, keep_last: int, keep_best: bool) -> list[Path]:
+    """Delete all checkpoints but the newest `keep_last` and, with keep_best, the one with the
+    lowest validation loss (state.json's val_loss); returns those kept, oldest first."""
+    found = list_checkpoints(checkpoints)
+    keep = set(found[-keep_last:])
+    if keep_best:
+        best = best_checkpoint(checkpoints)
+        if best is not None:
+            keep.add(best)
+    for old in found:
+        if old not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    return [p for p in found if p in keep]
+
+
+def best_checkpoint(checkpoints: Path) -> Path | None:
+    """The complete checkpoint with the lowest recorded validation loss (None if none has one)."""
+    scored = []
+    for path in list_checkpoints(checkpoints):
+        try:
+            loss = read_json(path / "state.json").get("val_loss")
+        except CandorError:
+            continue  # unreadable state: not a candidate for best
+        if isinstance(loss, (int, float)):
+            scored.append((loss, path))
+    return min(scored, key=lambda t: t[0])[1] if scored else None
 
 
 def _fsync_dir(path: Path) -> None:

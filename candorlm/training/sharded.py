@@ -36,8 +36,8 @@ from torch import nn
 
 from candorlm.errors import CandorError
 from candorlm.rundir import read_json, write_json
-from candorlm.training.checkpoint import (STEP_PREFIX, _fsync_dir, list_checkpoints, load_checkpoint, load_weights,
-                                          rng_state, save_checkpoint, save_weights, sha256_file)
+from candorlm.training.checkpoint import (STEP_PREFIX, _fsync_dir, load_checkpoint, load_weights,
+                                          retain, rng_state, save_checkpoint, save_weights, sha256_file)
 from candorlm.training.distributed import World
 
 # Optimizer settings that are the arithmetic (restored); the rest are implementation choices of
@@ -63,19 +63,21 @@ def _hf_storage() -> tuple[Any, Any]:
 
 
 def save_any_checkpoint(world: World, checkpoints: Path, step: int, model: nn.Module,
-                        optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2) -> Path:
+                        optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2,
+                        keep_best: bool = False) -> Path:
     """Save the run's checkpoint for `step` in the format its strategy calls for (all ranks call this)."""
     state = dict(state, world_size=world.world_size, strategy=world.strategy)
     final = checkpoints / f"{STEP_PREFIX}{step:06d}"
     if world.strategy == "fsdp" and world.distributed:
-        save_sharded(world, checkpoints, step, model, optimizer, state, keep)
+        save_sharded(world, checkpoints, step, model, optimizer, state, keep, keep_best)
     else:
-        world.on_main(lambda: save_checkpoint(checkpoints, step, model, optimizer, state, keep=keep))
+        world.on_main(lambda: save_checkpoint(checkpoints, step, model, optimizer, state, keep=keep,
+                                              keep_best=keep_best))
     return final
 
 
 def save_sharded(world: World, checkpoints: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 state: dict[str, Any], keep: int = 2) -> Path:
+                 state: dict[str, Any], keep: int = 2, keep_best: bool = False) -> Path:
     import torch.distributed.checkpoint as dcp
 
     HuggingFaceStorageWriter, _ = _hf_storage()
@@ -108,8 +110,7 @@ def save_sharded(world: World, checkpoints: Path, step: int, model: nn.Module, o
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(checkpoints)
-        for old in list_checkpoints(checkpoints)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        retain(checkpoints, keep, keep_best)
 
     world.on_main(finish)
     return final

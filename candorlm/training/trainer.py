@@ -25,12 +25,13 @@ from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_
 from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
 from candorlm.ledger.training import TrainingMeter, ledger_summary
-from candorlm.model import DecoderLM
+from candorlm.model import build_model, lm_loss
 from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, atomic_write_text
 from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.checkpoint import latest_checkpoint, set_rng_state
 from candorlm.training.distributed import World
+from candorlm.training.objectives import make_objective
 from candorlm.training.sharded import export_weights, load_any_checkpoint, save_any_checkpoint
 
 log = logging.getLogger("candorlm")
@@ -132,7 +133,8 @@ class Trainer:
             keep_freed_memory()
         self.precision = resolve_precision(t.precision, self.device)
         torch.manual_seed(t.seed)
-        self.model = DecoderLM(config.model).to(self.device)
+        self.model = build_model(config.model).to(self.device)
+        self.objective = make_objective(config.model.arch, self.tokenizer, t.seed, self.data.path / "tokenizer.json")
         # DDP wraps the model; FSDP shards it in place, so the optimizer is built after this.
         compile = t.compile if t.compile is not None else self.device.type == "cuda"
         self.forward = self.world.wrap(self.model, self.precision, compile)
@@ -146,6 +148,27 @@ class Trainer:
         self.warmup = min(t.warmup_steps, self.max_steps // 2)
         self.token_bytes = self.tokenizer.token_byte_lengths()
         self.step = 0
+        self.last_eval: tuple[int, float] | None = None  # (step, val loss): the retention policy keeps the best
+        self.dp = None
+        if t.dp_epsilon is not None:  # DP-SGD, an isolated path: see candorlm/privacy/dp.py
+            from candorlm.privacy.dp import DPSGD, check_resume
+
+            if self.world.distributed:
+                raise CandorError(f"--dp-epsilon trains in one process: its privacy accounting assumes one process "
+                                  f"drawing Poisson-sampled batches, and clipping and noise across "
+                                  f"{self.world.world_size} processes is not implemented. Drop --nproc (or torchrun), "
+                                  f"or drop --dp-epsilon.")
+
+            if config.model.arch != "decoder":
+                raise CandorError(f"--dp-epsilon trains decoders only (next-token windows are its privacy unit); "
+                                  f"this run's model.arch is '{config.model.arch}'. Drop --dp-epsilon or use "
+                                  "--arch decoder.")
+
+            self.dp = DPSGD(self.model, self.optimizer, self.train_windows, epsilon=t.dp_epsilon, delta=t.dp_delta,
+                            max_grad_norm=t.dp_max_grad_norm, batch_size=t.batch_size, grad_accum=t.grad_accum,
+                            steps=self.max_steps, seed=t.seed, autocast_ctx=lambda: autocast(self.precision, self.device))
+            if self.resume_from is not None:
+                check_resume(self.run.path / "dp.json", self.dp.budget)
 
     # ------------------------------------------------------------ run directory
     def _claim_run_dir(self, config: RunConfig, resume: bool, overwrite: bool) -> Path | None:
@@ -180,7 +203,11 @@ class Trainer:
         if self.world.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run.config, self.config.to_toml())
-            shutil.copyfile(self.data.path / "tokenizer.json", self.run.tokenizer)
+            from candorlm.privacy.crypto import read_bytes  # the data may be encrypted; the run is written plain
+
+            self.run.tokenizer.write_bytes(read_bytes(self.data.path / "tokenizer.json"))
+            if (self.data.path / "canaries.json").is_file():  # planted by `prepare --canaries`, for `audit`
+                (self.run.path / "canaries.json").write_bytes(read_bytes(self.data.path / "canaries.json"))
         self.world.barrier()
         if not self.run.config.is_file():
             raise CandorError(f"rank {self.world.rank} cannot see {self.run.config}, which rank 0 wrote: with several "
@@ -205,8 +232,16 @@ class Trainer:
 
     def save(self) -> Path:
         state = {"data": self.sampler.state_dict(), "precision": self.precision}
-        return save_any_checkpoint(self.world, self.run.checkpoints, self.step, self.model, self.optimizer, state,
-                                   keep=self.config.train.keep_checkpoints)
+        if self.last_eval is not None and self.last_eval[0] == self.step:
+            state["val_loss"] = self.last_eval[1]
+        path = save_any_checkpoint(self.world, self.run.checkpoints, self.step, self.model, self.optimizer, state,
+                                   keep=self.config.train.keep_checkpoints,
+                                   keep_best=self.config.train.keep_best_checkpoint)
+        if self.dp is not None:
+            from candorlm.rundir import write_json
+
+            write_json(self.run.path / "dp.json", self.dp.record(self.step))
+        return path
 
     # ------------------------------------------------------------ the loop
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,13 +249,24 @@ class Trainer:
         lr = lr_at(self.step, t.lr, self.warmup, self.max_steps, t.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.dp is not None:
+            step_loss, grad_norm = self.dp.step(self.step, self.device)
+            self.step += 1
+            return step_loss, grad_norm
         step_loss = torch.zeros((), device=self.device)
-        for i in range(t.grad_accum):
+        for micro in range(t.grad_accum):
             x, y = self.sampler.next_batch()
-            x, y = to_device(x, self.device), to_device(y, self.device)
-            with self.world.accumulating(sync=i == t.grad_accum - 1):  # ranks sync gradients once per step
+            # Each rank masks its own windows with its own draw (encoder/seq2seq); one process: step*accum+micro.
+            draw = (self.step * t.grad_accum + micro) * self.world.world_size + self.world.rank
+            inputs, y = self.objective.batch(x, y, draw)
+            inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
+            y = to_device(y, self.device)
+            with self.world.accumulating(sync=micro == t.grad_accum - 1):  # ranks sync gradients once per step
                 with autocast(self.precision, self.device):
-                    loss = self.forward(x, targets=y) / t.grad_accum  # fused output layer + loss (model/loss.py)
+                    if self.objective.arch == "decoder":  # fused output layer + loss (model/loss.py)
+                        loss = self.forward(**inputs, targets=y) / t.grad_accum
+                    else:
+                        loss = lm_loss(self.forward(**inputs), y) / t.grad_accum
                 loss.backward()
             step_loss += loss.detach()
         if t.grad_clip > 0:
@@ -235,7 +281,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         t = self.config.train
         return evaluate_bpb(self.model, self.val_windows, self.token_bytes, batch_size=t.batch_size,
-                            max_tokens=t.eval_tokens, precision=self.precision)
+                            max_tokens=t.eval_tokens, precision=self.precision, make_batch=self.objective.eval_fn)
 
     def fit(self) -> TrainResult:
         if self.resume_from is not None:
@@ -274,6 +320,7 @@ class Trainer:
                         ev = self.evaluate()
                     meter.count_eval(ev["tokens"])
                     row.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
+                    self.last_eval = (self.step, ev["loss"])
                     result.final_eval = ev
                     log.info("step %d: val loss %.4f, val bits/byte %.4f", self.step, ev["loss"], ev["bpb"])
                 if row:
@@ -291,9 +338,13 @@ class Trainer:
         if not result.interrupted:
             if latest_checkpoint(self.run.checkpoints) != self.run.checkpoints / f"step-{self.step:06d}":
                 self.save()
-            export_weights(self.world, self.model, self.run.weights, lambda: DecoderLM(self.config.model))
+            export_weights(self.world, self.model, self.run.weights, lambda: build_model(self.config.model))
         result.ledger = meter.finish(self.run.path, self.step, resumed=self.resume_from is not None)
         log.info("ledger: %s", ledger_summary(result.ledger))
+        if self.world.is_main:
+            from candorlm.privacy.integrity import write_manifest
+
+            write_manifest(self.run.path)  # SHA256SUMS, after every file is written: `candorlm verify RUN` checks it
         self.world.close()
         return result
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The task figures in the README, from nothing: pretrain a decoder (next-token) and an encoder
+# (masked LM) on People's Daily, fine-tune both and their from-scratch twins for sentiment,
+# train the pinyin input method, fine-tune the decoder for QA and chat, and score everything.
+# Results: runs/<name>/evals/<task>.json. Budget as measured on 2 shared CPU cores: see README.
+#
+# One thread per run: on a CPU shared with other jobs, a 2-thread run of these small models was
+# 2-20x slower than a 1-thread run (threads wait on each other at every operation).
+set -euo pipefail
+C=".venv/bin/candorlm"
+T="--set train.threads=1"
+F="--threads 1 --precision fp32"   # fine-tuning: small batches of short examples run faster in fp32 here
+
+# 1. data and the two pretrained models (same tokenizer, same shape, same budget)
+[ -d data/pd ] || $C prepare builtin:peoples-daily --out data/pd --vocab-size 8192
+$C train --data data/pd --preset tiny --out runs/pd-decoder --max-steps 1500 --eval-every 250 $T
+$C train --data data/pd --preset tiny --arch encoder --out runs/pd-encoder --max-steps 1500 --eval-every 250 $T
+
+# 2. sentiment: pretrained vs the same shape and tokenizer from scratch (--scratch), decoder and encoder
+$C finetune runs/pd-decoder --task sentiment --data builtin:reviews --out runs/sent-decoder $F
+$C finetune runs/pd-decoder --task sentiment --data builtin:reviews --out runs/sent-decoder-scratch --scratch $F
+$C finetune runs/pd-encoder --task sentiment --data builtin:reviews --out runs/sent-encoder $F
+$C finetune runs/pd-encoder --task sentiment --data builtin:reviews --out runs/sent-encoder-scratch --scratch $F
+$C eval runs/sent-encoder --task sentiment --compare runs/sent-encoder-scratch \
+    --compare runs/sent-decoder --compare runs/sent-decoder-scratch
+
+# 3. translation: pinyin -> characters with the encoder-decoder (tiny shape, pinyin and character vocabularies)
+$C finetune --task translate --data builtin:pinyin --arch seq2seq --preset tiny --tokenizer char \
+    --out runs/pinyin --epochs 3 --batch-size 64 --lr 2e-3 $F
+
+# 4. QA and chat, from the pretrained decoder
+$C finetune runs/pd-decoder --task qa --data builtin:qa --out runs/qa-decoder $F
+$C finetune runs/pd-decoder --task chat --data builtin:chat --out runs/chat-decoder --epochs 2 $F
+$C eval runs/chat-decoder --task chat

@@ -1,0 +1,25 @@
+"""Applications of the three model families, each measured against an honest baseline:
+sentiment (classification), translate (sequence to sequence), qa (generative question
+answering), chat (dialogue). `finetune` is the one entry point; `evaluate_task` re-scores a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from candorlm.tasks.registry import TASKS, get_task
+
+
+def finetune(run: str | Path | None, **kwargs: Any) -> dict[str, Any]:
+    """See `candorlm.tasks.finetune.finetune`."""
+    from candorlm.tasks.finetune import finetune as _finetune
+
+    return _finetune(run, **kwargs)
+
+
+def evaluate_task(run: str | Path, task: str, data: str | None = None, **options: Any) -> dict[str, Any]:
+    """Score a fine-tuned run on its task's test split; writes RUN/evals/<task>.json."""
+    return get_task(task).evaluate(run, data=data, **options)
+
+
+__all__ = ["TASKS", "evaluate_task", "finetune", "get_task"]

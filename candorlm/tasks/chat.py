@@ -1,0 +1,377 @@
+"""Dialogue: supervised fine-tuning on conversations, and the terminal chat.
+
+Data: JSONL, one conversation per line, in the format people already use:
+    {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."},
+                  {"role": "assistant", "content": "..."}, ...]}
+Roles are system, user and assistant; every conversation needs at least one assistant turn.
+Conversations are rendered with the tokenizer's chat template (`Tokenizer.encode_chat`):
+    <|bos|><|system|>...<|end|><|user|>...<|end|><|assistant|>...<|end|>
+and the loss is taken on the assistant's tokens only (each reply and its closing <|end|>):
+the model learns to answer, not to imitate users. A conversation longer than the model's
+context is cut at the context length; one whose first reply is cut off entirely is left out,
+and the count is reported in task.json.
+
+builtin:chat is built from the same sources as the other tasks, so it runs offline: reading
+conversations about a People's Daily paragraph (the builtin:qa rule: a question, and a
+follow-up question when the paragraph has a second span), and questions about whether a
+product review is positive (好评) or negative (差评). Conversations keep their sources'
+splits (by article, by review text), so no test paragraph or review is trained on; every
+other conversation has a system message.
+
+Metrics on the test conversations: the assistant tokens' mean loss (nats per token, and
+perplexity), and the exact match of each assistant reply written greedily after the true
+history, by kind of turn; the starting run, scored the same way, is the baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from candorlm.beam import DecoderSession, greedy_search, right_pad
+from candorlm.corpus import document_hash, review_records
+from candorlm.errors import CandorError
+from candorlm.model import lm_loss
+from candorlm.rundir import write_json
+from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
+from candorlm.tasks.data import Record, read_jsonl_records, split_of
+from candorlm.tokenizer import CHAT_ROLES, Tokenizer, train_tokenizer
+
+default_arch = "decoder"
+BUILTIN = "builtin:chat"
+SYSTEM_PROMPT = "你是一个认真的助手，回答简短准确。"
+CHAT_TOKENS = ("bos", "eos", "system", "user", "assistant", "end")
+SENTIMENT_QUESTION = "这条商品评论是好评还是差评？\n"
+READING_QUESTION = "阅读下面这段话，回答问题。\n"
+
+
+# ---------------------------------------------------------------- data
+
+
+def check_messages(rec: Record) -> list[dict[str, str]]:
+    """The messages of a conversation record, checked: a list of {role, content} with known roles
+    and string contents, and at least one assistant turn."""
+    messages = rec["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise CandorError(f"{rec.where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise CandorError(f"{rec.where}: message {i} must be an object with 'role' and 'content', got {m!r}")
+        if m["role"] not in CHAT_ROLES:
+            raise CandorError(f"{rec.where}: message {i} has the unknown role {m['role']!r}; "
+                              f"roles are {', '.join(CHAT_ROLES)}")
+        if not isinstance(m["content"], str):
+            raise CandorError(f"{rec.where}: message {i} has content of type {type(m['content']).__name__}, "
+                              f"expected a string")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise CandorError(f"{rec.where}: the conversation has no assistant turn, so there is nothing to learn from it")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def builtin_conversations() -> dict[str, list[Record]]:
+    """builtin:chat by split (see the module doc)."""
+    from candorlm.tasks.qa import qa_items
+
+    splits: dict[str, list[Record]] = {"train": [], "dev": [], "test": []}
+    for i, (article, qs) in enumerate(qa_items()):
+        first = qs[0]
+        messages = [{"role": "user", "content": f"{READING_QUESTION}{first['context']}\n问：{first['question']}"},
+                    {"role": "assistant", "content": first["answer"]}]
+        if len(qs) > 1:
+            messages += [{"role": "user", "content": f"再问：{qs[1]['question']}"},
+                         {"role": "assistant", "content": qs[1]["answer"]}]
+        splits[split_of(article)].append(_record(messages, "reading", f"{BUILTIN}#qa{i}", first["context"]))
+    for i, (text, label) in enumerate(review_records()):
+        if i % 3:  # a third of the reviews: about as many conversations as the reading ones
+            continue
+        messages = [{"role": "user", "content": SENTIMENT_QUESTION + text},
+                    {"role": "assistant", "content": "好评" if label == "pos" else "差评"}]
+        splits[split_of(text)].append(_record(messages, "sentiment", f"{BUILTIN}#review{i}", text))
+    return splits
+
+
+def _record(messages: list[dict[str, str]], kind: str, where: str, key: str) -> Record:
+    if document_hash(key) % 2:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}] + messages
+    return Record({"messages": messages, "kind": kind}, where)
+
+
+def load_splits(data: str) -> tuple[dict[str, list[Record]], str]:
+    if data == BUILTIN:
+        return builtin_conversations(), "reading: by article; sentiment: by review text (10% test, 5% of the rest dev)"
+    if data.startswith("builtin:"):
+        raise CandorError(f"the chat task's built-in data is {BUILTIN}, not {data}")
+    records = read_jsonl_records(data, {"messages": list},
+                                 '{"messages": [{"role": "user", "content": "你好"}, '
+                                 '{"role": "assistant", "content": "你好！"}]}')
+    splits: dict[str, list[Record]] = {"train": [], "dev": [], "test": []}
+    for rec in records:
+        rec.fields["messages"] = check_messages(rec)
+        rec.fields.setdefault("kind", "chat")
+        splits[split_of(str(rec["messages"]))].append(rec)
+    return splits, "by conversation: blake2b-64(messages) < 10% test; 5% of the rest dev"
+
+
+def sft_example(tok: Tokenizer, messages: list[dict[str, str]], max_len: int) -> tuple[list[int], list[int]] | None:
+    """(input ids, targets) for supervised fine-tuning: targets are the next token where it is an
+    assistant token, -100 elsewhere. None when no assistant token fits in max_len."""
+    ids, mask = tok.encode_chat(messages)
+    ids, mask = ids[:max_len + 1], mask[:max_len + 1]
+    targets = [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
+    if all(t == -100 for t in targets):
+        return None
+    return ids[:-1], targets
+
+
+# ---------------------------------------------------------------- training
+
+
+def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_size: int = 4096,
+            **_: Any) -> Prepared:
+    splits, rule = load_splits(data)
+    if base.arch != "decoder":
+        raise CandorError(f"{base.run}: chat fine-tuning needs a decoder run, not a{'n' if base.arch == 'encoder' else ''} "
+                          f"{base.arch} one")
+    tok = base.tokenizer
+    if tok is None:
+        texts = (m["content"] for r in splits["train"] for m in r["messages"])
+        tok = train_tokenizer(texts, tokenizer, vocab_size)  # type: ignore[arg-type]
+    require_tokens(tok, base.tokenizer_file(), CHAT_TOKENS, "chat")
+    cfg = base.config.model.model_copy(update={"vocab_size": tok.vocab_size})
+    base.config = base.config.model_copy(update={"model": cfg})
+    model = base.build()
+    dropped: dict[str, int] = {}
+
+    def examples(split: str) -> list[tuple[list[int], list[int], Record]]:
+        out = []
+        for r in splits[split]:
+            ex = sft_example(tok, r["messages"], cfg.max_seq_len)
+            if ex is None:
+                dropped[split] = dropped.get(split, 0) + 1
+            else:
+                out.append((*ex, r))
+        return out
+
+    train, dev = examples("train"), examples("dev")
+    info = {"split_rule": rule, "test_size": len(splits["test"]), "dropped_too_long": dropped}
+    return Prepared(model, cfg, tok, None, train, dev, info)
+
+
+def _batch(batch: Sequence[tuple[list[int], list[int], Any]], pad: int,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, _ = right_pad([i for i, _, _ in batch], pad)
+    targets, mask = right_pad([t for _, t, _ in batch], -100)
+    return ids.to(device), targets.masked_fill(mask == 0, -100).to(device)
+
+
+def loss(model: nn.Module, batch: Sequence[Any], device: torch.device, prepared: Prepared) -> torch.Tensor:
+    ids, targets = _batch(batch, prepared.tokenizer.pad_id, device)
+    return lm_loss(model(ids), targets)
+
+
+@torch.no_grad()
+def assistant_loss(model: nn.Module, examples: Sequence[tuple[list[int], list[int], Any]], pad: int,
+                   batch_size: int = 32) -> float:
+    """Mean loss (nats) per assistant token."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nats = count = 0.0
+    try:
+        for i in range(0, len(examples), batch_size):
+            ids, targets = _batch(examples[i:i + batch_size], pad, device)
+            nats += float(lm_loss(model(ids), targets, reduction="sum"))
+            count += int((targets != -100).sum())
+    finally:
+        model.train(was_training)
+    return nats / max(count, 1)
+
+
+def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> dict[str, float]:
+    value = assistant_loss(model, prepared.dev, prepared.tokenizer.pad_id)
+    return {"score": -value, "assistant_loss": value}
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def reply_prompts(tok: Tokenizer, records: Sequence[Record], max_len: int,
+                  budget: int) -> list[tuple[list[int], str, str]]:
+    """(prompt ids, gold reply, kind) for every assistant turn, with the true history before it."""
+    out = []
+    for r in records:
+        for i, m in enumerate(r["messages"]):
+            if m["role"] != "assistant":
+                continue
+            ids, _ = tok.encode_chat(r["messages"][:i], add_generation_prompt=True)
+            if len(ids) + budget <= max_len:
+                out.append((ids, m["content"], f"{r['kind']}, turn {sum(x['role'] == 'assistant' for x in r['messages'][:i]) + 1}"))
+    return out
+
+
+@torch.no_grad()
+def replies(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 24,
+            batch_size: int = 32) -> list[str]:
+    stop = tok.ids["end"]
+    suppress = sorted(i for i in tok.special_ids if i not in (stop, tok.eos_id))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [""] * len(prompts)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        session = DecoderSession(model, [prompts[i] for i in idx], pad_id=tok.pad_id, max_new_tokens=max_new_tokens)
+        for i, ids in zip(idx, greedy_search(session, eos_id=stop, max_new_tokens=max_new_tokens, suppress_ids=suppress)):
+            out[i] = tok.decode(ids).strip()
+    return out
+
+
+def _score_model(model: nn.Module, tok: Tokenizer, test: Sequence[Record], limit: int | None) -> dict[str, Any]:
+    max_len = model.cfg.max_seq_len
+    examples = [(*ex, r) for r in test if (ex := sft_example(tok, r["messages"], max_len)) is not None]
+    value = assistant_loss(model, examples, tok.pad_id)
+    turns = reply_prompts(tok, test, max_len, 24)[:limit] if limit else reply_prompts(tok, test, max_len, 24)
+    preds = replies(model, tok, [p for p, _, _ in turns])
+    by_kind: dict[str, list[bool]] = defaultdict(list)
+    for (_, gold, kind), pred in zip(turns, preds):
+        by_kind[kind].append(pred.strip().rstrip("。") == gold.strip().rstrip("。"))
+    return {"assistant_loss": round(value, 4), "assistant_perplexity": round(math.exp(value), 2),
+            "reply_exact_match": round(sum(sum(v) for v in by_kind.values()) / max(len(turns), 1), 4),
+            "turns": len(turns),
+            "by_kind": {k: {"n": len(v), "exact_match": round(sum(v) / len(v), 4)} for k, v in sorted(by_kind.items())},
+            "examples": [{"reply": p, "gold": g, "kind": k} for (_, g, k), p in list(zip(turns, preds))[:6]]}
+
+
+def evaluate(run: str | Path, data: str | None = None, limit: int | None = None, **_: Any) -> dict[str, Any]:
+    """Assistant-token loss and reply exact match on the test conversations, for the run and for
+    the run it started from; written to RUN/evals/chat.json."""
+    rd, config, info, model, tok, _ = load_task_run(run)
+    if config.model.arch != "decoder" or info.get("task") not in ("chat", None):
+        raise CandorError(f"{rd.path} is not a chat run (task.json: {info.get('task')!r})")
+    require_tokens(tok, str(rd.tokenizer), CHAT_TOKENS, "chat")
+    data = data or info.get("data")
+    if not data:
+        raise CandorError(f"{rd.path} has no task.json naming its data; give --data")
+    splits, rule = load_splits(data)
+    test = splits["test"]
+    result: dict[str, Any] = {
+        "task": "chat",
+        "data": data,
+        "split": {"rule": rule, **{k: len(v) for k, v in splits.items()}},
+        "model": {"run": str(rd.path), "init": info.get("init"), **_score_model(model, tok, test, limit)},
+    }
+    base = info.get("base_run")
+    if base and Path(base, "config.toml").is_file():
+        _, _, _, base_model, base_tok, _ = load_task_run(base)
+        result["baseline"] = {"name": "the run fine-tuning started from, with the same chat template",
+                              "run": base, **_score_model(base_model, base_tok, test, limit)}
+    result["command"] = f"candorlm eval {rd.path} --task chat --data {data}" + (f" --limit {limit}" if limit else "")
+    write_json(eval_path(rd, "chat"), result)
+    return result
+
+
+def eval_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {"limit": options.get("limit", 400)}
+
+
+# ---------------------------------------------------------------- the terminal chat
+
+
+class ChatSession:
+    """A conversation with a decoder: history, system message, streaming replies, and a context
+    guard that drops the oldest turns (never the system message) when the history outgrows the
+    model's context."""
+
+    def __init__(self, lm: Any, system: str | None = None, max_new_tokens: int = 128, **sampling: Any):
+        self.lm = lm
+        self.tok: Tokenizer = lm.tokenizer
+        require_tokens(self.tok, "this run's tokenizer.json", CHAT_TOKENS, "chat")
+        self.system = system
+        self.history: list[dict[str, str]] = []
+        self.max_new_tokens = min(max_new_tokens, lm.model.cfg.max_seq_len // 2)
+        self.sampling = sampling
+
+    def messages(self) -> list[dict[str, str]]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    def reset(self) -> None:
+        self.history = []
+
+    def prompt_ids(self) -> tuple[list[int], int]:
+        """The prompt for the next reply, and how many old turns were dropped to fit it."""
+        room = self.lm.model.cfg.max_seq_len - self.max_new_tokens
+        dropped = 0
+        while True:
+            ids, _ = self.tok.encode_chat(self.messages(), add_generation_prompt=True)
+            if len(ids) <= room:
+                return ids, dropped
+            if len(self.history) > 1:
+                # Drop the oldest exchange (a user turn and the reply to it).
+                cut = next((i for i in range(1, len(self.history)) if self.history[i]["role"] == "user"),
+                           len(self.history) - 1)
+                self.history = self.history[cut:]
+                dropped += cut
+            elif self.history:  # one message that alone is too long: keep its end
+                keep = self.tok.decode(self.tok.encode_literal(self.history[0]["content"])[-(room // 2):])
+                self.history[0] = dict(self.history[0], content=keep)
+                dropped += 1
+            else:  # the system message alone is too long
+                keep = self.tok.decode(self.tok.encode_literal(self.system or "")[:room // 2])
+                self.system = keep
+                dropped += 1
+
+    def send(self, text: str) -> tuple[Any, int]:
+        """Add a user message; return (a stream of reply pieces, turns dropped to fit)."""
+        self.history.append({"role": "user", "content": text})
+        ids, dropped = self.prompt_ids()
+        return self._stream(ids), dropped
+
+    def _stream(self, ids: list[int]) -> Any:
+        stop = [self.tok.ids["end"], self.tok.eos_id]
+        suppress = [i for i in self.tok.special_ids if i not in stop]
+        reply = ""
+        for deltas in self.lm.stream_batch_ids([ids], stop_ids=stop, suppress_ids=suppress,
+                                               max_new_tokens=self.max_new_tokens, **self.sampling):
+            if deltas[0]:
+                reply += deltas[0]
+                yield deltas[0]
+        self.history.append({"role": "assistant", "content": reply})
+
+
+def repl(session: ChatSession, input_fn: Callable[[str], str], write: Callable[[str], Any],
+         notice: Callable[[str], Any]) -> None:
+    """Read a line, stream the reply, repeat; /reset, /system TEXT, /quit. Ends at EOF (Ctrl-D)."""
+    notice("chat: /reset clears the history, /system TEXT sets the system message, /quit leaves")
+    while True:
+        try:
+            line = input_fn("> ")
+        except EOFError:
+            write("\n")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return
+        if text == "/reset":
+            session.reset()
+            notice("history cleared")
+            continue
+        if text == "/system" or text.startswith("/system "):
+            session.system = text[len("/system"):].strip() or None
+            session.reset()
+            notice(f"system message {'set' if session.system else 'cleared'}; history cleared")
+            continue
+        if text.startswith("/"):
+            notice(f"unknown command {text.split()[0]}; commands: /reset, /system TEXT, /quit")
+            continue
+        stream, dropped = session.send(text)
+        if dropped:
+            notice(f"(context full: dropped the {dropped} oldest message{'s' if dropped > 1 else ''})")
+        for piece in stream:
+            write(piece)
+        write("\n")

@@ -1,0 +1,169 @@
+"""Fine-tuning, one entry point for every task: start from a run (or from scratch), train on the
+task's training split, keep the epoch that scores best on the dev split, write a new run
+directory, and evaluate it on the test split.
+
+The loop is the trunk's recipe (AdamW with decay on matrices only, linear warmup then cosine
+decay, gradient clipping, bf16 autocast where the hardware has it) over batches of task
+examples instead of token windows. The new run directory is written into a temporary sibling
+and renamed into place at the end, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from candorlm.config import RunConfig, TrainConfig
+from candorlm.device import autocast, pick_device, resolve_precision, set_threads
+from candorlm.errors import CandorError
+from candorlm.progress import progress_bar
+from candorlm.rundir import RunDir, atomic_write_text, write_json
+from candorlm.tasks.base import SOURCE_TOKENIZER, TASK_FILE, load_base
+from candorlm.tasks.registry import get_task
+from candorlm.training.checkpoint import save_weights
+from candorlm.training.trainer import build_optimizer, lr_at
+
+log = logging.getLogger("candorlm")
+
+
+def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, scratch: bool = False,
+             preset: str = "tiny", arch: str | None = None, epochs: float = 3.0, batch_size: int = 32,
+             lr: float | None = None, warmup_fraction: float = 0.06, seed: int = 1337, precision: str = "auto",
+             device: str = "auto", threads: int | None = None, overrides: list[str] | None = None, overwrite: bool = False,
+             evaluate: bool = True, **options: Any) -> dict[str, Any]:
+    """Fine-tune `run` (a run directory; None: a fresh `preset` model of `arch`) on `task` with
+    `data`, and write the run directory `out`. Returns the test evaluation (evals/<task>.json).
+
+        candorlm.tasks.finetune("runs/pd", task="sentiment", data="builtin:reviews", out="runs/pd-sentiment")
+    """
+    spec = get_task(task)
+    out = Path(out)
+    _check_out(out, overwrite)
+    base = load_base(run, scratch=scratch, preset=preset, arch=arch or spec.default_arch, overrides=overrides)
+    torch.manual_seed(seed)
+    prepared = spec.prepare(base, data, seed=seed, **options)
+    model = prepared.model
+    lr = lr if lr is not None else (1e-3 if base.weights is None else 5e-4)
+    steps_per_epoch = math.ceil(len(prepared.train) / batch_size)
+    max_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    train_cfg = TrainConfig(max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            warmup_steps=max(1, int(warmup_fraction * max_steps)), precision=precision,
+                            device=device, threads=threads, weight_decay=0.01, beta2=0.98)
+    config = RunConfig(model=prepared.model_config, data={"path": data}, train=train_cfg)
+    dev = pick_device(device)
+    threads = set_threads(threads) if dev.type == "cpu" else None
+    prec = resolve_precision(precision, dev)
+    model.to(dev)
+    optimizer = build_optimizer(model, config)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=_parent(out)))
+    try:
+        log.info("fine-tuning for %s: %s parameters, %s; %d training, %d dev examples, %d steps, %s, %s threads",
+                 task, f"{sum(p.numel() for p in model.parameters()):,}",
+                 f"from {base.run}" + (" (weights re-initialised)" if scratch else "") if base.run else "from scratch",
+                 len(prepared.train), len(prepared.dev), max_steps, prec, threads)
+        history = _loop(spec, prepared, model, optimizer, train_cfg, dev, prec, tmp / "metrics.jsonl")
+        model.cpu().eval()
+        _write_run(tmp, config, prepared, model, base, task, data, history, scratch)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not evaluate:
+        return {}
+    return spec.evaluate(out, data=None, **spec.eval_options(options))
+
+
+def _parent(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CandorError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+        if not RunDir(out).exists():
+            raise CandorError(f"--overwrite: {out} is not a candorlm run directory; refusing to delete it")
+
+
+def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, t: TrainConfig,
+          device: torch.device, precision: str, metrics_path: Path) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(t.seed)
+    step, best_score, best_state = 0, -math.inf, None
+    history: list[dict[str, Any]] = []
+    n = len(prepared.train)
+    start = time.perf_counter()
+    with open(metrics_path, "w", encoding="utf-8") as metrics, progress_bar("fine-tuning", total=t.max_steps) as bar:
+        epoch = 0
+        while step < t.max_steps:
+            order = rng.permutation(n)
+            model.train()
+            for i in range(0, n, t.batch_size):
+                if step >= t.max_steps:
+                    break
+                lr = lr_at(step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = [prepared.train[j] for j in order[i:i + t.batch_size]]
+                with autocast(precision, device):
+                    loss = spec.loss(model, batch, device, prepared)
+                loss.backward()
+                loss = loss.detach()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.advance(1)
+                if step % t.log_every == 0 or step == t.max_steps:
+                    row = {"step": step, "epoch": epoch, "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm),
+                           "elapsed_s": round(time.perf_counter() - start, 3)}
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    bar.update(status=f"loss {float(loss):.3f}")
+            epoch += 1
+            scores = spec.dev_metrics(model, prepared, device)
+            row = {"step": step, "epoch": epoch, **{f"dev_{k}": v for k, v in scores.items()},
+                   "elapsed_s": round(time.perf_counter() - start, 3)}
+            history.append(row)
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            log.info("epoch %d (step %d): %s", epoch, step, ", ".join(f"dev {k} {v:.4f}" for k, v in scores.items()))
+            if scores["score"] > best_score:
+                best_score, best_state = scores["score"], copy.deepcopy(model.state_dict())
+                history[-1]["best"] = True
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+def _write_run(tmp: Path, config: RunConfig, prepared: Any, model: torch.nn.Module, base: Any, task: str, data: str,
+               history: list[dict[str, Any]], scratch: bool) -> None:
+    rd = RunDir(tmp)
+    atomic_write_text(rd.config, config.to_toml())
+    prepared.tokenizer.save(rd.tokenizer)
+    if prepared.source_tokenizer is not None:
+        prepared.source_tokenizer.save(tmp / SOURCE_TOKENIZER)
+    save_weights(model, rd.weights)
+    best = max(history, key=lambda r: r.get("dev_score", -math.inf)) if history else {}
+    write_json(tmp / TASK_FILE, {
+        "task": task,
+        "data": data,
+        "base_run": str(base.run) if base.run else None,
+        "init": "scratch" if (scratch or base.weights is None) else "pretrained",
+        "best_epoch": best.get("epoch"),
+        "splits": {k: len(getattr(prepared, k)) for k in ("train", "dev")},
+        **prepared.info,
+    })

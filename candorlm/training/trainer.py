@@ -123,6 +123,10 @@ class Trainer:
         config.model.vocab_size = vocab
         self.run = RunDir(Path(out))
         self.world = World.from_env(config.train.strategy, config.train.device)  # one process unless under torchrun
+        if config.train.dp_epsilon is not None and self.world.distributed:
+            raise CandorError(f"--dp-epsilon trains in one process: its privacy accounting assumes one process drawing "
+                              f"Poisson-sampled batches, and clipping and noise across {self.world.world_size} "
+                              f"processes is not implemented. Drop --nproc (or torchrun), or drop --dp-epsilon.")
         self.resume_from = self._claim_run_dir(config, resume, overwrite)
         self.world.barrier()
         self.config = config
@@ -152,12 +156,6 @@ class Trainer:
         self.dp = None
         if t.dp_epsilon is not None:  # DP-SGD, an isolated path: see candorlm/privacy/dp.py
             from candorlm.privacy.dp import DPSGD, check_resume
-
-            if self.world.distributed:
-                raise CandorError(f"--dp-epsilon trains in one process: its privacy accounting assumes one process "
-                                  f"drawing Poisson-sampled batches, and clipping and noise across "
-                                  f"{self.world.world_size} processes is not implemented. Drop --nproc (or torchrun), "
-                                  f"or drop --dp-epsilon.")
 
             if config.model.arch != "decoder":
                 raise CandorError(f"--dp-epsilon trains decoders only (next-token windows are its privacy unit); "

@@ -170,24 +170,28 @@ def generate(
     no_cache: bool = typer.Option(False, help="Recompute the whole sequence each step (slow; for checking)."),
     key_file: Optional[Path] = typer.Option(None, help="Key of an encrypted run (or set CANDORLM_KEY)."),
 ) -> None:
-    """Continue a prompt; prints only the generated text on stdout, as it is generated.
+    """Continue a prompt; prints only the generated text on stdout, as it is generated, and adds
+    the call's time, tokens/s, FLOPs, energy and cost to RUN/ledger.json (kind `generate`).
 
     Example: candorlm generate runs/pd --prompt "中国经济" --max-new-tokens 50 --temperature 0.8 --top-k 40 --seed 0
     """
     from candorlm.lm import load
     from candorlm.privacy.crypto import resolve_key
 
+    from candorlm.ledger.usage import metered_generation
+
     lm = load(run, key=resolve_key(key_file))
     kwargs = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_k=top_k,
                   top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
-    if len(prompt) == 1:
-        for piece in lm.stream(prompt[0], stop=stop, use_cache=not no_cache, **kwargs):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-    else:
-        for text in lm.generate(prompt, stop=stop, use_cache=not no_cache, **kwargs):
-            sys.stdout.write(text + "\n")
+    with metered_generation(lm, run):  # a `generate` session in RUN/ledger.json
+        if len(prompt) == 1:
+            for piece in lm.stream(prompt[0], stop=stop, use_cache=not no_cache, **kwargs):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            for text in lm.generate(prompt, stop=stop, use_cache=not no_cache, **kwargs):
+                sys.stdout.write(text + "\n")
 
 
 @app.command()
@@ -430,16 +434,18 @@ def serve(
     max_body: int = typer.Option(1 << 20, help="Largest request body in bytes."),
     model_name: Optional[str] = typer.Option(None, help="Model id clients use (default: the run's folder name)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    key_file: Optional[Path] = typer.Option(None, help="Key to read an encrypted run with (or set CANDORLM_KEY)."),
 ) -> None:
     """Serve a run: OpenAI-compatible API (completions, chat, streaming), /v1/explain, and a chat page at /.
 
     Example: candorlm serve runs/pd --port 8000 --keys keys.json
     """
+    from candorlm.privacy.crypto import resolve_key
     from candorlm.serve.server import serve as run_server
 
     run_server(run, host=host, port=port, keys=keys, insecure_no_auth=insecure_no_auth, audit_log=audit_log,
                audit_text=audit_text, max_batch=max_batch, model_name=model_name, device=device,
-               max_tokens=max_tokens, max_body_bytes=max_body)
+               max_tokens=max_tokens, max_body_bytes=max_body, key=resolve_key(key_file))
 
 
 # ---- tasks: fine-tuning, task evaluation, chat (issue 4) ----

@@ -24,6 +24,7 @@ from candorlm.training.checkpoint import latest_checkpoint, load_weights
 from candorlm.training.sharded import load_checkpoint_weights
 
 if TYPE_CHECKING:
+    from candorlm.ledger.usage import GenerationUsage
     from candorlm.privacy.crypto import Key
 
 
@@ -32,6 +33,7 @@ class LanguageModel:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or RunConfig(model=model.cfg)
+        self.usage: "GenerationUsage | None" = None  # set while candorlm.ledger.usage meters generation
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", key: "Key | None" = None) -> "LanguageModel":
@@ -88,14 +90,22 @@ class LanguageModel:
         suppress = self._suppressed() if suppress_ids is None else suppress_ids
         steps = stream_ids(self.model, prompts, cfg, stop_ids=stop_ids,
                            suppress_ids=suppress, pad_id=self.tokenizer.pad_id, use_cache=use_cache)
-        for tokens, finished in steps:
-            deltas = [row.push(t, f) for row, t, f in zip(rows, tokens.tolist(), finished.tolist())]
-            yield deltas
-            if all(row.done for row in rows):
-                break
-        tails = [row.flush() for row in rows]
-        if any(tails):
-            yield tails
+        produced = [0] * len(rows)  # tokens each sequence was fed through the model for
+        try:
+            for tokens, finished in steps:
+                for i, row in enumerate(rows):
+                    produced[i] += not row.done
+                deltas = [row.push(t, f) for row, t, f in zip(rows, tokens.tolist(), finished.tolist())]
+                yield deltas
+                if all(row.done for row in rows):
+                    break
+            tails = [row.flush() for row in rows]
+            if any(tails):
+                yield tails
+        finally:
+            if self.usage is not None:
+                for prompt, n in zip(prompts, produced):
+                    self.usage.add(len(prompt), n)
 
     def generate(self, prompt: str | Sequence[str], *, stop: Sequence[str] = (), use_cache: bool = True,
                  max_new_tokens: int = 64, greedy: bool = False, temperature: float = 1.0,

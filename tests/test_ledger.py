@@ -158,3 +158,31 @@ def test_ledger_cli(trained_run, tmp_path):
     data = json.loads(res.stdout)
     assert {"flops", "seconds", "peak_memory_bytes", "energy_kwh", "cost", "co2_kg", "params", "tokens"} <= set(data)
     assert math.isclose(data["params"], math.sqrt(1e21 / 120))
+
+
+def test_generate_adds_a_session_to_the_ledger(trained_run, tmp_path):
+    import shutil
+
+    from candorlm.ledger.flops import generation_flops
+    from candorlm.ledger.usage import metered_generation
+    from candorlm.lm import load
+    from candorlm.privacy.integrity import verify
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    subprocess.run([sys.executable, "-m", "candorlm", "generate", str(run), "--prompt", "今天", "--prompt", "人民",
+                    "--max-new-tokens", "12", "--greedy"], capture_output=True, text=True, check=True)
+    lm = load(run)
+    with metered_generation(lm, run) as usage:
+        lm.generate("经济", max_new_tokens=5, greedy=True, stop=["\n\n\n\n"])
+    sessions = ledger(run)["generate"]["sessions"]
+    assert len(sessions) == 2 and sessions[0]["sequences"]["value"] == 2
+    for entry in sessions:
+        _every_figure_has_a_method(entry)
+        assert 0 < entry["tokens"]["value"] <= entry["sequences"]["value"] * 12
+        assert entry["tokens_per_s"]["value"] > 0 and entry["energy"]["value"] > 0
+    prompt = len(lm.encode_prompt("经济"))
+    assert usage.prompt_tokens == prompt and 1 <= usage.new_tokens <= 5
+    assert sessions[1]["flops"]["value"] == generation_flops(lm.model.cfg, prompt, usage.new_tokens)
+    assert ledger(run)["train"]["total"]["tokens"]["value"] > 0  # training's sessions are kept
+    assert verify(run).ok  # the run's SHA256SUMS was updated with the ledger

@@ -132,6 +132,10 @@ class CanaryCorpus:
     def sources(self) -> list[str]:
         return self.corpus.sources
 
+    def check_not_empty(self) -> None:
+        """After a pass: a CandorError if the corpus underneath had no text."""
+        self.corpus.check_not_empty()
+
     def _schedule(self, n_docs: int) -> dict[int, list[Canary]]:
         rng = random.Random(self.canaries.seed + 1)
         at: dict[int, list[Canary]] = {}

@@ -229,6 +229,10 @@ class ScrubbedCorpus:
     def sources(self) -> list[str]:
         return self.corpus.sources
 
+    def check_not_empty(self) -> None:
+        """After a pass: a CandorError if the corpus underneath had no text."""
+        self.corpus.check_not_empty()
+
     def __iter__(self) -> Iterator[Document]:
         rep = ScrubReport(self.anonymizer.operator, list(self.anonymizer.detector.types))
         key = self.anonymizer.pseudonymize.key if self.anonymizer.pseudonymize else None

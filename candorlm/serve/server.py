@@ -5,8 +5,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from candorlm.errors import CandorError
+
+if TYPE_CHECKING:
+    from candorlm.privacy.crypto import Key
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,9 @@ def check_binding(host: str, keys: str | Path | None, insecure_no_auth: bool) ->
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,
           insecure_no_auth: bool = False, audit_log: str | Path | None = None, audit_text: bool = False,
           max_batch: int = 16, model_name: str | None = None, device: str = "auto",
-          max_tokens: int = 1024, max_body_bytes: int = 1 << 20) -> None:
-    """Serve a run over HTTP until interrupted (see candorlm/serve/app.py for the endpoints)."""
+          max_tokens: int = 1024, max_body_bytes: int = 1 << 20, key: Key | None = None) -> None:
+    """Serve a run over HTTP until interrupted (see candorlm/serve/app.py for the endpoints).
+    An encrypted run (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY."""
     check_binding(host, keys, insecure_no_auth)
     import uvicorn
 
@@ -48,7 +53,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: 
 
     keystore = KeyStore(keys) if keys is not None else None
     set_threads(None)
-    lm = load(run_dir, device)
+    lm = load(run_dir, device, key)
     name = model_name or Path(run_dir).resolve().name
     audit = AuditLog(audit_log if audit_log is not None else Path(run_dir) / "audit.jsonl", include_text=audit_text)
     limits = ServeLimits(max_tokens=max_tokens, max_body_bytes=max_body_bytes)

@@ -106,6 +106,10 @@ def train(
     dp_delta: Optional[float] = typer.Option(None, help="DP delta (default: min(1e-5, 1/(10 x training windows)))."),
     dp_max_grad_norm: Optional[float] = typer.Option(None, help="DP per-window gradient clipping bound (default 1.0)."),
     key_file: Optional[Path] = typer.Option(None, help="Key to read encrypted data with (or set CANDORLM_KEY)."),
+    nproc: Optional[int] = typer.Option(None, help="Train in N processes on this machine (starts torchrun): "
+                                        "one per GPU, or CPU processes sharing the cores."),
+    strategy: Optional[str] = typer.Option(None, help="With several processes: ddp (each holds the whole model) or "
+                                           "fsdp (parameters, gradients and optimizer state sharded)."),
 ) -> None:
     """Train a language model; writes config, checkpoints, metrics.jsonl and model.safetensors to --out.
 
@@ -116,7 +120,15 @@ def train(
     Example: candorlm train --data data/pd --out runs/pd-dp --dp-epsilon 8   (differentially private)
 
     Ctrl-C saves a checkpoint and stops; --resume continues exactly where it stopped.
+
+    Several processes (DDP or FSDP2), here or under torchrun on many nodes (README, "Many processes"):
+
+    Example: candorlm train --data data/pd --preset small --out runs/pd --nproc 2 --strategy fsdp
     """
+    if nproc is not None and nproc > 1:
+        from candorlm.training.launch import launch, strip_option
+
+        raise typer.Exit(launch(nproc, strip_option(sys.argv[1:], "--nproc")))
     from candorlm.privacy.crypto import resolve_key, use_key
     from candorlm.training import train as run_train
 
@@ -127,9 +139,13 @@ def train(
         preset = "tiny"
     if peak_tflops is not None:
         overrides = [*overrides, f"ledger.peak_tflops={peak_tflops}"]
+    if strategy is not None:
+        overrides = [*overrides, f"train.strategy={strategy}"]
     with use_key(resolve_key(key_file)):
         result = run_train(out, data=data, preset=preset, config=config, overrides=overrides, resume=resume,
                            overwrite=overwrite, model={"arch": arch} if arch else None, **settings)
+    if result.rank != 0:  # under torchrun rank 0 speaks for all
+        raise typer.Exit(130 if result.interrupted else 0)
     ev = result.final_eval
     summary = f"val loss {ev['loss']:.4f}, val bits/byte {ev['bpb']:.4f}" if ev else "no evaluation yet"
     if result.interrupted:

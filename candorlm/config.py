@@ -108,7 +108,8 @@ class TrainConfig(_Strict):
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool = False
+    compile: bool | None = None  # None: on for CUDA, off on the CPU
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # with several processes (torchrun): replicate, or shard (FSDP2)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # None: physical cores
     seed: int = 1337

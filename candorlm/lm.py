@@ -21,6 +21,7 @@ from candorlm.model import DecoderLM
 from candorlm.rundir import open_run, read_json
 from candorlm.tokenizer import Tokenizer
 from candorlm.training.checkpoint import latest_checkpoint, load_weights
+from candorlm.training.sharded import load_checkpoint_weights
 
 if TYPE_CHECKING:
     from candorlm.ledger.usage import GenerationUsage
@@ -55,12 +56,11 @@ class LanguageModel:
                               f"Evaluate it with `candorlm eval {run.path} --task ...`.")
         tokenizer = Tokenizer.load(run.tokenizer)
         model = DecoderLM(config.model)
-        weights = run.weights
-        if not weights.is_file():
-            checkpoint = latest_checkpoint(run.checkpoints)
-            if checkpoint is not None:
-                weights = checkpoint / "model.safetensors"
-        load_weights(model, weights)
+        checkpoint = None if run.weights.is_file() else latest_checkpoint(run.checkpoints)
+        if checkpoint is not None:
+            load_checkpoint_weights(model, checkpoint)  # single-file or sharded (FSDP)
+        else:
+            load_weights(model, run.weights)
         model.to(pick_device(device)).eval()
         return cls(model, tokenizer, config)
 

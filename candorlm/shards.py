@@ -253,7 +253,10 @@ class BatchSampler:
 
     The state (epoch, position) is two integers, saved with each checkpoint, so a resumed run
     continues with exactly the batches an uninterrupted run would have seen. With several
-    processes, rank r of w takes every w-th batch-slot, so ranks never overlap.
+    processes, every rank walks the same global order, w*batch_size windows per call, and
+    rank r of w keeps every w-th of them, so ranks never overlap, all cross an epoch boundary
+    together, and the state means the same at any world size (a run saved by 2 processes
+    resumes in 1 with the same data).
     """
 
     def __init__(self, windows: WindowIndex, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
@@ -270,15 +273,14 @@ class BatchSampler:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         picked: list[int] = []
-        while len(picked) < self.batch_size:
+        while len(picked) < self.batch_size * self.world_size:
             order = self._permutation()
-            i = self.position * self.world_size + self.rank
-            if i >= len(order):
+            if self.position >= len(order):
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
                 continue
-            picked.append(int(order[i]))
+            picked.append(int(order[self.position]))
             self.position += 1
-        return self.windows.get(picked)
+        return self.windows.get(picked[self.rank::self.world_size])
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -287,5 +289,4 @@ class BatchSampler:
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
     def steps_per_epoch(self, grad_accum: int = 1) -> int:
-        per_rank = len(self.windows) // self.world_size
-        return max(1, math.ceil(per_rank / (self.batch_size * grad_accum)))
+        return max(1, math.ceil(len(self.windows) / (self.batch_size * grad_accum * self.world_size)))

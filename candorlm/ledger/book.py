@@ -17,7 +17,7 @@ from candorlm.rundir import RunDir, open_run, read_json, write_json
 
 VERSION = 1
 KINDS = ("train", "evaluate", "generate")
-_SUMMED = ("wall_time", "busy_time", "tokens", "flops", "energy", "co2", "cost")
+_SUMMED = ("wall_time", "busy_time", "device_time", "tokens", "flops", "energy", "co2", "cost")
 
 
 def _value(entry: dict[str, Any], key: str) -> Any:

@@ -13,6 +13,7 @@ Every reading carries `method`, a sentence that says which of these produced it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,22 +31,34 @@ GPU_WATTS_DEFAULT = 400.0
 class EnergyReading:
     kwh: float
     method: str
+    node_wide: bool = False  # a machine-wide counter: processes sharing the machine all see the same energy
 
 
 class EnergyMeter(Protocol):
     def stop(self) -> EnergyReading: ...
 
 
+def _physical_gpu_id(device: torch.device) -> int | str:
+    """NVML's id of a CUDA device (CUDA_VISIBLE_DEVICES renumbers what torch sees)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if index < len(visible):
+        return int(visible[index]) if visible[index].isdigit() else visible[index]
+    return index
+
+
 class _CodeCarbon:
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         # codecarbon configures its logger on import; quiet it after import, before the tracker exists.
         from codecarbon import OfflineEmissionsTracker
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        # Only the GPU this process computes on: with one process per GPU, each counts its own.
+        gpus = {"gpu_ids": [_physical_gpu_id(device)]} if device is not None and device.type == "cuda" else {}
         self.tracker = OfflineEmissionsTracker(
             country_iso_code="USA",  # only used for its own CO2 figure, which we do not use
             output_methods=[], allow_multiple_runs=True,  # no emissions.csv, no API, no lock file
-            log_level="error", tracking_mode="process", measure_power_secs=15,
+            log_level="error", tracking_mode="process", measure_power_secs=15, **gpus,
         )
         self.tracker.start()
 
@@ -108,7 +121,7 @@ class _Rapl:
             end = int(f.read_text())
             total += end - start if end >= start else end + limit - start  # the counter wrapped
         return EnergyReading(total / 3.6e12, f"RAPL package energy counters ({len(self.files)} packages; "
-                                             f"CPU packages only, not RAM or GPU)")
+                                             f"CPU packages only, not RAM or GPU)", node_wide=True)
 
 
 class _RatedPower:
@@ -133,7 +146,7 @@ def start_energy_meter(device: torch.device, threads: int | None = None, method:
     """Start measuring energy: method 'auto' (best available), 'codecarbon', 'rapl' or 'estimate'."""
     if method in ("auto", "codecarbon"):
         try:
-            return _CodeCarbon()
+            return _CodeCarbon(device)
         except ImportError:
             if method == "codecarbon":
                 raise

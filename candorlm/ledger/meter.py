@@ -82,6 +82,7 @@ class Meter:
         self.tokens = 0
         self.flops = 0.0
         self.busy_s = 0.0  # time inside the counted work, when the caller measures it apart
+        self.energy_node_wide = False  # the energy reading covers the whole machine (RAPL), not this process
         self._energy: EnergyMeter | None = None
         self._start = 0.0
 
@@ -107,6 +108,7 @@ class Meter:
         wall = time.perf_counter() - self._start
         busy = self.busy_s or wall
         reading = self._energy.stop() if self._energy else None
+        self.energy_node_wide = bool(reading and reading.node_wide)
         peak, peak_method = self.peak()
         memory, memory_method = peak_memory_bytes(self.device)
         price, price_method = self.prices.hourly(self.device)

@@ -1,12 +1,17 @@
 """The training run's meter: the trainer starts it, tells it when it evaluates or saves, and
-finishes it; it writes the session into ledger.json (kinds `train` and `evaluate`)."""
+finishes it; it writes the session into ledger.json (kinds `train` and `evaluate`).
+
+A run of several processes (torchrun) is one session: every rank meters its own device, and
+`finish` sums their device time, energy and money, takes the longest wall time and the largest
+peak memory, and counts the FLOPs of all ranks against the peak of all their devices."""
 
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -18,9 +23,19 @@ from candorlm.ledger.meter import Meter, Prices, figure
 _SHARED = ("energy", "co2", "cost")
 
 
+@dataclass
+class Ranks:
+    """The processes of a run, as the ledger sees them; one process by default."""
+
+    size: int = 1
+    is_main: bool = True  # writes ledger.json
+    node_leader: bool = True  # local rank 0: counts a node-wide power meter (RAPL) once per node
+    reduce: Callable[[list[float], str], list[float]] | None = None  # all-reduce figures: "sum" or "max"
+
+
 class TrainingMeter:
     def __init__(self, config: RunConfig, device: torch.device, precision: str, threads: int | None,
-                 first_step: int, n_params: int):
+                 first_step: int, n_params: int, ranks: Ranks | None = None):
         lc = config.ledger
         self.meter = Meter("train", device, precision, threads=threads, peak_tflops=lc.peak_tflops, energy=lc.energy,
                            prices=Prices(lc.price_per_hour, lc.currency, lc.grid_kg_co2_per_kwh))
@@ -28,7 +43,8 @@ class TrainingMeter:
         self.train_fpt = train_flops_per_token(config.model, self.seq_len)
         self.eval_fpt = forward_flops_per_token(config.model, self.seq_len)
         t = config.train
-        self.tokens_per_step = t.batch_size * t.grad_accum * self.seq_len
+        self.ranks = ranks or Ranks()
+        self.tokens_per_step = t.batch_size * t.grad_accum * self.seq_len * self.ranks.size
         self.first_step = first_step
         self.n_params = n_params
         self.eval_s = self.save_s = 0.0
@@ -40,8 +56,8 @@ class TrainingMeter:
         return self
 
     def mfu(self, tokens_per_s: float) -> float:
-        """MFU of a training throughput, for metrics.jsonl."""
-        return tokens_per_s * self.train_fpt / self._peak
+        """MFU of a training throughput (of all ranks together), for metrics.jsonl."""
+        return tokens_per_s * self.train_fpt / (self._peak * self.ranks.size)
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -78,6 +94,10 @@ class TrainingMeter:
             "eval_time": figure(round(self.eval_s, 3), "s", "wall time of periodic evaluation, within wall time"),
             "save_time": figure(round(self.save_s, 3), "s", "wall time of checkpoint saving, within wall time"),
         })
+        if self.ranks.size > 1:
+            session, wall = self._sum_ranks(session)
+        else:
+            session["device_time"] = figure(session["wall_time"]["value"], "s", "wall time x 1 process (device-seconds)")
         evaluation = self._evaluation_session(session, steps, wall)
         # The session's energy, money and CO2 are split between training and evaluation by time.
         train_share = (wall - self.eval_s) / wall if wall > 0 else 1.0
@@ -86,16 +106,61 @@ class TrainingMeter:
                 session[key] = dict(session[key], value=session[key]["value"] * train_share,
                                     method=session[key]["method"] + f"; x {train_share:.3f}, the session's time "
                                     f"not spent evaluating")
+        if not self.ranks.is_main:
+            return session
         data = record(run_dir, "train", session, replace_after_step=self.first_step if resumed else None)
         if evaluation is not None:
             data = record(run_dir, "evaluate", evaluation, replace_after_step=self.first_step if resumed else None)
         return data["train"]["total"]
 
+    def _sum_ranks(self, session: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """Every rank's session into one (all ranks call this): device time, energy and money
+        summed, wall time and peak memory the largest, the peak FLOP/s that of all devices."""
+        r, m = self.ranks, self.meter
+        assert r.reduce is not None
+        n = r.size
+        energy = session.get("energy", {}).get("value")
+        # A node-wide meter (RAPL) sees every rank on its node: count it on one rank per node.
+        mine = 0.0 if energy is None or (m.energy_node_wide and not r.node_leader) else energy
+        wall_sum, energy_sum, cost_sum = r.reduce([session["wall_time"]["value"], mine, session["cost"]["value"]], "sum")
+        wall, busy, memory, eval_s, save_s = r.reduce(
+            [session["wall_time"]["value"], session["busy_time"]["value"], session["peak_memory"]["value"],
+             self.eval_s, self.save_s], "max")
+        self.eval_s, self.save_s = eval_s, save_s
+        peak = session["peak_flops_per_s"]["value"] * n
+        flops = session["flops"]["value"]
+        out = dict(session)
+
+        def summed(key: str, value: float, unit: str, how: str) -> None:
+            out[key] = figure(value, unit, f"{session[key]['method']}; {how}")
+
+        out["device"] = dict(session["device"], method=session["device"]["method"] + f"; x {n} processes")
+        summed("wall_time", round(wall, 3), "s", f"the longest of {n} processes")
+        out["device_time"] = figure(round(wall_sum, 3), "s", f"wall time summed over {n} processes (device-seconds)")
+        summed("busy_time", round(busy, 3), "s", f"the longest of {n} processes")
+        out["tokens_per_s"] = figure(round(session["tokens"]["value"] / busy, 1), "tokens/s",
+                                     f"tokens of all {n} processes / busy time")
+        out["achieved_flops_per_s"] = figure(round(flops / busy), "FLOP/s", f"flops of all {n} processes / busy time")
+        summed("peak_flops_per_s", round(peak), "FLOP/s", f"x {n} devices")
+        out["mfu"] = figure(round(flops / busy / peak, 6), "fraction", "achieved FLOP/s / peak FLOP/s of all devices")
+        summed("peak_memory", int(memory), "bytes", f"the largest of {n} processes")
+        out["eval_time"] = figure(round(eval_s, 3), "s", f"wall time of periodic evaluation, the longest of {n} processes")
+        out["save_time"] = figure(round(save_s, 3), "s", f"wall time of checkpoint saving, the longest of {n} processes")
+        if energy is not None:
+            how = ("counted once per node (a node-wide meter)" if m.energy_node_wide
+                   else f"summed over {n} processes")
+            summed("energy", energy_sum, "kWh", how)
+            grid, grid_method = m.prices.grid()
+            out["co2"] = figure(energy_sum * grid, "kg CO2e", f"energy x {grid_method}")
+        summed("cost", round(cost_sum, 6), session["cost"]["unit"], f"summed over {n} processes")
+        return out, wall
+
     def _evaluation_session(self, session: dict[str, Any], steps: dict[str, Any], wall: float) -> dict[str, Any] | None:
         if not self.eval_tokens:
             return None
         share = self.eval_s / wall if wall > 0 else 0.0
-        flops = self.eval_tokens * self.eval_fpt
+        # With several processes every rank scores the same validation windows.
+        flops = self.eval_tokens * self.eval_fpt * self.ranks.size
         peak = session["peak_flops_per_s"]["value"]
         out: dict[str, Any] = {
             "steps": steps,
@@ -103,7 +168,8 @@ class TrainingMeter:
             "busy_time": figure(round(self.eval_s, 3), "s", "same as wall time"),
             "tokens": figure(self.eval_tokens, "tokens", "validation tokens scored"),
             "tokens_per_s": figure(round(self.eval_tokens / max(self.eval_s, 1e-9), 1), "tokens/s", "tokens / wall time"),
-            "flops": figure(float(flops), "FLOP", f"analytic: {self.eval_fpt:,} forward FLOP per token x tokens"),
+            "flops": figure(float(flops), "FLOP", f"analytic: {self.eval_fpt:,} forward FLOP per token x tokens"
+                            + (f" x {self.ranks.size} processes (each scores the same windows)" if self.ranks.size > 1 else "")),
             "achieved_flops_per_s": figure(round(flops / max(self.eval_s, 1e-9)), "FLOP/s", "flops / wall time"),
             "peak_flops_per_s": session["peak_flops_per_s"],
             "mfu": figure(round(flops / max(self.eval_s, 1e-9) / peak, 6), "fraction", "achieved FLOP/s / peak FLOP/s"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import shutil
 import signal
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from candorlm.config import RunConfig, build_config, parse_override, resolve
-from candorlm.device import autocast, keep_freed_memory, pick_device, resolve_precision, set_threads
+from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_threads, to_device
 from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
 from candorlm.ledger.training import TrainingMeter, ledger_summary
@@ -28,8 +29,10 @@ from candorlm.model import build_model, lm_loss
 from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, atomic_write_text
 from candorlm.shards import BatchSampler, ShardSet
-from candorlm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights, set_rng_state
+from candorlm.training.checkpoint import latest_checkpoint, set_rng_state
+from candorlm.training.distributed import World
 from candorlm.training.objectives import make_objective
+from candorlm.training.sharded import export_weights, load_any_checkpoint, save_any_checkpoint
 
 log = logging.getLogger("candorlm")
 
@@ -43,6 +46,7 @@ class TrainResult:
     tokens_per_s: float = 0.0
     wall_s: float = 0.0
     ledger: dict[str, Any] = field(default_factory=dict)  # this run's training total in ledger.json
+    rank: int = 0  # of the process that returns this result, under torchrun
 
 
 def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float) -> float:
@@ -73,26 +77,35 @@ def peak_rss_bytes() -> int:
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to save and stop after the current step; a second one aborts."""
+    """First Ctrl-C asks the loop to save and stop after the current step; a second one aborts.
 
-    def __init__(self) -> None:
+    Under torchrun a Ctrl-C reaches each worker twice within milliseconds (from the terminal and
+    from torchrun's agent), and SIGTERM is how torchrun and SLURM ask workers to stop: there,
+    `signals` includes SIGTERM and a repeat within `grace_s` of the first counts as the same one."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT,), grace_s: float = 0.0) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signals, self.grace_s = signals, grace_s
+        self._first: float | None = None
+        self._previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+        if self._first is not None:
+            if time.monotonic() - self._first > self.grace_s:
+                raise KeyboardInterrupt
+            return
+        self._first = time.monotonic()
         self.requested = True
         log.warning("interrupt: saving a checkpoint after this step (Ctrl-C again to abort without saving)")
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class Trainer:
@@ -109,22 +122,31 @@ class Trainer:
         config = config.model_copy(deep=True)
         config.model.vocab_size = vocab
         self.run = RunDir(Path(out))
+        self.world = World.from_env(config.train.strategy, config.train.device)  # one process unless under torchrun
+        if config.train.dp_epsilon is not None and self.world.distributed:
+            raise CandorError(f"--dp-epsilon trains in one process: its privacy accounting assumes one process drawing "
+                              f"Poisson-sampled batches, and clipping and noise across {self.world.world_size} "
+                              f"processes is not implemented. Drop --nproc (or torchrun), or drop --dp-epsilon.")
         self.resume_from = self._claim_run_dir(config, resume, overwrite)
+        self.world.barrier()
         self.config = config
         t = config.train
-        self.device = pick_device(t.device)
-        self.threads = set_threads(t.threads) if self.device.type == "cpu" else None
+        self.device = self.world.device
+        self.threads = set_threads(self.world.cpu_threads(t.threads)) if self.device.type == "cpu" else None
         if self.device.type == "cpu":
             keep_freed_memory()
         self.precision = resolve_precision(t.precision, self.device)
         torch.manual_seed(t.seed)
         self.model = build_model(config.model).to(self.device)
         self.objective = make_objective(config.model.arch, self.tokenizer, t.seed, self.data.path / "tokenizer.json")
+        # DDP wraps the model; FSDP shards it in place, so the optimizer is built after this.
+        compile = t.compile if t.compile is not None else self.device.type == "cuda"
+        self.forward = self.world.wrap(self.model, self.precision, compile)
         self.optimizer = build_optimizer(self.model, config)
-        self.forward = torch.compile(self.model) if t.compile else self.model
         self.train_windows = self.data.windows("train", config.seq_len)
         self.val_windows = self.data.windows("val", config.seq_len)
-        self.sampler = BatchSampler(self.train_windows, t.batch_size, t.seed)
+        self.sampler = BatchSampler(self.train_windows, t.batch_size, t.seed, rank=self.world.rank,
+                                    world_size=self.world.world_size)
         steps_per_epoch = self.sampler.steps_per_epoch(t.grad_accum)
         self.max_steps = math.ceil(t.epochs * steps_per_epoch) if t.epochs else t.max_steps
         self.warmup = min(t.warmup_steps, self.max_steps // 2)
@@ -170,24 +192,32 @@ class Trainer:
                                   f"or choose another --out.")
             if not self.run.exists():
                 raise CandorError(f"--overwrite: {path} is not a candorlm run directory; refusing to delete it")
-            shutil.rmtree(path)
+            self.world.barrier()  # every rank has looked before rank 0 deletes
+            if self.world.is_main:
+                shutil.rmtree(path)
         return None
 
     def _write_run_files(self) -> None:
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run.config, self.config.to_toml())
-        from candorlm.privacy.crypto import read_bytes  # the data may be encrypted; the run is written plain
+        if self.world.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run.config, self.config.to_toml())
+            from candorlm.privacy.crypto import read_bytes  # the data may be encrypted; the run is written plain
 
-        self.run.tokenizer.write_bytes(read_bytes(self.data.path / "tokenizer.json"))
-        if (self.data.path / "canaries.json").is_file():  # planted by `prepare --canaries`, for `audit`
-            (self.run.path / "canaries.json").write_bytes(read_bytes(self.data.path / "canaries.json"))
+            self.run.tokenizer.write_bytes(read_bytes(self.data.path / "tokenizer.json"))
+            if (self.data.path / "canaries.json").is_file():  # planted by `prepare --canaries`, for `audit`
+                (self.run.path / "canaries.json").write_bytes(read_bytes(self.data.path / "canaries.json"))
+        self.world.barrier()
+        if not self.run.config.is_file():
+            raise CandorError(f"rank {self.world.rank} cannot see {self.run.config}, which rank 0 wrote: with several "
+                              f"nodes, --out must be on a filesystem that every node shares")
 
     def _restore(self, checkpoint: Path) -> None:
-        state = load_checkpoint(checkpoint, self.model, self.optimizer)
+        state = load_any_checkpoint(self.world, checkpoint, self.model, self.optimizer)
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["data"])
         set_rng_state(state["rng"])
-        self._truncate_metrics(self.step)
+        if self.world.is_main:
+            self._truncate_metrics(self.step)
         log.info("resumed from %s (step %d)", checkpoint, self.step)
 
     def _truncate_metrics(self, step: int) -> None:
@@ -202,8 +232,9 @@ class Trainer:
         state = {"data": self.sampler.state_dict(), "precision": self.precision}
         if self.last_eval is not None and self.last_eval[0] == self.step:
             state["val_loss"] = self.last_eval[1]
-        path = save_checkpoint(self.run.checkpoints, self.step, self.model, self.optimizer, state,
-                               keep=self.config.train.keep_checkpoints, keep_best=self.config.train.keep_best_checkpoint)
+        path = save_any_checkpoint(self.world, self.run.checkpoints, self.step, self.model, self.optimizer, state,
+                                   keep=self.config.train.keep_checkpoints,
+                                   keep_best=self.config.train.keep_best_checkpoint)
         if self.dp is not None:
             from candorlm.rundir import write_json
 
@@ -223,15 +254,18 @@ class Trainer:
         step_loss = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
             x, y = self.sampler.next_batch()
-            inputs, y = self.objective.batch(x, y, self.step * t.grad_accum + micro)
-            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-            y = y.to(self.device, non_blocking=True)
-            with autocast(self.precision, self.device):
-                if self.objective.arch == "decoder":  # fused output layer + loss (model/loss.py)
-                    loss = self.forward(**inputs, targets=y) / t.grad_accum
-                else:
-                    loss = lm_loss(self.forward(**inputs), y) / t.grad_accum
-            loss.backward()
+            # Each rank masks its own windows with its own draw (encoder/seq2seq); one process: step*accum+micro.
+            draw = (self.step * t.grad_accum + micro) * self.world.world_size + self.world.rank
+            inputs, y = self.objective.batch(x, y, draw)
+            inputs = {k: to_device(v, self.device) for k, v in inputs.items()}
+            y = to_device(y, self.device)
+            with self.world.accumulating(sync=micro == t.grad_accum - 1):  # ranks sync gradients once per step
+                with autocast(self.precision, self.device):
+                    if self.objective.arch == "decoder":  # fused output layer + loss (model/loss.py)
+                        loss = self.forward(**inputs, targets=y) / t.grad_accum
+                    else:
+                        loss = lm_loss(self.forward(**inputs), y) / t.grad_accum
+                loss.backward()
             step_loss += loss.detach()
         if t.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -252,27 +286,29 @@ class Trainer:
             self._restore(self.resume_from)
         self._write_run_files()
         t = self.config.train
-        tokens_per_step = t.batch_size * t.grad_accum * self.config.seq_len
+        tokens_per_step = t.batch_size * t.grad_accum * self.config.seq_len * self.world.world_size
         log.info("training %s parameters for %d steps (%d tokens/step, %s, %s threads)",
                  f"{self.model.num_params():,}", self.max_steps, tokens_per_step, self.precision, self.threads)
-        result = TrainResult(self.run.path, self.step)
+        result = TrainResult(self.run.path, self.step, rank=self.world.rank)
         meter = TrainingMeter(self.config, self.device, self.precision, self.threads, self.step,
-                              self.model.num_params()).start()
+                              self.model.num_params(), self.world.ledger_ranks()).start()
         start = last_time = time.perf_counter()
         first_step = last_step = self.step
         self.model.train()
-        with _StopFlag() as stop, progress_bar("training", total=self.max_steps) as bar, \
-                open(self.run.metrics, "a", encoding="utf-8") as metrics:
+        with _StopFlag(self.world.stop_signals, grace_s=2.0 if self.world.distributed else 0.0) as stop, \
+                progress_bar("training", total=self.max_steps) as bar, \
+                open(self.run.metrics if self.world.is_main else os.devnull, "a", encoding="utf-8") as metrics:
             bar.advance(self.step)
             while self.step < self.max_steps:
                 loss, grad_norm = self.train_step()
+                stop.requested = self.world.any(stop.requested)  # all ranks stop at the same step
                 bar.advance(1)
                 row: dict[str, Any] = {}
                 if self.step % t.log_every == 0 or self.step == self.max_steps:
                     now = time.perf_counter()
                     tps = tokens_per_step * (self.step - last_step) / max(now - last_time, 1e-9)
                     last_time, last_step = now, self.step
-                    row.update(loss=float(loss), lr=self.optimizer.param_groups[0]["lr"],
+                    row.update(loss=float(self.world.mean(loss)), lr=self.optimizer.param_groups[0]["lr"],
                                grad_norm=float(grad_norm), tokens_per_s=round(tps, 1),
                                tokens_seen=self.step * tokens_per_step, elapsed_s=round(now - start, 3),
                                peak_rss_mb=round(peak_rss_bytes() / 2**20, 1), mfu=round(meter.mfu(tps), 6))
@@ -300,14 +336,14 @@ class Trainer:
         if not result.interrupted:
             if latest_checkpoint(self.run.checkpoints) != self.run.checkpoints / f"step-{self.step:06d}":
                 self.save()
-            tmp = self.run.weights.with_suffix(".tmp")
-            save_weights(self.model, tmp)
-            tmp.replace(self.run.weights)
+            export_weights(self.world, self.model, self.run.weights, lambda: build_model(self.config.model))
         result.ledger = meter.finish(self.run.path, self.step, resumed=self.resume_from is not None)
         log.info("ledger: %s", ledger_summary(result.ledger))
-        from candorlm.privacy.integrity import write_manifest
+        if self.world.is_main:
+            from candorlm.privacy.integrity import write_manifest
 
-        write_manifest(self.run.path)  # SHA256SUMS, after every file is written: `candorlm verify RUN` checks it
+            write_manifest(self.run.path)  # SHA256SUMS, after every file is written: `candorlm verify RUN` checks it
+        self.world.close()
         return result
 
 

@@ -2,8 +2,8 @@
 
 An exported directory holds `config.json` (LlamaConfig), `model.safetensors`, `tokenizer.json`
 with `tokenizer_config.json` and `special_tokens_map.json`, and `generation_config.json`:
-`transformers.LlamaForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)`
-load it, and compute the same logits as candorlm (a test checks this). Import reads the same
+`transformers.LlamaForCausalLM.from_pretrained(DIR, local_files_only=True)` and
+`AutoTokenizer.from_pretrained(DIR, local_files_only=True)` load it, and compute the same logits as candorlm (a test checks this). Import reads the same
 layout (one safetensors file, or shards with an index) into a candorlm run directory.
 """
 

@@ -81,7 +81,7 @@ class Generation:
             for index, job in enumerate(self.jobs):
                 job.on_event = self._deliverer(loop, index, job)
                 self.engine.submit(job)
-        except Exception:
+        except BaseException:  # none of them runs: withdraw those already queued, then re-raise
             self.cancel()
             raise
 

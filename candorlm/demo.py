@@ -4,7 +4,7 @@ It prepares `builtin:peoples-daily`, trains the `tiny` preset, prints continuati
 prompts, and compares the model's validation bits-per-byte with character unigram and bigram
 models computed on the same split. Then it measures generalization (a quick domain evaluation
 with the robustness probes), explains one prediction (attention, attribution, and a small
-faithfulness check), and ends by writing the report card. A second run reuses the prepared
+faithfulness check), runs a small privacy audit, and ends by writing the report card. A second run reuses the prepared
 data and the trained model when their settings have not changed.
 """
 
@@ -111,10 +111,12 @@ FAITHFULNESS_PROMPTS = ["中国经济", "今天上午，国务院总理", "人�
 
 
 def _limits(out: Path) -> str:
-    """Generalization, interpretability, then the report card; returns report.html's path."""
+    """Generalization, interpretability, a small privacy audit, then the report card; returns
+    report.html's path."""
     from candorlm.explain import explain
     from candorlm.explain.report import faithfulness_report
     from candorlm.generalization import evaluate_domains, print_domains
+    from candorlm.privacy.audit import audit
     from candorlm.report import report
 
     console.print("[bold]5. Generalization[/bold]: bits per byte in and out of the training domain, and under "
@@ -125,8 +127,15 @@ def _limits(out: Path) -> str:
     console.print(f"   predicts {doc['target']!r} with p = {doc['p_target']:.3f}; integrated-gradients completeness "
                   f"error {doc['attribution']['integrated_gradients']['completeness_error']:.2%}", highlight=False)
     faithfulness_report(out, FAITHFULNESS_PROMPTS, draws=50, ig_steps=16)
+    console.print("[bold]7. Privacy audit[/bold] (small: 50 training and 50 held-out articles, 10 generations; "
+                  "`candorlm audit RUN` measures more)")
+    leak = audit(out, samples=50, candidates=200, generations=10)
+    pii = leak["pii_regurgitation"]
+    console.print(f"   membership AUC {leak['membership']['auc']}, extraction {leak['extraction']['train']['exact_rate']:.1%} "
+                  f"of training prefixes; personal data in generations: {pii['detected']} found, "
+                  f"{pii['in_training_data']} verbatim in training", highlight=False)
     card = report(out)
-    console.print("[bold]7. Report card[/bold]")
+    console.print("[bold]8. Report card[/bold]")
     for s in card["sections"]:
         missing = f" (missing: {'; '.join(m['command'] for m in s['missing'])})" if s["missing"] else ""
         console.print(f"   {s['title']:<17} {s['status']:<8} {s['summary']}{missing}", highlight=False)

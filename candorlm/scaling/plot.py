@@ -22,6 +22,7 @@ def sweep_png(doc: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     from candorlm.explain.fonts import use_cjk_font
 
@@ -37,10 +38,10 @@ def sweep_png(doc: dict[str, Any], path: Path) -> Path:
         ys = np.array([r["val_loss"] for r in rows])
         if key == "flops":
             for r in rows:  # each size's validation curve: FLOPs spent so far at each evaluation
-                per_token = r["flops"] / max(r["tokens"], 1)
-                pts = [(p["tokens"] * per_token, p["val_loss"]) for p in r["curve"] if p.get("tokens")]
+                per_step = r["flops"] / doc["steps"]  # every step trains the same number of tokens
+                pts = [(p["step"] * per_step, p["val_loss"]) for p in r["curve"]]
                 if pts:
-                    ax.plot(*zip(*pts), "-", alpha=0.35, lw=1)
+                    ax.plot(*zip(*pts), "-", alpha=0.6, lw=1.2, label=f"{r['preset']}: validation during training")
         ax.scatter(xs, ys, zorder=3, color="C3")
         for r, x, y in zip(rows, xs, ys):
             ax.annotate(r["preset"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
@@ -50,9 +51,13 @@ def sweep_png(doc: dict[str, Any], path: Path) -> Path:
         ahead = np.geomspace(xs.max(), xs.max() * 100, 50)
         ax.plot(ahead, law(ahead), "k--", lw=1.2, label="extrapolation ×100 (not measured)")
         ax.axvspan(xs.max(), xs.max() * 100, color="0.92", zorder=0)
-        ax.text(xs.max() * 1.3, ax.get_ylim()[1], "extrapolation\n外推 (未测量)", va="top", fontsize=9, color="0.3")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.relim()
+        ax.autoscale_view()
+        ax.text(xs.max() * 1.3, ax.get_ylim()[1], "extrapolation\n外推 (未测量)", va="top", fontsize=9, color="0.3")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("validation loss (nats/token)")
         ax.legend(fontsize=8, loc="lower left")

@@ -40,8 +40,7 @@ def _val_curve(run: Path) -> list[dict[str, float]]:
     for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if "val_loss" in record:
-            points.append({"step": record["step"], "tokens": record.get("tokens_seen"),
-                           "val_loss": record["val_loss"], "val_bpb": record.get("val_bpb")})
+            points.append({"step": record["step"], "val_loss": record["val_loss"], "val_bpb": record.get("val_bpb")})
     return points
 
 

@@ -103,7 +103,10 @@ def compute_section(run: RunDir) -> dict[str, Any]:
                           ("peak_memory", "peak memory"), ("achieved_flops_per_s", "achieved FLOP/s"),
                           ("tokens", "tokens trained"), ("parameters", "parameters")):
             if key in train:
-                s["figures"].append(_fig(name, train[key]["value"], train[key]["unit"], "ledger.json"))
+                value, unit = train[key]["value"], train[key]["unit"]
+                if unit == "bytes":
+                    value, unit = round(value / 2**20, 1), "MiB"
+                s["figures"].append(_fig(name, value, unit, "ledger.json"))
         mfu = _value(train, "mfu")
         s["summary"] = (f"{_value(train, 'tokens_per_s'):,.0f} tokens/s"
                         + (f", MFU {mfu:.1%}" if mfu is not None else "")

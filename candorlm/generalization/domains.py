@@ -98,7 +98,7 @@ def evaluate_domains(run: str | Path, domains: Sequence[str] = (), *, data: str 
     RUN/evals/domains.json. With no `domains`, the built-in corpora the run was not trained on."""
     t0 = time.perf_counter()
     rd = open_run(run)
-    lm = LanguageModel.load(rd.path, device="cpu")
+    lm = LanguageModel.load(rd.path)
     model, tok = lm.model, lm.tokenizer
     data_path = Path(data or lm.config.data.path or "")
     if not (data_path / "meta.json").is_file():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from candorlm.config import RunConfig
+from candorlm.errors import CandorError
 from candorlm.rundir import RunDir, read_json
 
 log = logging.getLogger("candorlm")
@@ -51,7 +52,7 @@ def _value(entry: dict[str, Any], key: str) -> Any:
 def _load(path: Path) -> Any:
     try:
         return read_json(path) if path.is_file() else None
-    except Exception as exc:  # a damaged file must not sink the whole report: it is named as missing
+    except CandorError as exc:  # a damaged file must not sink the whole report: it is named as missing
         log.warning("report: cannot read %s (%s)", path, exc)
         return None
 
@@ -86,7 +87,7 @@ def cost_section(run: RunDir, config: RunConfig) -> dict[str, Any]:
             est = estimate(config, tokens=int(tokens), hardware_name=hw)
             rows.append([f"{hw.upper()} profile (estimate)", est.seconds, est.energy_kwh, est.cost, est.co2_kg,
                          f"candorlm estimate --hardware {hw}: {est.mfu_method}"])
-    except Exception as exc:  # the estimate is an extra: its absence is reported, not fatal
+    except (CandorError, ValueError) as exc:  # the estimate is an extra: its absence is reported, not fatal
         _missing(s, f"GPU-profile estimate ({exc})", f"candorlm estimate --config {run.config} --hardware h100")
     s["tables"].append({"title": "the same training run, measured here and estimated on GPU profiles",
                         "columns": ["where", "seconds", "energy (kWh)", "money (USD)", "CO2 (kg)", "source"],

@@ -237,7 +237,8 @@ def demo(
     max_steps: Optional[int] = typer.Option(None, help="Training steps (default: a few minutes on 2 cores)."),
 ) -> None:
     """Prepare People's Daily, train a small model on the CPU, print samples and bits-per-byte against
-    unigram and bigram baselines.
+    unigram and bigram baselines, measure generalization, explain a prediction, and write the
+    report card (RUN/report.html).
 
     Example: candorlm demo
     """
@@ -506,19 +507,45 @@ def finetune(
 
 @app.command("eval")
 def eval_(
-    run: Path = typer.Argument(..., help="Fine-tuned run directory."),
-    task: str = typer.Option(..., help="sentiment, translate, qa or chat."),
-    data: Optional[str] = typer.Option(None, help="Task data (default: the data the run was fine-tuned on)."),
+    targets: List[str] = typer.Argument(..., help="Run directory; with --domains, then the held-out sets: builtin:NAME, "
+                                        "files or directories (none: the built-in corpora the run did not train on)."),
+    task: Optional[str] = typer.Option(None, help="sentiment, translate, qa or chat (a fine-tuned run)."),
+    domains: bool = typer.Option(False, "--domains", help="Bits-per-byte in-domain and on other domains, the "
+                                 "generalization gap, robustness probes; writes RUN/evals/domains.json."),
+    data: Optional[str] = typer.Option(None, help="--task: task data (default: the data the run was fine-tuned on). "
+                                       "--domains: the run's data directory, if it has moved."),
     compare: List[Path] = typer.Option([], help="sentiment: another fine-tuned run to score on the same split "
                                        "(repeatable)."),
     beam_size: int = typer.Option(4, help="translate: beam size (1 = greedy)."),
     length_penalty: float = typer.Option(1.0, help="translate: hypotheses are ranked by log-prob / length^this."),
     limit: Optional[int] = typer.Option(None, help="Score only the first N test examples."),
+    max_docs: int = typer.Option(200, help="--domains: documents per set (a seeded sample; 0: all)."),
+    max_chars: int = typer.Option(2000, help="--domains: characters per document (the first ones; 0: all)."),
+    probes: bool = typer.Option(True, help="--domains: also the robustness probes (traditional characters, "
+                                "punctuation width, character noise, longer contexts)."),
+    seed: int = typer.Option(0, help="--domains: seed of the samples, the noise and the bootstrap."),
 ) -> None:
-    """Score a fine-tuned run on its task's test split, next to baselines; writes RUN/evals/<task>.json.
+    """Score a fine-tuned run on its task's test split, next to baselines (RUN/evals/<task>.json); or,
+    with --domains, measure how a language model generalizes (RUN/evals/domains.json).
 
     Example: candorlm eval runs/pd-sentiment --task sentiment --compare runs/bert-sentiment
+
+    Example: candorlm eval runs/pd --domains builtin:reviews builtin:python-docs notes.txt
     """
+    run = Path(targets[0])
+    if domains == (task is not None):
+        raise CandorError("give either --task NAME (a fine-tuned run) or --domains (a language model), not "
+                          + ("both" if domains else "neither"))
+    if domains:
+        from candorlm.generalization import evaluate_domains, print_domains
+
+        result = evaluate_domains(run, targets[1:], data=data, max_docs=max_docs, max_chars=max_chars,
+                                  probes=probes, context=probes, seed=seed)
+        print_domains(result)
+        console.print(f"wrote {run / 'evals' / 'domains.json'}")
+        return
+    if len(targets) > 1:
+        raise CandorError(f"--task takes one run directory; got {len(targets)} arguments ({' '.join(targets)})")
     from candorlm.tasks import evaluate_task
 
     result = evaluate_task(run, task, data=data, compare=compare, beam_size=beam_size, length_penalty=length_penalty,
@@ -738,6 +765,59 @@ def audit(
                   f"held-out {ex['heldout']['exact_rate']:.3f}; membership AUC {mi['auc']}; "
                   f"personal data in generations: {pii['detected']} found, {pii['in_training_data']} verbatim in training")
     console.print(f"wrote {Path(run) / 'evals' / 'privacy.json'}")
+
+
+# ---- generalization, scaling and the report card (issue 7) ----
+@app.command()
+def sweep(
+    data: Path = typer.Option(..., help="Data directory from `candorlm prepare` (the same for every size)."),
+    out: Path = typer.Option(..., "--out", help="Sweep directory: one run per size, sweep.json, sweep.png."),
+    presets: str = typer.Option("nano,micro,tiny", help="Comma-separated size presets, at least two."),
+    steps: int = typer.Option(400, help="Optimizer steps per size (the same token budget for each)."),
+    batch_size: int = typer.Option(8, help="Sequences per step."),
+    seq_len: int = typer.Option(256, help="Tokens per sequence."),
+    seed: int = typer.Option(1337, help="Random seed (weights, data order), the same for every size."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: physical cores)."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a config value for every size."),
+    overwrite: bool = typer.Option(False, help="Replace a sweep in --out."),
+) -> None:
+    """Train several model sizes with the same data, seed and token budget; fit validation loss
+    against training FLOPs and parameters (a power law) and plot it, with the extrapolation marked.
+
+    Example: candorlm sweep --data data/pd --presets nano,micro,tiny --steps 400 --out sweeps/pd
+    """
+    from candorlm.scaling import sweep as run_sweep
+
+    doc = run_sweep(data, out, [p.strip() for p in presets.split(",") if p.strip()], steps=steps,
+                    batch_size=batch_size, seq_len=seq_len, seed=seed, threads=threads, overrides=overrides,
+                    overwrite=overwrite)
+    for r in doc["sizes"]:
+        console.print(f"{r['preset']:>6}: {r['parameters']:>10,} parameters ({r['non_embedding_parameters']:,} "
+                      f"without embeddings), {r['flops']:.3g} FLOPs, val loss {r['val_loss']:.4f}, "
+                      f"{r['val_bpb']:.4f} bits/byte, {r['wall_s']:.0f} s", highlight=False)
+    f = doc["fit"]
+    console.print(f"fit: loss = {f['loss_vs_flops']['a']:.3g} x FLOPs^-{f['loss_vs_flops']['alpha']:.4f}; "
+                  f"loss = {f['loss_vs_non_embedding_parameters']['a']:.3g} x N^-"
+                  f"{f['loss_vs_non_embedding_parameters']['alpha']:.4f}; total {doc['wall_s']:.0f} s", highlight=False)
+    console.print(f"wrote {out / 'sweep.json'} and {out / doc['plot']}")
+
+
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="Run directory."),
+) -> None:
+    """Write the limitations report card: RUN/report.html (self-contained), report.json and
+    report.md, one section per limit (Cost, Compute, Interpretability, Privacy, Generalization); a
+    section without data names the command that produces it.
+
+    Example: candorlm report runs/demo
+    """
+    from candorlm.report import report
+
+    doc = report(run)
+    for s in doc["sections"]:
+        console.print(f"{s['title']:<17} {s['status']:<8} {s['summary']}", highlight=False)
+    console.print(f"wrote {run / 'report.html'}, report.json and report.md")
 
 
 def _setup_logging() -> None:

@@ -36,6 +36,7 @@ class ModelConfig(_Strict):
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
     n_encoder_layers: int | None = None  # seq2seq only; None: n_layers
     src_vocab_size: int = 0  # seq2seq only; 0: the source shares the target's vocabulary and embeddings
+    cross_attention_rope: bool = True  # seq2seq only: rotary positions in cross-attention (target vs source offset)
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4

@@ -10,42 +10,21 @@ Departures from the textbook GPT (Vaswani et al. 2017; Radford et al. 2019), eac
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
-from candorlm.model.hooks import HookPoint
-from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding
+from candorlm.model.layers import build_trunk, init_weights
 from candorlm.model.loss import linear_cross_entropy, token_losses
 
 
 class DecoderLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (it is taken from the tokenizer when training)")
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        self.hook_embed, self.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
-        self.apply(self._init_weights)
-        # GPT-2's scaling: each residual branch's output projection shrinks with depth.
-        for name, p in self.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        build_trunk(self, cfg)
+        init_weights(self, cfg.init_std, cfg.n_layers)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -17,25 +17,14 @@ import torch
 from torch import nn
 
 from candorlm.config import ModelConfig
-from candorlm.model.hooks import HookPoint
-from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding, init_weights, padding_mask
+from candorlm.model.layers import build_trunk, init_weights, padding_mask
 
 
 class EncoderLM(nn.Module):
     def __init__(self, cfg: ModelConfig, lm_head: bool = True):
         super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ValueError("model.vocab_size must be set (it is taken from the tokenizer when training)")
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         # An encoder inside an encoder-decoder has no use for the masked-LM head.
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) if lm_head else None
-        if self.lm_head is not None and cfg.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        self.hook_embed, self.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
+        build_trunk(self, cfg, lm_head=lm_head)
         init_weights(self, cfg.init_std, cfg.n_layers)
 
     def num_params(self, non_embedding: bool = False) -> int:

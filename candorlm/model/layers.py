@@ -134,20 +134,28 @@ class Attention(nn.Module):
 class CrossAttention(Attention):
     """Attention from the decoder's positions (queries) to the encoder's output (keys, values).
 
-    No rotary positions: queries and keys come from different sequences, so their relative
-    offset means nothing (the positions are already inside the encoder's output). The keys and
-    values of the encoder's output are computed once per sequence and kept in the cache.
+    With `memory_rope` (the config's `cross_attention_rope`, on by default), queries are rotated by their target position and keys by
+    their source position, so a score depends on the offset between the two: an encoder that
+    sees only relative positions cannot tell a decoder where in the source it is, and monotone
+    tasks (pinyin to characters, transliteration) need exactly that. The keys and values of the
+    encoder's output are computed once per sequence and kept in the cache (keys rotated).
+    Without it, as in the original Transformer, only content decides where to attend.
     """
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        if memory_rope is not None and rope is not None:
+            q = apply_rope(q, *rope)
         kv = cache.memory.get(self.layer_idx) if cache is not None else None
         if kv is None:
             S = memory.shape[1]
             k = self.k_proj(memory).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
             v = self.v_proj(memory).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            if memory_rope is not None:
+                k = apply_rope(k, *memory_rope)
             if cache is not None:
                 cache.memory[self.layer_idx] = (k, v)
         else:
@@ -199,15 +207,35 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
                 cache: KVCache | None = None, memory: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+                memory_mask: torch.Tensor | None = None,
+                memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
         attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache))
         x = self.hook_resid_mid(x + self.dropout(attn_out))
         if memory is not None:
-            cross_out = self.hook_cross_out(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache))
+            cross_out = self.hook_cross_out(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache,
+                                                            rope, memory_rope))
             x = self.hook_resid_cross(x + self.dropout(cross_out))
         mlp_out = self.hook_mlp_out(self.mlp(self.mlp_norm(x)))
         return self.hook_resid_post(x + self.dropout(mlp_out))
+
+
+def build_trunk(model: nn.Module, cfg: ModelConfig, *, cross_attention: bool = False,
+                tok_emb: nn.Embedding | None = None, lm_head: bool = True) -> None:
+    """Give `model` the parts all three families share, under the names their checkpoints use:
+    tok_emb (or the one given, to share it), blocks, norm, lm_head (tied to tok_emb when the
+    config says so; None without a head), rope, and the hook points hook_embed and hook_norm."""
+    if cfg.vocab_size <= 0:
+        raise ValueError("model.vocab_size must be set (it is taken from the tokenizer when training)")
+    model.cfg = cfg
+    model.tok_emb = tok_emb if tok_emb is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
+    model.blocks = nn.ModuleList(Block(cfg, i, cross_attention) for i in range(cfg.n_layers))
+    model.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+    model.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) if lm_head else None
+    if model.lm_head is not None and cfg.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    model.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    model.hook_embed, model.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
 
 
 def init_weights(model: nn.Module, init_std: float, n_layers: int) -> None:

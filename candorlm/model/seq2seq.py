@@ -22,8 +22,7 @@ from torch import nn
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
 from candorlm.model.encoder import EncoderLM
-from candorlm.model.hooks import HookPoint
-from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding, init_weights, padding_mask
+from candorlm.model.layers import build_trunk, init_weights, padding_mask
 
 
 class Seq2SeqLM(nn.Module):
@@ -31,20 +30,13 @@ class Seq2SeqLM(nn.Module):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (it is taken from the tokenizer when training)")
-        self.cfg = cfg
         self.shared_vocab = cfg.src_vocab_size == 0
         enc_cfg = cfg.model_copy(update={"n_layers": cfg.n_encoder_layers or cfg.n_layers,
                                          "vocab_size": cfg.src_vocab_size or cfg.vocab_size, "arch": "encoder"})
         self.encoder = EncoderLM(enc_cfg, lm_head=False)
-        self.tok_emb = self.encoder.tok_emb if self.shared_vocab else nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i, cross_attention=True) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        # The decoder's points; the encoder's are encoder.hook_embed, encoder.blocks.N.*, encoder.hook_norm.
-        self.hook_embed, self.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
+        # The decoder's parts; its hook points are hook_embed, blocks.N.*, hook_norm, and the
+        # encoder's encoder.hook_embed, encoder.blocks.N.*, encoder.hook_norm.
+        build_trunk(self, cfg, cross_attention=True, tok_emb=self.encoder.tok_emb if self.shared_vocab else None)
         init_weights(self, cfg.init_std, cfg.n_layers + enc_cfg.n_layers)
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -81,9 +73,10 @@ class Seq2SeqLM(nn.Module):
         if past and T > 1:
             raise ValueError("with a cache, feed the decoder one token at a time")
         cross_mask = padding_mask(memory_mask)
+        memory_rope = self.rope.span(0, memory.shape[1]) if self.cfg.cross_attention_rope else None
         x = self.hook_embed(self.tok_emb(decoder_input_ids))
         for block in self.blocks:
-            x = block(x, rope, None, is_causal, cache, memory=memory, memory_mask=cross_mask)
+            x = block(x, rope, None, is_causal, cache, memory=memory, memory_mask=cross_mask, memory_rope=memory_rope)
         if cache is not None:
             cache.advance(T)
         return self.lm_head(self.hook_norm(self.norm(x)))

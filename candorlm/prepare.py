@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from candorlm.corpus import Corpus
 from candorlm.errors import CandorError
+from candorlm.rundir import swapped_into_place
 from candorlm.shards import ShardMeta, save_meta, write_shards
 from candorlm.tokenizer import Tokenizer, TokenizerKind, train_tokenizer
 
@@ -60,9 +58,7 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
         planted = make_canaries(canaries, parse_repeats(canary_repeats), canary_format or DEFAULT_FORMAT,
                                 canary_seed, val_fraction)
         corpus = CanaryCorpus(corpus, planted)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with swapped_into_place(out) as tmp:
         if tokenizer_file:
             tok = Tokenizer.load(tokenizer_file)
         else:
@@ -84,10 +80,4 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
         from candorlm.privacy.integrity import write_manifest
 
         write_manifest(tmp)  # SHA256SUMS: `candorlm verify DATA_DIR` checks it
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta

@@ -7,9 +7,10 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from candorlm.config import RunConfig, read_toml, validate_config
 from candorlm.errors import CandorError
@@ -79,6 +80,27 @@ def atomic_write_text(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
+
+@contextmanager
+def swapped_into_place(dest: Path) -> Iterator[Path]:
+    """Build a directory in a temporary sibling of `dest`, then rename it into place: a failure
+    (or Ctrl-C) leaves `dest` as it was and nothing half-written.
+
+        with swapped_into_place(out) as tmp:
+            write everything under tmp
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        elif dest.exists():
+            dest.unlink()
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def sha256_file(path: Path) -> str:

@@ -3,41 +3,24 @@ Chinese tokens with real glyphs and a heatmap, and the layer and head buttons sw
 The screenshot is kept in test-output/explain.png."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="Chromium and chromedriver are not installed "
-                                       "(Debian: apt-get install chromium chromium-driver)")
+from conftest import headless_chromium
 
 OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
 
 
 @pytest.fixture(scope="module")
 def page(trained_run, tmp_path_factory):
-    from selenium.webdriver.chrome.service import Service
-
     from candorlm.explain import explain
 
     out = tmp_path_factory.mktemp("explain-html")
     doc = explain(trained_run, prompt="人民日报记者", method="attention,lens,ig", out=out)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,1800",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         driver.get((out / "explain.html").as_uri())
         yield driver, doc
-    finally:
-        driver.quit()
 
 
 def test_page_shows_chinese_tokens_and_a_heatmap(page):

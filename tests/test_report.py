@@ -12,6 +12,7 @@ import pytest
 
 from candorlm.report import report
 from candorlm.report.schema import SCHEMA, SECTION_IDS, validate
+from conftest import headless_chromium
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (pip install jsonschema)")
 TITLES = ["Cost", "Compute", "Interpretability", "Privacy", "Generalization"]
@@ -110,26 +111,11 @@ def test_cli_report(bare_run):
     assert "Generalization" in done.output and "report.html" in done.output
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Chromium and chromedriver are not installed "
-                    "(Debian: apt-get install chromium chromium-driver)")
 def test_report_opens_in_headless_chromium(full_run, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-
     report(full_run)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,4000",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
-    try:
+    with headless_chromium(tmp_path / "profile", window="1200,4000") as driver:
+        from selenium.webdriver.common.by import By
+
         driver.get((full_run / "report.html").as_uri())
         headings = [h.text.split()[0] for h in driver.find_elements(By.CSS_SELECTOR, "section h2")]
         assert headings == TITLES
@@ -141,5 +127,3 @@ def test_report_opens_in_headless_chromium(full_run, tmp_path):
         OUTPUT.mkdir(exist_ok=True)
         driver.save_screenshot(str(OUTPUT / "report.png"))
         assert (OUTPUT / "report.png").stat().st_size > 20_000
-    finally:
-        driver.quit()

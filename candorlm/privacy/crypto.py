@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from candorlm.errors import CandorError
+from candorlm.rundir import swapped_into_place
 from candorlm.privacy.integrity import MANIFEST_NAME, verify_manifest, write_manifest
 
 MAGIC = b"\x89CANDORLM\x00ENC\x01\n"  # 15 bytes; the \x89 and \x00 make it never valid text
@@ -398,8 +399,7 @@ def _transform_tree(src: Path, out: Path, overwrite: bool,
         raise CandorError(f"not found: {src}")
     if (src / MANIFEST_NAME).is_file():
         verify_manifest(src, check_extra=False)  # never carry damage silently into the copy
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent if out.parent.exists() else None))
-    try:
+    with swapped_into_place(out) as tmp:
         written = []
         for file in _files(src):
             target = tmp / file.relative_to(src)
@@ -408,12 +408,6 @@ def _transform_tree(src: Path, out: Path, overwrite: bool,
             if on_file:
                 on_file(file.stat().st_size)
         write_manifest(tmp)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return written
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from candorlm.errors import CandorError
-from candorlm.rundir import atomic_write_text, sha256_file
+from candorlm.rundir import atomic_write_text, sha256_file, swapped_into_place
 
 MANIFEST_NAME = "SHA256SUMS"
 
@@ -141,9 +140,7 @@ def backup(src: str | Path, dest: str | Path, overwrite: bool = False) -> Verify
         verify_manifest(src, check_extra=False)
     else:
         write_manifest(src)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with swapped_into_place(dest) as tmp:
         for file in manifest_files(src) + [src / MANIFEST_NAME]:
             target = tmp / file.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -151,12 +148,6 @@ def backup(src: str | Path, dest: str | Path, overwrite: bool = False) -> Verify
             with open(target, "rb") as f:
                 os.fsync(f.fileno())
         report = verify_manifest(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report.root = dest
     return report
 

@@ -14,9 +14,6 @@ import copy
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from candorlm.config import RunConfig, TrainConfig
 from candorlm.device import autocast, pick_device, resolve_precision, set_threads
 from candorlm.errors import CandorError
 from candorlm.progress import progress_bar
-from candorlm.rundir import RunDir, atomic_write_text, write_json
+from candorlm.rundir import RunDir, atomic_write_text, swapped_into_place, write_json
 from candorlm.tasks.base import SOURCE_TOKENIZER, TASK_FILE, load_base
 from candorlm.tasks.registry import get_task
 from candorlm.training.checkpoint import save_weights
@@ -66,8 +63,7 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     prec = resolve_precision(precision, dev)
     model.to(dev)
     optimizer = build_optimizer(model, config)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=_parent(out)))
-    try:
+    with swapped_into_place(out) as tmp:
         log.info("fine-tuning for %s: %s parameters, %s; %d training, %d dev examples, %d steps, %s, %s threads",
                  task, f"{sum(p.numel() for p in model.parameters()):,}",
                  f"from {base.run}" + (" (weights re-initialised)" if scratch else "") if base.run else "from scratch",
@@ -75,20 +71,9 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
         history = _loop(spec, prepared, model, optimizer, train_cfg, dev, prec, tmp / "metrics.jsonl")
         model.cpu().eval()
         _write_run(tmp, config, prepared, model, base, task, data, history, scratch)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not evaluate:
         return {}
     return spec.evaluate(out, data=None, **spec.eval_options(options))
-
-
-def _parent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from candorlm.errors import CandorError
-from candorlm.rundir import read_json, sha256_file, write_json
+from candorlm.rundir import read_json, sha256_file, swapped_into_place, write_json
 
 STEP_PREFIX = "step-"
 
@@ -110,8 +109,7 @@ def save_checkpoint(checkpoints: Path, step: int, model: nn.Module, optimizer: t
     """Write checkpoints/step-NNNNNN atomically, then apply the retention policy (`retain`)."""
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"{STEP_PREFIX}{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=checkpoints))
-    try:
+    with swapped_into_place(final) as tmp:
         save_weights(model, tmp / "model.safetensors")
         tensors, optim_meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optim.safetensors"))
@@ -119,13 +117,7 @@ def save_checkpoint(checkpoints: Path, step: int, model: nn.Module, optimizer: t
             name: sha256_file(tmp / name) for name in ("model.safetensors", "optim.safetensors")})
         write_json(tmp / "state.json", full_state)
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(checkpoints)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _fsync_dir(checkpoints)
     retain(checkpoints, keep, keep_best)
     return final
 
@@ -180,19 +172,26 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Restore weights (and optimizer) from a checkpoint; return its state. Damage is a CandorError."""
-    state_file = path / "state.json"
+def verified_state(checkpoint: Path) -> dict[str, Any]:
+    """state.json of a checkpoint (of either format) whose files all match their recorded sha256."""
+    state_file = checkpoint / "state.json"
     if not state_file.is_file():
-        raise CandorError(f"checkpoint {path} is incomplete (no state.json); delete it to resume from an earlier one")
+        raise CandorError(f"checkpoint {checkpoint} is incomplete (no state.json); delete it to resume from an earlier one")
     state = read_json(state_file)
     for name, digest in state.get("sha256", {}).items():
-        file = path / name
+        file = checkpoint / name
         if not file.is_file():
-            raise CandorError(f"checkpoint {path} is missing {name}; delete the checkpoint to resume from an earlier one")
+            raise CandorError(f"checkpoint {checkpoint} is missing {name}; delete the checkpoint to resume from an "
+                              f"earlier one")
         if sha256_file(file) != digest:
             raise CandorError(f"checkpoint file {file} is corrupt (its sha256 does not match state.json); "
-                              f"delete {path} to resume from an earlier checkpoint")
+                              f"delete {checkpoint} to resume from an earlier checkpoint")
+    return state
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore weights (and optimizer) from a checkpoint; return its state. Damage is a CandorError."""
+    state = verified_state(path)
     load_weights(model, path / "model.safetensors")
     if optimizer is not None:
         try:

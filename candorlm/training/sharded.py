@@ -35,9 +35,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from candorlm.errors import CandorError
-from candorlm.rundir import read_json, write_json
+from candorlm.rundir import write_json
 from candorlm.training.checkpoint import (STEP_PREFIX, _fsync_dir, load_checkpoint, load_weights,
-                                          retain, rng_state, save_checkpoint, save_weights, sha256_file)
+                                          retain, rng_state, save_checkpoint, save_weights, sha256_file,
+                                          verified_state)
 from candorlm.training.distributed import World
 
 # Optimizer settings that are the arithmetic (restored); the rest are implementation choices of
@@ -221,23 +222,6 @@ def load_checkpoint_weights(model: nn.Module, checkpoint: Path) -> None:
         load_sharded(World(), checkpoint, model)
     else:
         load_weights(model, checkpoint / "model.safetensors")
-
-
-def verified_state(checkpoint: Path) -> dict[str, Any]:
-    """state.json of a checkpoint whose files all match their recorded sha256."""
-    state_file = checkpoint / "state.json"
-    if not state_file.is_file():
-        raise CandorError(f"checkpoint {checkpoint} is incomplete (no state.json); delete it to resume from an earlier one")
-    state = read_json(state_file)
-    for name, digest in state.get("sha256", {}).items():
-        file = checkpoint / name
-        if not file.is_file():
-            raise CandorError(f"checkpoint {checkpoint} is missing {name}; delete the checkpoint to resume from an "
-                              f"earlier one")
-        if sha256_file(file) != digest:
-            raise CandorError(f"checkpoint file {file} is corrupt (its sha256 does not match state.json); "
-                              f"delete {checkpoint} to resume from an earlier checkpoint")
-    return state
 
 
 # ---------------------------------------------------------------- state dicts as flat tensors

@@ -19,8 +19,8 @@ $C train --data data/pd --preset tiny --arch encoder --out runs/pd-encoder --max
 # 2. sentiment: pretrained vs the same shape and tokenizer from scratch (--scratch), decoder and encoder
 $C finetune runs/pd-decoder --task sentiment --data builtin:reviews --out runs/sent-decoder $F
 $C finetune runs/pd-decoder --task sentiment --data builtin:reviews --out runs/sent-decoder-scratch --scratch $F
-$C finetune runs/pd-encoder --task sentiment --data builtin:reviews --out runs/sent-encoder $F
-$C finetune runs/pd-encoder --task sentiment --data builtin:reviews --out runs/sent-encoder-scratch --scratch $F
+$C finetune runs/pd-encoder --task sentiment --data builtin:reviews --out runs/sent-encoder --epochs 2 $F
+$C finetune runs/pd-encoder --task sentiment --data builtin:reviews --out runs/sent-encoder-scratch --scratch --epochs 2 $F
 $C eval runs/sent-encoder --task sentiment --compare runs/sent-encoder-scratch \
     --compare runs/sent-decoder --compare runs/sent-decoder-scratch
 

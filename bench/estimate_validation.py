@@ -26,7 +26,7 @@ def predict(preset: str, steps: int, data: str, overrides: list[str]) -> dict:
         "from candorlm.ledger.estimate import estimate\n"
         "from candorlm.shards import ShardSet\n"
         "set_threads(None); keep_freed_memory()\n"
-        f"cfg = resolve({preset!r}, None, {overrides!r})\n"
+        f"cfg = resolve({preset!r}, None, {overrides!r}, data={{'path': {data!r}}})\n"
         f"cfg.model.vocab_size = ShardSet({data!r}).tokenizer.vocab_size\n"
         f"print(json.dumps(estimate(cfg, steps={steps}, hardware_name='cpu').to_dict()))\n"
     )
@@ -64,9 +64,9 @@ def main() -> None:
         print(f"{preset:<7}{'time':>10}{p['seconds']:>10.1f} s{m['seconds']:>10.1f} s{t_err:>+8.1%}"
               f"   ({args.steps} steps of {p['batch_size']} x {p['seq_len']}, {p['precision']}; measured MFU "
               f"{p['mfu']:.1%}; evaluation predicted {p['eval_seconds']:.1f} s, measured {m['eval_seconds']:.1f} s)")
+        parts = ", ".join(f"{k.replace('_', ' ')} {v['bytes'] / 2**20:,.0f}" for k, v in p["memory"].items())
         print(f"{'':<7}{'memory':>10}{p['peak_memory_bytes'] / 2**20:>8.0f} MiB{m['peak_memory_bytes'] / 2**20:>8.0f} MiB"
-              f"{m_err:>+8.1%}   (runtime {p['memory']['runtime']['bytes'] / 2**20:.0f} MiB + model "
-              f"{(p['peak_memory_bytes'] - p['memory']['runtime']['bytes']) / 2**20:.0f} MiB)")
+              f"{m_err:>+8.1%}   (MiB: {parts})")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ timed (a calibration, stated in the output). Memory is counted from the model's 
                      working set and, under bf16 autocast, the bf16 copies of the weights
     runtime          on the CPU, the measured resident memory of a process that has loaded
                      torch and candorlm; on a GPU, 1 GiB assumed for the CUDA context
+    workspace        on the CPU only, measured: the calibration's peak resident memory less
+                     all of the above (allocator caching and fragmentation, oneDNN and MKL
+                     scratch buffers, temporaries the count above leaves out). On this machine
+                     kind the count alone came to 63-67% of a real run's peak; with the
+                     measured term, 84-90% (bench/estimate_validation.py).
 
 Compute-optimal sizes follow Hoffmann et al. (2022, "Chinchilla"): training compute C = 6 N D
 for N parameters and D tokens, and D = 20 N at the optimum, so N = sqrt(C / 120), D = 20 N.
@@ -20,8 +25,11 @@ for N parameters and D tokens, and D = 20 N at the optimum, so N = sqrt(C / 120)
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -157,10 +165,23 @@ def runtime_baseline() -> tuple[int, str]:
     return process_rss_bytes(), "measured: resident memory of this process with torch, the trainer and the energy meter loaded"
 
 
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 # ------------------------------------------------------------------ time
-def calibrate(cfg: ModelConfig, batch: int, seq_len: int, precision: str, steps: int = 3) -> float:
-    """Seconds per training step of this model on this CPU, timed over `steps` real steps after
-    one warm-up (random tokens; the trainer's step: autocast, fused loss, clipping, AdamW)."""
+@dataclass(frozen=True)
+class Calibration:
+    step_seconds: float  # median over the timed steps
+    peak_rss_bytes: int  # the process's peak resident memory after them
+
+
+def calibrate(cfg: ModelConfig, batch: int, seq_len: int, precision: str, steps: int = 4) -> Calibration:
+    """Time `steps` real training steps of this model on this CPU after two warm-ups (random
+    tokens; the trainer's step: autocast, fused loss, clipping, AdamW), and read the peak
+    resident memory they reached. The median step: the first steps after start-up pay for
+    oneDNN kernel selection and allocator growth, which a long run does not."""
     from candorlm.training.trainer import build_optimizer
 
     keep_freed_memory()
@@ -179,10 +200,13 @@ def calibrate(cfg: ModelConfig, batch: int, seq_len: int, precision: str, steps:
         optimizer.zero_grad(set_to_none=True)
 
     step()
-    start = time.perf_counter()
+    step()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return Calibration(statistics.median(times), peak_rss_bytes())
 
 
 def _model(cfg: ModelConfig) -> torch.nn.Module:
@@ -255,7 +279,7 @@ class Estimate:
 def estimate(config: RunConfig | None = None, *, preset: str | None = None, params: float | None = None,
              tokens: int | None = None, steps: int | None = None, hardware_name: str = "cpu",
              precision: str = "auto", mfu: float | None = None, price_per_hour: float | None = None,
-             currency: str = "USD", grid_kg_co2_per_kwh: float | None = None, calibration_steps: int = 3,
+             currency: str = "USD", grid_kg_co2_per_kwh: float | None = None, calibration_steps: int = 4,
              vocab_size: int = 8192) -> Estimate:
     """Predict a training run's cost. Give a config, a preset or a parameter count; a token
     budget (`tokens`) or a number of optimizer steps; and a hardware profile."""
@@ -280,6 +304,7 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
         tokens = (steps if steps is not None else t.max_steps) * tokens_per_step
     n_steps = math.ceil(tokens / tokens_per_step)
     hw = hardware(hardware_name)
+    calibration: Calibration | None = None
     if precision == "auto":
         precision = ("bf16" if cpu_has_bf16() else "fp32") if hw.measured else "bf16"
     if hw.measured:  # before the calibration below grows this process
@@ -295,9 +320,10 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
         if calibration_steps <= 0:
             raise CandorError("the cpu profile measures MFU with a short calibration: give calibration steps > 0, "
                               "or an assumed --mfu")
-        step_s = calibrate(cfg, t.batch_size, seq, precision, calibration_steps) * t.grad_accum
+        calibration = calibrate(cfg, t.batch_size, seq, precision, calibration_steps)
+        step_s = calibration.step_seconds * t.grad_accum
         mfu = fpt * tokens_per_step / step_s / peak
-        mfu_method = (f"measured: {calibration_steps} real training steps of this model on this CPU "
+        mfu_method = (f"measured: median of {calibration_steps} real training steps of this model on this CPU "
                       f"({t.batch_size} x {seq} tokens, {precision}), {step_s:.3f} s per step")
     else:
         mfu = GPU_ASSUMED_MFU
@@ -305,14 +331,21 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
     train_seconds = flops / (peak * mfu)
     # Periodic evaluation (and the one at the end): forward passes over eval_tokens, at the same MFU.
     n_evals = n_steps // t.eval_every + (0 if n_steps % t.eval_every == 0 else 1)
-    eval_tokens = n_evals * (t.eval_tokens or tokens_per_step)
+    per_eval = _eval_tokens(config, tokens_per_step)
+    eval_tokens = n_evals * per_eval
     eval_flops = float(forward_flops_per_token(cfg, seq)) * eval_tokens
     eval_seconds = eval_flops / (peak * mfu)
     if n_evals:
-        notes.append(f"includes {n_evals} evaluation(s) of {t.eval_tokens or tokens_per_step:,} tokens: "
+        notes.append(f"includes {n_evals} evaluation(s) of {per_eval:,} tokens: "
                      f"{eval_flops:.3g} FLOP, {eval_seconds:,.1f} s")
     seconds = train_seconds + eval_seconds
     memory = memory_breakdown(cfg, t.batch_size, seq, precision, runtime, runtime_method)
+    if hw.measured and calibration is not None:
+        counted = sum(part["bytes"] for part in memory.values())
+        memory["workspace"] = {
+            "bytes": max(0, calibration.peak_rss_bytes - counted),
+            "how": (f"measured: the calibration's peak resident memory ({calibration.peak_rss_bytes / MiB:,.0f} MiB) "
+                    f"less the parts above (allocator caching, oneDNN/MKL scratch, uncounted temporaries)")}
     peak_memory = sum(part["bytes"] for part in memory.values())
     price = hw.price_per_hour if price_per_hour is None else price_per_hour
     grid = DEFAULT_GRID_KG_PER_KWH if grid_kg_co2_per_kwh is None else grid_kg_co2_per_kwh
@@ -328,6 +361,19 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
         watts=hw.watts, energy_kwh=energy, price_per_hour=price, currency=currency, cost=seconds / 3600 * price,
         grid_kg_co2_per_kwh=grid, co2_kg=energy * grid, notes=notes,
     )
+
+
+def _eval_tokens(config: RunConfig, tokens_per_step: int) -> int:
+    """Tokens one evaluation reads: train.eval_tokens, capped by the validation split when the
+    config names prepared data (the trainer never reads past the split)."""
+    wanted = config.train.eval_tokens
+    meta = os.path.join(config.data.path, "meta.json") if config.data.path else ""
+    if meta and os.path.isfile(meta):
+        with open(meta, encoding="utf-8") as f:
+            val = int(json.load(f).get("tokens", {}).get("val", 0))
+        if val:
+            return min(wanted, val) if wanted else val
+    return wanted or tokens_per_step
 
 
 def estimate_compute_budget(compute_flops: float, hardware_name: str = "h100", mfu: float | None = None,

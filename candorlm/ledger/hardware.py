@@ -3,7 +3,10 @@
 A short probe times large square matmuls in fp32 and bf16 and keeps the best rate. The answer
 is cached per machine (CPU model or GPU name, thread count, torch version) in
 ~/.cache/candorlm/peak.json, so it is measured once, or again when the first probe ran on a
-busy CPU (a probe under load reads low: one here read 545 GFLOP/s bf16 against 2,049 quiet).
+busy CPU, keeping the highest reading. A probe under load reads low: on a 2-vCPU virtual machine
+here it read bf16 545 to 2,049 GFLOP/s at different hours, as the host's other tenants came and
+went (the load average inside the machine does not see them), so MFU against the highest
+reading is a lower bound on efficiency.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ for N parameters and D tokens, and D = 20 N at the optimum, so N = sqrt(C / 120)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -340,7 +339,7 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
                      f"{eval_flops:.3g} FLOP, {eval_seconds:,.1f} s")
     seconds = train_seconds + eval_seconds
     memory = memory_breakdown(cfg, t.batch_size, seq, precision, runtime, runtime_method)
-    if hw.measured and calibration is not None:
+    if calibration is not None:
         counted = sum(part["bytes"] for part in memory.values())
         memory["workspace"] = {
             "bytes": max(0, calibration.peak_rss_bytes - counted),
@@ -366,13 +365,17 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
 def _eval_tokens(config: RunConfig, tokens_per_step: int) -> int:
     """Tokens one evaluation reads: train.eval_tokens, capped by the validation split when the
     config names prepared data (the trainer never reads past the split)."""
+    from candorlm.shards import ShardSet
+
     wanted = config.train.eval_tokens
-    meta = os.path.join(config.data.path, "meta.json") if config.data.path else ""
-    if meta and os.path.isfile(meta):
-        with open(meta, encoding="utf-8") as f:
-            val = int(json.load(f).get("tokens", {}).get("val", 0))
-        if val:
-            return min(wanted, val) if wanted else val
+    val = 0
+    if config.data.path and os.path.isfile(os.path.join(config.data.path, "meta.json")):
+        try:
+            val = ShardSet(config.data.path).meta.tokens.get("val", 0)
+        except CandorError:  # encrypted without its key, or damaged: the estimate does not need it
+            val = 0
+    if val:
+        return min(wanted, val) if wanted else val
     return wanted or tokens_per_step
 
 

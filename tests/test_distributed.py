@@ -124,13 +124,19 @@ def test_fsdp_two_ranks_match_one_process_accumulating(fsdp_run, ref_run):
 # ---------------------------------------------------------------- world-size changes
 
 
-def test_fsdp_run_of_two_resumes_in_one_process(tmp_path, data_dir, fsdp_run, ref_run):
-    run = tmp_path / "two-to-one"
-    shutil.copytree(fsdp_run, run)
+def _copy_at_step_3(src, run):
+    """A copy of run `src` that holds only its step-3 checkpoint (no final weights): a run
+    interrupted after 3 steps."""
+    shutil.copytree(src, run)
     for ckpt in list_checkpoints(run / "checkpoints"):
         if ckpt.name != "step-000003":
             shutil.rmtree(ckpt)
     (run / "model.safetensors").unlink()
+    return run
+
+
+def test_fsdp_run_of_two_resumes_in_one_process(tmp_path, data_dir, fsdp_run, ref_run):
+    run = _copy_at_step_3(fsdp_run, tmp_path / "two-to-one")
     # One process keeps the global batch with 2 micro-batches; the data cursor is global.
     train(run, data=data_dir, model=TINY_MODEL, max_steps=STEPS, resume=True, **dict(REF, strategy="fsdp"))
     assert sorted(_losses(run)) == list(range(1, STEPS + 1))
@@ -139,12 +145,7 @@ def test_fsdp_run_of_two_resumes_in_one_process(tmp_path, data_dir, fsdp_run, re
 
 
 def test_one_process_run_resumes_in_two_fsdp_ranks(tmp_path, data_dir, ref_run):
-    run = tmp_path / "one-to-two"
-    shutil.copytree(ref_run, run)
-    for ckpt in list_checkpoints(run / "checkpoints"):
-        if ckpt.name != "step-000003":
-            shutil.rmtree(ckpt)
-    (run / "model.safetensors").unlink()
+    run = _copy_at_step_3(ref_run, tmp_path / "one-to-two")
     # `candorlm train --nproc 2`: 2 ranks x 2 micro-batches of 2 windows = the same 8 windows a step.
     args = _train_args(data_dir, run, strategy="fsdp", batch_size=2, grad_accum=2)
     _run(CANDORLM + [*args, "--nproc", "2", "--resume"])

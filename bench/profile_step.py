@@ -17,17 +17,15 @@ import argparse
 import collections
 import warnings
 
-from _common import ROOT, ensure_data
+from _common import ROOT, cpu_setup, ensure_data
 from vs_transformers import BATCH, SEQ, SHAPES, HFTrainer, hf_model
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from candorlm.config import ModelConfig, resolve
-from candorlm.device import keep_freed_memory, set_threads
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.ledger.flops import train_flops_per_token
-from candorlm.ledger.hardware import measured_peak_flops
 from candorlm.model import DecoderLM
 from candorlm.training.trainer import Trainer
 
@@ -141,9 +139,7 @@ def main() -> None:
     parser.add_argument("--decode", action="store_true", help="also profile batch-1 decoding")
     parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args()
-    threads = set_threads(None)
-    keep_freed_memory()
-    peaks = {p: measured_peak_flops(p) for p in ("fp32", "bf16")}
+    threads, peaks = cpu_setup()
     print(f"torch {torch.__version__}, {threads} threads; measured matmul peak fp32 {peaks['fp32'] / 1e9:,.0f}, "
           f"bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
     if not args.skip_train:

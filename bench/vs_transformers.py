@@ -26,16 +26,15 @@ import statistics
 import time
 import warnings
 
-from _common import ROOT, ensure_data
+from _common import ROOT, cpu_setup, ensure_data
 
 import torch
 
 from candorlm.config import ModelConfig, resolve
-from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_threads
+from candorlm.device import autocast, resolve_precision
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.interop.hf import _NAMES, _rename
 from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
-from candorlm.ledger.hardware import measured_peak_flops
 from candorlm.model import DecoderLM
 from candorlm.training.trainer import Trainer, build_optimizer
 
@@ -189,11 +188,9 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-generate", action="store_true")
     args = parser.parse_args()
-    threads = set_threads(None)
-    keep_freed_memory()
+    threads, peaks = cpu_setup()
     import transformers
 
-    peaks = {p: measured_peak_flops(p) for p in ("fp32", "bf16")}
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads; measured matmul "
           f"peak: fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
     if not args.skip_train:

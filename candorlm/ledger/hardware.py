@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from candorlm.rundir import atomic_write_text
+
 CACHE = Path(os.environ.get("CANDORLM_CACHE", Path.home() / ".cache" / "candorlm")) / "peak.json"
 
 
@@ -82,6 +84,5 @@ def measured_peak_flops(precision: str, device: torch.device | None = None, refr
     if entry and not refresh:
         peak = max(peak, float(entry["flops"]))
     cache[key] = {"flops": peak, "busy": busy_now}
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    CACHE.write_text(json.dumps(cache, indent=2))
+    atomic_write_text(CACHE, json.dumps(cache, indent=2))  # parallel probes never leave half a file
     return peak

@@ -79,14 +79,18 @@ def peak_rss_bytes() -> int:
 class _StopFlag:
     """First Ctrl-C asks the loop to save and stop after the current step; a second one aborts.
 
-    Under torchrun a Ctrl-C reaches each worker twice within milliseconds (from the terminal and
-    from torchrun's agent), and SIGTERM is how torchrun and SLURM ask workers to stop: there,
-    `signals` includes SIGTERM and a repeat within `grace_s` of the first counts as the same one."""
+    Under torchrun a Ctrl-C reaches each worker twice (from the terminal and from torchrun's
+    agent), and SIGTERM is how torchrun and SLURM ask workers to stop: there, `signals` includes
+    SIGTERM and one repeat within `grace_s` of the first counts as the same request. The agent's
+    copy can come seconds late on a loaded machine (a 2 s window once let it abort one rank while
+    the other waited in a collective), so the window is wide and only one repeat is absorbed: a
+    second Ctrl-C, whose copies make the third and fourth signals, still aborts."""
 
     def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT,), grace_s: float = 0.0) -> None:
         self.requested = False
         self.signals, self.grace_s = signals, grace_s
         self._first: float | None = None
+        self._absorbed = False
         self._previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -96,9 +100,10 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self._first is not None:
-            if time.monotonic() - self._first > self.grace_s:
-                raise KeyboardInterrupt
-            return
+            if not self._absorbed and time.monotonic() - self._first <= self.grace_s:
+                self._absorbed = True  # the same request, forwarded by torchrun's agent
+                return
+            raise KeyboardInterrupt
         self._first = time.monotonic()
         self.requested = True
         log.warning("interrupt: saving a checkpoint after this step (Ctrl-C again to abort without saving)")
@@ -295,7 +300,7 @@ class Trainer:
         start = last_time = time.perf_counter()
         first_step = last_step = self.step
         self.model.train()
-        with _StopFlag(self.world.stop_signals, grace_s=2.0 if self.world.distributed else 0.0) as stop, \
+        with _StopFlag(self.world.stop_signals, grace_s=30.0 if self.world.distributed else 0.0) as stop, \
                 progress_bar("training", total=self.max_steps) as bar, \
                 open(self.run.metrics if self.world.is_main else os.devnull, "a", encoding="utf-8") as metrics:
             bar.advance(self.step)

@@ -21,6 +21,7 @@ import torch
 
 from candorlm.rundir import atomic_write_text
 
+_THIS_PROCESS: dict[str, float] = {}
 CACHE = Path(os.environ.get("CANDORLM_CACHE", Path.home() / ".cache" / "candorlm")) / "peak.json"
 
 
@@ -71,13 +72,16 @@ def measured_peak_flops(precision: str, device: torch.device | None = None, refr
     call that finds the CPU quiet; the cache keeps the highest reading."""
     device = device or torch.device("cpu")
     key = f"{device_name(device)}|{precision}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    if key in _THIS_PROCESS and not refresh:
+        return _THIS_PROCESS[key]  # MFU is asked for at every logged step: probe at most once per process
     cache = json.loads(CACHE.read_text()) if CACHE.is_file() else {}
     entry = cache.get(key)
     if isinstance(entry, (int, float)):  # the cache's first format: a bare number, load unknown
         entry = {"flops": float(entry), "busy": True}
     busy_now = _busy(device)
     if entry and not refresh and (not entry.get("busy") or busy_now):
-        return float(entry["flops"])
+        _THIS_PROCESS[key] = float(entry["flops"])
+        return _THIS_PROCESS[key]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     size = 8192 if device.type == "cuda" else 2048
     peak = max(_probe(dtype, device, size, 1.0) for _ in range(2))
@@ -85,4 +89,5 @@ def measured_peak_flops(precision: str, device: torch.device | None = None, refr
         peak = max(peak, float(entry["flops"]))
     cache[key] = {"flops": peak, "busy": busy_now}
     atomic_write_text(CACHE, json.dumps(cache, indent=2))  # parallel probes never leave half a file
+    _THIS_PROCESS[key] = peak
     return peak

@@ -2,11 +2,11 @@
 
 For every preset: a run directory with random weights (fp32, as training writes them), an 8k
 BPE-sized vocabulary and a manifest; then `load_run(...).build_model()` timed with verify=True
-and verify=False (the median of --repeat loads each, the files in the page cache as they are
-right after training), and the hashing alone.
+and verify=False (the median of --repeat loads each, alternating, the files in the page cache as
+they are right after training), and the hashing alone (which load_run overlaps with loading).
 
     python bench/load_verify.py                       # all presets
-    python bench/load_verify.py --presets tiny,small --repeat 5
+    python bench/load_verify.py --presets tiny,small --repeat 11
 
 Prints one row per preset: parameters, weights size, load time unchecked, load time checked,
 the difference as a share of the load. Timings depend on the machine and what else runs on it.
@@ -50,19 +50,25 @@ def make_run(path: Path, preset: str, tokenizer) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), run.weights.stat().st_size
 
 
-def median_load(path: Path, verify: bool, repeat: int) -> float:
-    times = []
+def load_time(path: Path, verify: bool) -> float:
+    t0 = time.perf_counter()
+    load_run(path, verify=verify).build_model("cpu")
+    return time.perf_counter() - t0
+
+
+def median_loads(path: Path, repeat: int) -> tuple[float, float]:
+    """Median load time unchecked and checked, alternating so that drift on a busy machine hits both."""
+    plain, checked = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        load_run(path, verify=verify).build_model("cpu")
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        plain.append(load_time(path, False))
+        checked.append(load_time(path, True))
+    return statistics.median(plain), statistics.median(checked)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(preset_names()))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     text = [f"今天的新闻 {i} the quick brown fox {i * 7} 中国经济发展" for i in range(2000)]
@@ -72,9 +78,8 @@ def main() -> None:
         for preset in args.presets.split(","):
             path = Path(tmp) / preset
             params, size = make_run(path, preset, tokenizer)
-            median_load(path, True, 1)  # warm the page cache and the imports
-            plain = median_load(path, False, args.repeat)
-            checked = median_load(path, True, args.repeat)
+            load_time(path, True)  # warm the page cache and the imports
+            plain, checked = median_loads(path, args.repeat)
             t0 = time.perf_counter()
             for name in ("config.toml", "tokenizer.json", "model.safetensors"):
                 sha256_file(path / name)

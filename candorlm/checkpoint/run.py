@@ -6,7 +6,8 @@ single-file or FSDP-sharded), and checks what it reads before trusting it:
   its state.json), so a flipped byte, a swapped or rolled-back file is refused before use;
 - the tokenizer against the model: a vocabulary larger than the model's embedding is refused.
 
-Either failure is one CandorError saying what to do. `verify=False` (or, around a block,
+Either failure is one CandorError saying what to do. The weights are hashed in a thread while
+they load (hashlib releases the GIL), and nothing is returned before the hash matched. `verify=False` (or, around a block,
 `unverified()`; `--no-verify` on the command line) skips the hashing for people who know why.
 
     run = load_run("runs/pd")
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +41,7 @@ from candorlm.tokenizer import Tokenizer
 SOURCE_TOKENIZER = "source_tokenizer.json"
 TASK_FILE = "task.json"
 _unverified: list[bool] = []
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candorlm-verify")
 
 
 @contextlib.contextmanager
@@ -62,6 +65,7 @@ class LoadedRun:
     source_tokenizer: Tokenizer | None  # seq2seq with separate vocabularies
     weights: Path | None  # model.safetensors or a checkpoint directory; None: no weights yet
     key: Key | None = field(default=None, repr=False)
+    pending: Future | None = field(default=None, repr=False)  # the weights' hash, computed while they load
 
     @property
     def path(self) -> Path:
@@ -78,12 +82,21 @@ class LoadedRun:
         model = build_model(model_config or self.config.model)
         if self.task == "sentiment":
             model = SequenceClassifier(model, len(self.info["labels"]), self.info["pooling"])
-        with use_key(self.key):
-            if self.weights.is_dir():  # checked (or deliberately not) by load_run already
-                load_checkpoint_weights(model, self.weights, verify=False)
-            else:
-                load_weights(model, self.weights)
+        try:
+            with use_key(self.key):
+                if self.weights.is_dir():  # checked (or deliberately not) by load_run already
+                    load_checkpoint_weights(model, self.weights, verify=False)
+                else:
+                    load_weights(model, self.weights)
+        except BaseException:
+            self._settle()  # a changed file explains a failed load better than the parser's complaint
+            raise
+        self._settle()  # nothing is returned before its hash matched
         return model.to(pick_device(device)).eval()
+
+    def _settle(self) -> None:
+        if self.pending is not None:
+            self.pending.result()  # raises the CandorError of a mismatch
 
 
 def load_run(path: str | Path, *, key: Key | None = None, verify: bool | None = None) -> LoadedRun:
@@ -93,8 +106,7 @@ def load_run(path: str | Path, *, key: Key | None = None, verify: bool | None = 
     with use_key(key):
         run = open_run(path)
         weights = _find_weights(run, verify)
-        if verify:
-            _verify(run, weights)
+        pending = _verify(run, weights) if verify else None
         config = run.read_config()
         task_file = run.path / TASK_FILE
         info = json.loads(read_text(task_file)) if task_file.is_file() else {}
@@ -102,7 +114,7 @@ def load_run(path: str | Path, *, key: Key | None = None, verify: bool | None = 
         source_file = run.path / SOURCE_TOKENIZER
         source = Tokenizer.load(source_file) if source_file.is_file() else None
     _check_vocabulary(run, config.model, tokenizer, source)
-    return LoadedRun(run, config, info, tokenizer, source, weights, key)
+    return LoadedRun(run, config, info, tokenizer, source, weights, key, pending)
 
 
 def _find_weights(run: RunDir, verify: bool) -> Path | None:
@@ -115,16 +127,19 @@ def _find_weights(run: RunDir, verify: bool) -> Path | None:
     return latest_checkpoint(run.checkpoints)
 
 
-def _verify(run: RunDir, weights: Path | None) -> None:
+def _verify(run: RunDir, weights: Path | None) -> Future | None:
+    """Check the small files now; return the weights' check, running beside the load that follows."""
     names = ["config.toml", "tokenizer.json", SOURCE_TOKENIZER, "special_tokens_map.json", TASK_FILE]
     files = [run.path / n for n in names if (run.path / n).is_file()]
-    if weights is not None and weights.is_file():
-        check_files(run.path, [*files, weights], what="run")  # a finished run: everything against SHA256SUMS
-        return
+    if weights is not None and weights.is_file():  # a finished run: everything against SHA256SUMS
+        check_files(run.path, files, what="run")
+        check_files(run.path, [weights], what="run", hash=False)  # listed at all: say so at once
+        return _HASHER.submit(check_files, run.path, [weights], "run")  # hashlib lets go of the GIL
     if (run.path / MANIFEST_NAME).is_file():
         check_files(run.path, files, what="run")
     if weights is not None:
         verified_state(weights)  # a run still training: its checkpoint against its own sha256
+    return None
 
 
 def _check_vocabulary(run: RunDir, cfg: ModelConfig, target: Tokenizer, source: Tokenizer | None) -> None:

@@ -124,9 +124,10 @@ def verify_manifest(root: str | Path, check_extra: bool = True, raise_on_error: 
     return report
 
 
-def check_files(root: Path, files: Iterable[Path], what: str = "directory") -> None:
+def check_files(root: Path, files: Iterable[Path], what: str = "directory", hash: bool = True) -> None:
     """Check the files about to be read against root/SHA256SUMS: each must be listed and match.
-    A missing manifest, an unlisted file or a changed one is a CandorError that says what to do."""
+    A missing manifest, an unlisted file or a changed one is a CandorError that says what to do
+    (hash=False: only that each is listed)."""
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         raise CandorError(f"{root} has no {MANIFEST_NAME}, so its files cannot be checked before loading. If you "
@@ -138,7 +139,7 @@ def check_files(root: Path, files: Iterable[Path], what: str = "directory") -> N
         if name not in entries:
             raise CandorError(f"{path} is not listed in {manifest}; it was added after the {what} was written. "
                               f"Remove it, or after checking it is yours run `candorlm verify {root} --update`")
-        if sha256_file(path) != entries[name]:
+        if hash and sha256_file(path) != entries[name]:
             raise CandorError(f"{path} does not match {manifest}: it was changed or damaged after the {what} was "
                               f"written. Restore it from a backup (`candorlm verify {root}` lists every difference), "
                               f"or load it anyway with --no-verify")

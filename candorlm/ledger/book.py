@@ -13,8 +13,9 @@ from typing import Any
 from rich.table import Table
 
 from candorlm.errors import CandorError
+from candorlm.io.files import read_json, write_json
 from candorlm.ledger.meter import mfu_figure
-from candorlm.rundir import RunDir, open_run, read_json, write_json
+from candorlm.rundir import RunDir, open_run
 
 VERSION = 1
 KINDS = ("train", "evaluate", "generate")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from candorlm.rundir import atomic_write_text
+from candorlm.io.files import atomic_write_text
 
 CACHE = Path(os.environ.get("CANDORLM_CACHE", Path.home() / ".cache" / "candorlm")) / "peak.json"
 # Share of the machine's CPU time that other work used just before a probe, above which the

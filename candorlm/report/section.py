@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from candorlm.errors import CandorError
-from candorlm.rundir import read_json
+from candorlm.io.files import read_json
 
 log = logging.getLogger("candorlm")
 

@@ -15,8 +15,9 @@ from candorlm.fonts.files import open_font, cjk_font_path, zhs_cmap
 CSS_FAMILY = "candorlm CJK"
 # Always kept: text a page's script may write that its source does not spell out (numbers).
 _ALWAYS = string.printable + "–—·×→−…“”‘’"
-_LICENSE = ("Noto Sans CJK, subset: Copyright 2014-2021 Adobe (http://www.adobe.com/), with Reserved Font "
-            "Name 'Source'; SIL Open Font License 1.1, https://openfontlicense.org")
+# No URL: a self-contained page names nothing to fetch (the explain tests check).
+_LICENSE = ("Noto Sans CJK, subset: Copyright 2014-2021 Adobe, with Reserved Font Name 'Source'; "
+            "licensed under the SIL Open Font License, Version 1.1 (openfontlicense.org)")
 
 
 def subset_font(text: str, path: Path | None = None) -> bytes:

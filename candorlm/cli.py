@@ -6,6 +6,7 @@ with status 2; Ctrl-C exits with 130.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -27,6 +28,16 @@ app = typer.Typer(
 )
 tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+NO_VERIFY_HELP = "Load the run without checking its files against its SHA256SUMS (only if you know why)."
+_command = contextlib.ExitStack()  # what a command sets up for its whole run; closed by main()
+
+
+def _no_verify(no_verify: bool) -> None:
+    """--no-verify: runs load unchecked for the rest of this command (candorlm.checkpoint.run)."""
+    if no_verify:
+        from candorlm.checkpoint.run import unverified
+
+        _command.enter_context(unverified())
 
 
 @app.command()
@@ -75,6 +86,7 @@ def tokenizer_train(
     kind: str = typer.Option("bpe", help="bpe, char or word."),
     vocab_size: int = typer.Option(8192, help="Vocabulary size, special tokens included."),
     text_field: str = typer.Option("text", help="JSONL field that holds the text."),
+    overwrite: bool = typer.Option(False, help="Replace a tokenizer file candorlm wrote there."),
 ) -> None:
     """Train a tokenizer on a corpus and save it as tokenizer.json.
 
@@ -82,7 +94,8 @@ def tokenizer_train(
     """
     from candorlm.prepare import train_tokenizer_file
 
-    tok = train_tokenizer_file(sources, out, kind=kind, vocab_size=vocab_size, text_field=text_field)  # type: ignore[arg-type]
+    tok = train_tokenizer_file(sources, out, kind=kind, vocab_size=vocab_size, text_field=text_field,  # type: ignore[arg-type]
+                               overwrite=overwrite)
     console.print(f"wrote {out} ({tok.kind}, vocabulary {tok.vocab_size:,})")
 
 
@@ -169,12 +182,14 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling."),
     no_cache: bool = typer.Option(False, help="Recompute the whole sequence each step (slow; for checking)."),
     key_file: Optional[Path] = typer.Option(None, help="Key of an encrypted run (or set CANDORLM_KEY)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Continue a prompt; prints only the generated text on stdout, as it is generated, and adds
     the call's time, tokens/s, FLOPs, energy and cost to RUN/ledger.json (kind `generate`).
 
     Example: candorlm generate runs/pd --prompt "中国经济" --max-new-tokens 50 --temperature 0.8 --top-k 40 --seed 0
     """
+    _no_verify(no_verify)
     from candorlm.lm import load
     from candorlm.io.sealed import resolve_key
 
@@ -200,11 +215,13 @@ def export(
     format: str = typer.Option("hf", "--format", help="Export format: hf (Hugging Face Llama)."),
     out: Path = typer.Option(..., "--out", help="Directory to write."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Export a run to another format; `hf` loads in transformers.LlamaForCausalLM.
 
     Example: candorlm export runs/pd --format hf --out hf/pd
     """
+    _no_verify(no_verify)
     if format != "hf":
         raise CandorError(f"unknown export format '{format}'. Valid: hf.")
     from candorlm.interop.hf import export_hf
@@ -262,6 +279,7 @@ def explain_cmd(
     top_k: int = typer.Option(5, help="Predictions per layer and position in the logit lens."),
     ig_steps: int = typer.Option(32, help="Integrated-gradients steps (doubled until completeness is within 5%)."),
     seed: int = typer.Option(0, help="Seed for the random sequences and deletions."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Show why the model predicts what it does: attention maps and head summaries, the logit lens,
     integrated gradients and gradient x input (with a completeness check and a deletion test
@@ -277,6 +295,7 @@ def explain_cmd(
 
     Example: candorlm explain runs/demo --prompt "江泽民主席在北京会见了" --corrupt "李鹏总理在北京会见了" --out explain-out
     """
+    _no_verify(no_verify)
     from candorlm.explain import explain
 
     doc = explain(run, prompt, target=target, method=method, corrupt=corrupt, out=out, top_k=top_k,
@@ -444,11 +463,13 @@ def serve(
     model_name: Optional[str] = typer.Option(None, help="Model id clients use (default: the run's folder name)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     key_file: Optional[Path] = typer.Option(None, help="Key to read an encrypted run with (or set CANDORLM_KEY)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Serve a run: OpenAI-compatible API (completions, chat, streaming), /v1/explain, and a chat page at /.
 
     Example: candorlm serve runs/pd --port 8000 --keys keys.json
     """
+    _no_verify(no_verify)
     from candorlm.io.sealed import resolve_key
     from candorlm.serve.server import serve as run_server
 
@@ -485,6 +506,7 @@ def finetune(
     beam_size: int = typer.Option(4, help="translate: beam size of the test evaluation."),
     overwrite: bool = typer.Option(False, help="Replace the run in --out."),
     overrides: List[str] = typer.Option([], "--set", help="Override a config value: --set model.dropout=0.1."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Fine-tune a pretrained run (or a fresh model) for a task; writes a new run directory with
     task.json and evals/<task>.json (test metrics next to baselines).
@@ -493,6 +515,7 @@ def finetune(
 
     Example: candorlm finetune --task translate --data builtin:pinyin --arch seq2seq --out runs/pinyin
     """
+    _no_verify(no_verify)
     from candorlm.tasks import finetune as run_finetune
 
     options = {k: v for k, v in dict(labels=labels.split(",") if labels else None, tokenizer=tokenizer,
@@ -524,6 +547,7 @@ def eval_(
     probes: bool = typer.Option(True, help="--domains: also the robustness probes (traditional characters, "
                                 "punctuation width, character noise, longer contexts)."),
     seed: int = typer.Option(0, help="--domains: seed of the samples, the noise and the bootstrap."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Score a fine-tuned run on its task's test split, next to baselines (RUN/evals/<task>.json); or,
     with --domains, measure how a language model generalizes (RUN/evals/domains.json).
@@ -532,6 +556,7 @@ def eval_(
 
     Example: candorlm eval runs/pd --domains builtin:reviews builtin:python-docs notes.txt
     """
+    _no_verify(no_verify)
     run = Path(targets[0])
     if domains == (task is not None):
         raise CandorError("give either --task NAME (a fine-tuned run) or --domains (a language model), not "
@@ -570,6 +595,7 @@ def chat(
     top_k: Optional[int] = typer.Option(40, help="Sample among the k most likely tokens."),
     top_p: Optional[float] = typer.Option(None, help="Sample among the most likely tokens holding probability p."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Talk to a model in the terminal: replies stream as they are generated; the history is kept
     (the oldest turns are dropped when it outgrows the model's context). Commands: /reset clears
@@ -577,6 +603,7 @@ def chat(
 
     Example: candorlm chat runs/pd-chat --temperature 0.7
     """
+    _no_verify(no_verify)
     from candorlm.lm import load
     from candorlm.tasks.chat import ChatSession, repl
 
@@ -711,7 +738,7 @@ def verify(
     Example: candorlm verify runs/pd
     """
     from candorlm.privacy.integrity import verify as run_verify
-    from candorlm.privacy.integrity import write_manifest
+    from candorlm.io.manifest import write_manifest
 
     if update:
         console.print(f"wrote {write_manifest(path)}")
@@ -746,12 +773,14 @@ def audit(
     generations: int = typer.Option(50, help="Sampled generations checked for personal data."),
     seed: int = typer.Option(0, help="Random seed."),
     key_file: Optional[Path] = typer.Option(None, help="Key of an encrypted run or data (or set CANDORLM_KEY)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Measure what a model leaks: canary exposure, extraction, membership inference and personal data
     in its generations; writes RUN/evals/privacy.json.
 
     Example: candorlm audit runs/pd
     """
+    _no_verify(no_verify)
     from candorlm.privacy.audit import audit as run_audit
 
     result = run_audit(run, data=data, samples=samples, candidates=candidates, generations=generations, seed=seed,
@@ -829,7 +858,8 @@ def _setup_logging() -> None:
 def main() -> None:
     _setup_logging()
     try:
-        app()
+        with _command:
+            app()
     except CandorError as exc:
         console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)

@@ -13,17 +13,13 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
+from candorlm.checkpoint.run import load_run
 from candorlm.config import RunConfig
-from candorlm.device import pick_device
 from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, stream_ids
-from candorlm.io.files import read_json
-from candorlm.io.sealed import Key, use_key
+from candorlm.io.sealed import Key
 from candorlm.model import DecoderLM
-from candorlm.rundir import open_run
 from candorlm.tokenizer import Tokenizer
-from candorlm.training.checkpoint import latest_checkpoint, load_weights
-from candorlm.training.sharded import load_checkpoint_weights
 
 
 class UsageCounter(Protocol):
@@ -41,31 +37,18 @@ class LanguageModel:
         self.usage: UsageCounter | None = None  # set while candorlm.ledger.usage meters generation
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", key: Key | None = None) -> "LanguageModel":
-        """Load a run's final weights (or, while it trains, its newest checkpoint). An encrypted run
-        (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY / CANDORLM_KEY_FILE."""
-        with use_key(key):
-            return cls._load(run_dir, device)
-
-    @classmethod
-    def _load(cls, run_dir: str | Path, device: str) -> "LanguageModel":
-        run = open_run(run_dir)
-        config = run.read_config()
-        task_file = run.path / "task.json"
-        classifier = task_file.is_file() and read_json(task_file).get("task") == "sentiment"
-        kind = "sentiment classifier" if classifier else f"{config.model.arch} model"
-        if config.model.arch != "decoder" or classifier:
+    def load(cls, run_dir: str | Path, device: str = "auto", key: Key | None = None,
+             verify: bool | None = None) -> "LanguageModel":
+        """Load a run's final weights (or, while it trains, its newest checkpoint), checked against
+        the run's manifest first (`candorlm.checkpoint.run.load_run`; verify=False skips that). An
+        encrypted run (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY / CANDORLM_KEY_FILE."""
+        run = load_run(run_dir, key=key, verify=verify)
+        config = run.config
+        kind = "sentiment classifier" if run.task == "sentiment" else f"{config.model.arch} model"
+        if config.model.arch != "decoder" or run.task == "sentiment":
             raise CandorError(f"{run.path} holds a {kind}; text generation needs a decoder language model. "
                               f"Evaluate it with `candorlm eval {run.path} --task ...`.")
-        tokenizer = Tokenizer.load(run.tokenizer)
-        model = DecoderLM(config.model)
-        checkpoint = None if run.weights.is_file() else latest_checkpoint(run.checkpoints)
-        if checkpoint is not None:
-            load_checkpoint_weights(model, checkpoint)  # single-file or sharded (FSDP)
-        else:
-            load_weights(model, run.weights)
-        model.to(pick_device(device)).eval()
-        return cls(model, tokenizer, config)
+        return cls(run.build_model(device), run.tokenizer, config)
 
     def encode_prompt(self, text: str) -> list[int]:
         bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
@@ -174,6 +157,7 @@ class _TextRow:
         return delta
 
 
-def load(run_dir: str | Path, device: str = "auto", key: Key | None = None) -> LanguageModel:
-    """Load a trained run: `candorlm.load("runs/demo").generate("今天")`."""
-    return LanguageModel.load(run_dir, device, key)
+def load(run_dir: str | Path, device: str = "auto", key: Key | None = None, verify: bool | None = None) -> LanguageModel:
+    """Load a trained run: `candorlm.load("runs/demo").generate("今天")` (checked against its manifest
+    unless verify=False)."""
+    return LanguageModel.load(run_dir, device, key, verify)

@@ -7,23 +7,27 @@ from pathlib import Path
 from typing import Sequence
 
 from candorlm.corpus import Corpus
-from candorlm.errors import CandorError
-from candorlm.io.files import swapped_into_place
-from candorlm.shards import ShardMeta, save_meta, write_shards
+from candorlm.io.files import atomic_path, swapped_into_place
+from candorlm.io.manifest import write_manifest
+from candorlm.io.outputs import claim_dir, claim_file, record_file, write_marker
+from candorlm.shards import ShardMeta, looks_like_old_data, save_meta, write_shards
 from candorlm.tokenizer import Tokenizer, TokenizerKind, train_tokenizer
 
 log = logging.getLogger("candorlm")
 
 
 def train_tokenizer_file(sources: Sequence[str], out: str | Path, kind: TokenizerKind = "bpe",
-                         vocab_size: int = 8192, text_field: str = "text") -> Tokenizer:
-    """Train a tokenizer on a corpus and save it as `out` (a tokenizer.json path)."""
+                         vocab_size: int = 8192, text_field: str = "text", overwrite: bool = False) -> Tokenizer:
+    """Train a tokenizer on a corpus and save it as `out` (a tokenizer.json path); an existing
+    file is replaced only with `overwrite` and only when candorlm wrote it."""
+    out = Path(out)
+    claim_file(out, "tokenizer", overwrite=overwrite, inputs=sources)
     corpus = Corpus(sources, text_field=text_field)
     tokenizer = train_tokenizer(corpus.texts(), kind, vocab_size)
     corpus.check_not_empty()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out)
+    with atomic_path(out) as tmp:
+        tokenizer.save(tmp)
+    record_file(out, "tokenizer", "candorlm tokenizer train")
     return tokenizer
 
 
@@ -43,9 +47,8 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
     the end, so a failure or Ctrl-C never leaves a half-written data directory behind.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CandorError(f"{out} already exists and is not empty. Choose another --out, or pass --overwrite.")
+    claim_dir(out, "data", overwrite=overwrite, inputs=[*sources, *([tokenizer_file] if tokenizer_file else [])],
+              legacy=looks_like_old_data)
     corpus = Corpus(sources, text_field=text_field)
     scrubbed = planted = None
     if scrub:
@@ -77,7 +80,6 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
             scrubbed.scrub_report.save(tmp / "scrub_report.json")
         if planted is not None:
             planted.save(tmp / "canaries.json")
-        from candorlm.privacy.integrity import write_manifest
-
         write_manifest(tmp)  # SHA256SUMS: `candorlm verify DATA_DIR` checks it
+        write_marker(tmp, "data", "candorlm prepare")
     return meta

@@ -58,3 +58,28 @@ def open_run(path: str | Path) -> RunDir:
     if not run.exists():
         raise CandorError(f"{run.path} is not a candorlm run directory (no config.toml)")
     return run
+
+
+# What candorlm writes at a run directory's top (train, finetune, import, generate, eval, audit,
+# explain, report); anything else there is someone else's.
+RUN_ENTRIES = frozenset({
+    "config.toml", "tokenizer.json", "source_tokenizer.json", "special_tokens_map.json", "model.safetensors",
+    "checkpoints", "metrics.jsonl", "ledger.json", "evals", "task.json", "dp.json", "canaries.json",
+    "SHA256SUMS", "explain", "report", "report.html", "report.json", "report.md",
+})
+
+
+def looks_like_old_run(path: Path) -> bool:
+    """A run directory written before candorlm marked its outputs: a config.toml that candorlm
+    reads, weights (final or a checkpoint), and nothing at the top that candorlm does not write
+    (hidden entries aside). The rule `--overwrite` uses for runs without a marker."""
+    run = RunDir(path)
+    if not (run.weights.is_file() or run.checkpoints.is_dir()):
+        return False
+    if any(p.name not in RUN_ENTRIES for p in path.iterdir() if not p.name.startswith(".")):
+        return False
+    try:
+        run.read_config()
+    except CandorError:
+        return False
+    return True

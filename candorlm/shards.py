@@ -180,6 +180,22 @@ def save_meta(meta: ShardMeta, out: Path) -> None:
 # ---------------------------------------------------------------- reading
 
 
+DATA_ENTRIES = frozenset({"meta.json", "tokenizer.json", "special_tokens_map.json", "scrub_report.json",
+                          "canaries.json", "SHA256SUMS"})
+
+
+def looks_like_old_data(path: Path) -> bool:
+    """A data directory written before candorlm marked its outputs: a meta.json that lists its
+    shards, and nothing at the top but what `prepare` writes (hidden entries aside). The rule
+    `--overwrite` uses for data directories without a marker."""
+    try:
+        files = json.loads((path / "meta.json").read_text(encoding="utf-8"))["files"]
+        shards = {name for names in files.values() for name in names}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return all(p.name in DATA_ENTRIES or p.name in shards for p in path.iterdir() if not p.name.startswith("."))
+
+
 class ShardSet:
     """A prepared data directory: memory-mapped token ids per split, and the tokenizer."""
 

@@ -19,6 +19,7 @@ def long_context_run(trained_run: Path, out: Path, max_seq_len: int = 1024) -> P
     """The session's tiny trained run with a longer context, so that a request can still be
     generating when its client goes away. Rotary positions have no weights, so only the config
     changes (the model was trained on 32-token windows: past them its text is worse, not broken)."""
+    from candorlm.io.manifest import write_manifest
     from candorlm.rundir import open_run
 
     shutil.copytree(trained_run, out, ignore=shutil.ignore_patterns("checkpoints", "audit.jsonl"))
@@ -26,6 +27,7 @@ def long_context_run(trained_run: Path, out: Path, max_seq_len: int = 1024) -> P
     config = run.read_config()
     config.model.max_seq_len = max_seq_len
     run.config.write_text(config.to_toml(), encoding="utf-8")
+    write_manifest(out)  # a deliberate change: the run's manifest follows it (loading checks it)
     return out
 
 

@@ -19,7 +19,7 @@ from candorlm.errors import CandorError
 from candorlm.lm import load
 from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training import train
-from candorlm.training.checkpoint import list_checkpoints
+from candorlm.checkpoint.retention import list_checkpoints
 from candorlm.training.distributed import World
 from candorlm.training.launch import launch, strip_option
 from conftest import TINY_MODEL, TINY_TRAIN
@@ -156,13 +156,20 @@ def test_one_process_run_resumes_in_two_fsdp_ranks(tmp_path, data_dir, ref_run):
 
 
 def test_sharded_checkpoint_loads_for_generation(tmp_path, fsdp_run):
+    from candorlm.explain.subject import load_subject
+    from candorlm.tasks.base import load_base
+
     run = tmp_path / "ckpt-only"
     shutil.copytree(fsdp_run, run)
     (run / "model.safetensors").unlink()  # as while it trains: the newest checkpoint is read
+    (run / "SHA256SUMS").unlink()  # (training writes the manifest at the end)
     ids = torch.tensor([[1, 5, 9, 12]])
     with torch.no_grad():
         a, b = load(run).model(ids), load(fsdp_run).model(ids)
-    assert torch.equal(a, b)
+        assert torch.equal(a, b)
+        # Every reader opens runs through load_run, so explain and fine-tuning read sharded checkpoints too.
+        assert torch.equal(load_subject(run).model(ids), b)
+        assert torch.equal(load_base(run).build().eval()(ids), b)
 
 
 # ---------------------------------------------------------------- Ctrl-C

@@ -3,15 +3,16 @@
 import pytest
 import torch
 
+from candorlm.checkpoint.weights import save_weights
 from candorlm.config import ModelConfig
 from candorlm.config import RunConfig
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.interop.hf import export_hf, import_hf
 from candorlm.io.files import atomic_write_text
+from candorlm.io.manifest import write_manifest
 from candorlm.lm import LanguageModel, load
 from candorlm.model import DecoderLM
 from candorlm.rundir import RunDir
-from candorlm.training.checkpoint import save_weights
 
 transformers = pytest.importorskip("transformers", reason="the parity test needs transformers (pip install -e .[test])")
 
@@ -31,6 +32,7 @@ def exported(request, tmp_path_factory, trained_run):
         save_weights(model, RunDir(run).weights)
         base.tokenizer.save(RunDir(run).tokenizer)
         atomic_write_text(RunDir(run).config, RunConfig(model=cfg).to_toml())
+        write_manifest(run)  # a run made by hand: loading checks its manifest
     out = tmp_path_factory.mktemp("hf") / "export"
     export_hf(run, out)
     return run, out

@@ -280,7 +280,7 @@ def test_pretraining_each_architecture(tmp_path, data_dir, arch):
 
 def test_encoder_resume_is_exact(tmp_path, data_dir):
     # Dynamic masking is seeded by the step, so an interrupted and resumed run masks the same tokens.
-    from candorlm.training.checkpoint import list_checkpoints
+    from candorlm.checkpoint.retention import list_checkpoints
     import shutil
 
     settings = dict(TINY_TRAIN, keep_checkpoints=9)

@@ -14,7 +14,7 @@ from candorlm.io import sealed
 from candorlm.io.sealed import (HEADER_SIZE, TAG, DecryptionError, Key, decrypt_file, decrypt_stream, encrypt_file,
                                 encrypt_stream, read_bytes)
 from candorlm.privacy.crypto import decrypt_path, encrypt_path
-from candorlm.privacy.integrity import write_manifest
+from candorlm.io.manifest import write_manifest
 from candorlm.training import train
 from conftest import TINY_MODEL, TINY_TRAIN
 from test_cli import assert_clean_error, run_cli
@@ -148,16 +148,20 @@ def test_pickle_in_a_checkpoint_directory_is_refused_without_running_it(tmp_path
     (run / "model.safetensors").unlink()  # so load() falls back to the newest checkpoint
     newest = sorted((run / "checkpoints").iterdir())[-1]
     (newest / "model.safetensors").write_bytes(_evil_pickle(marker))
-    with pytest.raises(CandorError, match="never loads pickle"):
+    with pytest.raises(CandorError, match="missing but listed"):  # a finished run never falls back silently
         load(run)
+    with pytest.raises(CandorError, match="never loads pickle"):  # unchecked, the pickle still never runs
+        load(run, verify=False)
     with pytest.raises(CandorError, match="corrupt"):  # resuming checks the sha256 first
         _resume(run)
     (newest / "optim.safetensors").write_bytes(_evil_pickle(marker))
     write_manifest(run)  # whoever planted the pickle could rewrite the manifest too
     enc_dir = tmp_path / "enc"
     encrypt_path(run, enc_dir, KEY)  # an encrypted pickle is refused the same way
-    with pytest.raises(CandorError, match="never loads pickle"):
+    with pytest.raises(CandorError, match="corrupt"):  # its checkpoint's state.json still knows the real sha256
         load(enc_dir, key=KEY)
+    with pytest.raises(CandorError, match="never loads pickle"):
+        load(enc_dir, key=KEY, verify=False)
     assert not marker.exists()
 
 

@@ -7,8 +7,9 @@ import subprocess
 import pytest
 
 from candorlm.errors import CandorError
-from candorlm.privacy.integrity import MANIFEST_NAME, backup, read_manifest, verify, verify_manifest, write_manifest
-from candorlm.training.checkpoint import best_checkpoint, list_checkpoints, retain
+from candorlm.io.manifest import MANIFEST_NAME, read_manifest, verify_manifest, write_manifest
+from candorlm.privacy.integrity import backup, verify
+from candorlm.checkpoint.retention import best_checkpoint, list_checkpoints, retain
 from test_cli import assert_clean_error, run_cli
 
 

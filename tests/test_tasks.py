@@ -8,6 +8,7 @@ import pytest
 
 from candorlm.corpus import peoples_daily_tagged, review_records
 from candorlm.errors import CandorError
+from candorlm.io.manifest import write_manifest
 from candorlm.tasks import evaluate_task, finetune
 from candorlm.tasks.data import split_records
 from candorlm.tasks.qa import align_and_copy, char_f1, questions_for
@@ -93,7 +94,7 @@ def test_qa_rule_makes_in_place_questions():
 def test_sentiment_decoder_and_encoder(tmp_path, trained_run, reviews_file):
     result = finetune(trained_run, task="sentiment", data=str(reviews_file), out=tmp_path / "dec", **FAST)
     for name in ("config.toml", "tokenizer.json", "model.safetensors", "task.json", "metrics.jsonl",
-                 "evals/sentiment.json"):
+                 "evals/sentiment.json", "SHA256SUMS", ".candorlm.json"):  # the last two: loading checks the run
         assert (tmp_path / "dec" / name).is_file(), name
     info = json.loads((tmp_path / "dec" / "task.json").read_text())
     assert info["init"] == "pretrained" and info["labels"] == ["neg", "pos"] and info["pooling"] == "last"
@@ -154,6 +155,7 @@ def lacking_sep(run, tmp_path):
     (copy / "tokenizer.json").write_text(text, encoding="utf-8")
     (copy / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"}))
+    write_manifest(copy)  # a deliberate change: the run's manifest follows it (loading checks it)
     return copy
 
 

@@ -11,7 +11,7 @@ import pytest
 from candorlm.errors import CandorError
 from candorlm.lm import load
 from candorlm.training import train
-from candorlm.training.checkpoint import list_checkpoints
+from candorlm.checkpoint.retention import list_checkpoints
 from conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -55,7 +55,7 @@ def test_refuses_to_clobber_a_run(tmp_path, data_dir, trained_run):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("important")
-    with pytest.raises(CandorError, match="not a candorlm run"):
+    with pytest.raises(CandorError, match="was not written by candorlm"):
         train(other, data=data_dir, model=TINY_MODEL, max_steps=2, overwrite=True, **TINY_TRAIN)
     assert (other / "keep.txt").read_text() == "important"
 
@@ -91,8 +91,10 @@ def test_pickle_in_place_of_weights_is_refused_without_running_it(tmp_path, trai
     import pickle
 
     (run / "model.safetensors").write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(CandorError, match="never loads pickle"):
+    with pytest.raises(CandorError, match="does not match .*SHA256SUMS"):  # checked before it is read
         load(run)
+    with pytest.raises(CandorError, match="never loads pickle"):  # and unchecked, still never unpickled
+        load(run, verify=False)
     assert not marker.exists()
 
 

@@ -25,14 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from candorlm.device import pick_device
+from candorlm.checkpoint.run import load_run
 from candorlm.errors import CandorError
 from candorlm.explain.tokens import Example, encode_example, token_labels
-from candorlm.io.files import read_json
-from candorlm.model import build_model
-from candorlm.rundir import open_run
 from candorlm.tokenizer import MASK, Tokenizer
-from candorlm.training.checkpoint import latest_checkpoint, load_weights
 
 MAX_OUTPUT = 32  # tokens of an encoder-decoder's own output explained when no target is given
 
@@ -184,25 +180,14 @@ class Subject:
         return bad
 
 
-def load_subject(run: str | Path, device: str = "cpu") -> Subject:
-    """A run of any architecture (its final weights, or its newest checkpoint while it trains)."""
-    rd = open_run(run)
-    config = rd.read_config()
-    task_file = rd.path / "task.json"
-    info = read_json(task_file) if task_file.is_file() else {}
+def load_subject(run: str | Path, device: str = "cpu", verify: bool | None = None) -> Subject:
+    """A run of any architecture (its final weights, or its newest checkpoint while it trains),
+    opened by `load_run` (checked against its manifest unless verify=False)."""
+    loaded = load_run(run, verify=verify)
+    info = loaded.info
     if info.get("task") == "sentiment":
-        raise CandorError(f"{rd.path} holds a sentiment classifier, which predicts a label, not tokens; explain the "
-                          f"pretrained run it started from ({info.get('base_run') or 'see its task.json'})")
-    target = Tokenizer.load(rd.tokenizer)
-    source_file = rd.path / "source_tokenizer.json"
-    source = Tokenizer.load(source_file) if source_file.is_file() else target
-    model = build_model(config.model)
-    weights = rd.weights
-    if not weights.is_file():
-        checkpoint = latest_checkpoint(rd.checkpoints)
-        if checkpoint is None:
-            raise CandorError(f"{rd.path} has no weights yet (no model.safetensors, no checkpoint); train it first")
-        weights = checkpoint / "model.safetensors"
-    load_weights(model, weights)
-    model.to(pick_device(device)).eval()
-    return Subject(model, target, source, config.model.arch, finetuned=bool(info))
+        raise CandorError(f"{loaded.path} holds a sentiment classifier, which predicts a label, not tokens; explain "
+                          f"the pretrained run it started from ({info.get('base_run') or 'see its task.json'})")
+    model = loaded.build_model(device)
+    source = loaded.source_tokenizer or loaded.tokenizer
+    return Subject(model, loaded.tokenizer, source, loaded.config.model.arch, finetuned=bool(info))

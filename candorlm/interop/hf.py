@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,18 @@ from safetensors.torch import load_file, save_file
 
 from candorlm.config import ModelConfig, RunConfig
 from candorlm.errors import CandorError
-from candorlm.io.files import atomic_write_text, write_json
+from candorlm.checkpoint.weights import save_weights
+from candorlm.io.files import atomic_write_text, swapped_into_place, write_json
+from candorlm.io.manifest import write_manifest
+from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.lm import LanguageModel
 from candorlm.model import DecoderLM
-from candorlm.rundir import RunDir
+from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.tokenizer import CHAT_ROLES, CHAT_TEMPLATE, Tokenizer
-from candorlm.training.checkpoint import save_weights
+
+# What `export` writes: an export directory without a marker (older candorlm) holds only these.
+HF_EXPORT_FILES = frozenset({"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                             "special_tokens_map.json", "tokenizer_config.json"})
 
 # candorlm parameter name -> Hugging Face Llama name; {i} is the layer index.
 _NAMES = {
@@ -85,14 +90,21 @@ def llama_config(cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
 
 def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write a run as a Hugging Face Llama model directory."""
+    out = Path(out)
+    claim_dir(out, "hf-export", overwrite=overwrite, inputs=[run_dir],
+              legacy=lambda d: (d / "config.json").is_file() and {p.name for p in d.iterdir()} <= HF_EXPORT_FILES)
     lm = LanguageModel.load(run_dir, device="cpu")
     cfg = lm.model.cfg
     if cfg.mlp != "swiglu":
         raise CandorError(f"only SwiGLU models export to the Llama format; this one uses mlp = '{cfg.mlp}'")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CandorError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    with swapped_into_place(out) as tmp:
+        _write_hf(lm, tmp)
+        write_marker(tmp, "hf-export", "candorlm export", source=str(run_dir))
+    return out
+
+
+def _write_hf(lm: LanguageModel, out: Path) -> None:
+    cfg = lm.model.cfg
     tensors = {}
     for name, tensor in lm.model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_embeddings:
@@ -115,7 +127,6 @@ def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
         **({"chat_template": CHAT_TEMPLATE} if all(tok.ids.get(r) is not None for r in (*CHAT_ROLES, "end")) else {}),
         **specials,
     })
-    return out
 
 
 def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -140,7 +151,8 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> RunDir:
     """Make a candorlm run directory from a Hugging Face Llama model directory."""
-    hf_dir = Path(hf_dir)
+    hf_dir, out = Path(hf_dir), Path(out)
+    claim_dir(out, "run", overwrite=overwrite, inputs=[hf_dir], legacy=looks_like_old_run)
     config_file = hf_dir / "config.json"
     if not config_file.is_file():
         raise CandorError(f"{hf_dir} is not a Hugging Face model directory (no config.json)")
@@ -173,14 +185,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> R
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CandorError(f"{hf_dir}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    run = RunDir(Path(out))
-    if run.path.exists() and any(run.path.iterdir()):
-        if not overwrite:
-            raise CandorError(f"{run.path} already exists and is not empty; choose another --out or pass --overwrite")
-        shutil.rmtree(run.path)
-    run.path.mkdir(parents=True)
-    save_weights(model, run.weights)
-    tokenizer.save(run.tokenizer)
-    atomic_write_text(run.config, RunConfig(model=cfg).to_toml())
-    return run
+    with swapped_into_place(out) as tmp:
+        run = RunDir(tmp)
+        save_weights(model, run.weights)
+        tokenizer.save(run.tokenizer)
+        atomic_write_text(run.config, RunConfig(model=cfg).to_toml())
+        write_manifest(tmp)  # SHA256SUMS: loading the run checks it
+        write_marker(tmp, "run", "candorlm import", source=str(hf_dir))
+    return RunDir(out)
 

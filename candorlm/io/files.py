@@ -1,24 +1,149 @@
-"""Writing files so that a crash or Ctrl-C never leaves half of one, and reading them back.
+"""Writing files so that a crash, Ctrl-C or `kill` never leaves half of one, and reading them back.
 
     atomic_write_text(path, text)     a crash leaves the old content or the new, never half
     write_json / read_json            JSON state files (never pickle)
     sha256_file(path)                 hex digest of a file of any size
     with swapped_into_place(dest) as tmp:
         build the whole directory (or file) at tmp; it replaces dest only when complete
+
+Everything is built in a temporary sibling whose name says it is candorlm's and which process
+wrote it (`.NAME.candorlm-tmp-<host>-<pid>-<purpose>-<random>`). SIGINT and SIGTERM while a build
+is in progress remove it (SIGTERM is turned into an exception in the main thread, then re-sent
+once the temporary files are gone); what a `kill -9` leaves is removed by the next candorlm
+command that writes into the same directory, once the writer's pid is dead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from contextlib import contextmanager
+import signal
+import socket
+import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from candorlm.errors import CandorError
+
+log = logging.getLogger("candorlm")
+
+TEMP_TAG = ".candorlm-tmp-"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.candorlm-tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<purpose>[a-z]+)-[0-9a-z]+$")
+# What a leftover held, for the message that reports its removal.
+_HELD = {"decrypt": "partial plaintext (an interrupted decrypt)", "old": "previous version set aside by an "
+         "interrupted --overwrite"}
+
+
+# ---------------------------------------------------------------- temporary names and leftovers
+
+
+def host_id() -> str:
+    """Eight hex digits naming this machine, so a pid is only ever judged on its own host."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_path(dest: Path, purpose: str = "build", pid: int | None = None, host: str | None = None) -> Path:
+    """A hidden sibling of `dest` that the stale sweep recognises as candorlm's, with the writer's pid."""
+    if not purpose.isalpha() or not purpose.islower():
+        raise ValueError(f"purpose must be lowercase letters, got {purpose!r}")
+    token = secrets.token_hex(4) if pid is None else "0"  # a given pid: a name other processes can compute too
+    pid = os.getpid() if pid is None else pid
+    return dest.with_name(f".{dest.name}{TEMP_TAG}{host or host_id()}-{pid}-{purpose}-{token}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove candorlm's temporary entries in `directory` whose writer, on this host, is dead;
+    say what each held. Others' files and live writers' temporaries are left alone."""
+    removed: list[Path] = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return removed
+    here = host_id()
+    for path in entries:
+        m = _TEMP.match(path.name)
+        if not m or m["host"] != here or _pid_alive(int(m["pid"])):
+            continue
+        dest = directory / m["name"]
+        if m["purpose"] == "old" and not dest.exists() and not dest.is_symlink():
+            os.replace(path, dest)  # killed between setting the old one aside and putting the new one in place
+            log.warning("found %s set aside by a candorlm command that was killed (pid %s); put it back as %s",
+                        path, m["pid"], dest)
+            continue
+        _remove(path)
+        if not path.exists():
+            removed.append(path)
+            held = _HELD.get(m["purpose"], "partial output")
+            log.warning("found and removed %s: a %s left by a candorlm command that was killed (pid %s)",
+                        path, held, m["pid"])
+    return removed
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while a build was in progress: unwind (removing temporaries), then die of it."""
+
+
+_guard_depth = 0
+
+
+@contextlib.contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """While this block runs in the main thread, SIGTERM raises `Terminated` so that `finally` and
+    `except` clauses remove temporary files; on the way out the process dies of SIGTERM as it
+    would have. A handler someone else installed (the trainer's stop flag) is left in charge."""
+    global _guard_depth
+    main = threading.current_thread() is threading.main_thread()
+    if not main or _guard_depth or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        _guard_depth += main
+        try:
+            yield
+        finally:
+            _guard_depth -= main
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handle)
+    _guard_depth += 1
+    try:
+        yield
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # the cleanup is done: die of the signal, exit status 143
+        raise
+    finally:
+        _guard_depth -= 1
+        if signal.getsignal(signal.SIGTERM) is handle:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- single files
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,19 +155,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path, purpose: str = "build") -> Iterator[Path]:
+    """A temporary path to write a file at (for writers that take a file name); it becomes `path`
+    (fsynced) only when the block completes. An error, Ctrl-C or SIGTERM leaves `path` as it was
+    and no temporary behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
+    tmp = temp_path(path, purpose)
+    with terminate_cleanly():
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, purpose: str = "build") -> Iterator[BinaryIO]:
+    """`atomic_path`, opened for writing: a binary file that appears at `path` when the block completes."""
+    with atomic_path(path, purpose) as tmp:
+        # 0600 like mkstemp: a half-written file (decrypted plaintext, say) is never readable by others
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            yield f
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that a crash leaves either the old or the new content, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -72,23 +216,44 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def swapped_into_place(dest: Path) -> Iterator[Path]:
-    """Build a directory in a temporary sibling of `dest`, then rename it into place: a failure
-    (or Ctrl-C) leaves `dest` as it was and nothing half-written.
+# ---------------------------------------------------------------- whole directories
+
+
+def set_aside(dest: Path) -> Path:
+    """Rename `dest` to a hidden temporary sibling (purpose `old`); returns the new name."""
+    old = temp_path(dest, "old")
+    os.replace(dest, old)
+    return old
+
+
+@contextlib.contextmanager
+def swapped_into_place(dest: Path, purpose: str = "build") -> Iterator[Path]:
+    """Build a directory in a temporary sibling of `dest`, then rename it into place: a failure,
+    Ctrl-C or SIGTERM leaves `dest` as it was and nothing half-written.
 
         with swapped_into_place(out) as tmp:
             write everything under tmp
-    """
+
+    An existing `dest` is first renamed aside and removed only once the new one is in place.
+    Whether `dest` may be replaced at all is the caller's question (`candorlm.io.outputs`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        elif dest.exists():
-            dest.unlink()
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    remove_stale_temps(dest.parent)
+    tmp = temp_path(dest, purpose)
+    with terminate_cleanly():
+        try:
+            tmp.mkdir()
+            yield tmp
+            fsync_dir(tmp)
+            old = set_aside(dest) if dest.exists() or dest.is_symlink() else None
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, dest)
+                raise
+            fsync_dir(dest.parent)
+            if old is not None:
+                _remove(old)
+        except BaseException:
+            _remove(tmp)
+            raise

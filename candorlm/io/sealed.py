@@ -29,12 +29,12 @@ import contextlib
 import os
 import secrets
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from candorlm.errors import CandorError
+from candorlm.io.files import atomic_output
 
 MAGIC = b"\x89CANDORLM\x00ENC\x01\n"  # 15 bytes; the \x89 and \x00 make it never valid text
 VERSION = 1
@@ -325,35 +325,16 @@ def read_text(path: str | Path, key: Key | None = None, encoding: str = "utf-8")
     return read_bytes(path, key).decode(encoding)
 
 
-def _atomic_output(dst: Path) -> tuple[BinaryIO, Path]:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    return os.fdopen(fd, "wb"), Path(tmp)
-
-
 def encrypt_file(src: Path, dst: Path, key: Key) -> int:
     if is_encrypted(src):
         raise CandorError(f"{src} is already encrypted")
-    out, tmp = _atomic_output(dst)
-    try:
-        with open(src, "rb") as f, out:
-            n = encrypt_stream(f, out, key)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return n
+    with open(src, "rb") as f, atomic_output(dst, "encrypt") as out:
+        return encrypt_stream(f, out, key)
 
 
 def decrypt_file(src: Path, dst: Path, key: Key) -> int:
     # Written to a temporary file and renamed only when every chunk authenticated: a failure
-    # never leaves partial plaintext under the output name.
-    out, tmp = _atomic_output(dst)
-    try:
-        with open(src, "rb") as f, out:
-            n = decrypt_stream(f, out, key, str(src))
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return n
+    # never leaves partial plaintext under the output name, and an interrupted run's partial
+    # plaintext is removed by the next command that writes beside it (candorlm.io.files).
+    with open(src, "rb") as f, atomic_output(dst, "decrypt") as out:
+        return decrypt_stream(f, out, key, str(src))

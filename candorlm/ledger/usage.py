@@ -61,7 +61,7 @@ def metered_generation(lm: "LanguageModel", run_dir: str | Path) -> Iterator[Gen
 
 
 def _record(run_dir: str | Path, session: dict) -> None:
-    from candorlm.privacy.integrity import update_manifest
+    from candorlm.io.manifest import update_manifest
 
     try:
         record(run_dir, "generate", session)

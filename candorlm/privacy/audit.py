@@ -278,7 +278,7 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
           seed: int = 0, key=None) -> dict[str, Any]:
     """Run the four measurements and write RUN/evals/privacy.json (returned as a dict)."""
     from candorlm.io.sealed import use_key
-    from candorlm.privacy.integrity import update_manifest
+    from candorlm.io.manifest import update_manifest
 
     t0 = time.perf_counter()
     run = open_run(run_dir)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from candorlm.corpus import Corpus, CorpusFilter, Document
-from candorlm.errors import CandorError
+from candorlm.io.files import temp_path, terminate_cleanly
+from candorlm.io.outputs import claim_file, record_file
 from candorlm.privacy.anonymize import Anonymizer, Result, mask
 from candorlm.privacy.pii import ENTITY_TYPES, Entity
 from candorlm.progress import progress_bar
@@ -150,8 +151,8 @@ class _Writer:
     def __init__(self, path: Path):
         self.path = path
         self.jsonl = path.suffix.lower() == ".jsonl"
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.f = open(self.tmp, "w", encoding="utf-8")
+        self.tmp = temp_path(path, "scrub")  # removed by the next command if this one is killed
+        self.f = open(self.tmp, "x", encoding="utf-8")
         self.first = True
 
     def write(self, doc: Document, text: str) -> bool:
@@ -181,30 +182,29 @@ def scrub(sources: Sequence[str], out: str | Path, *, operator: str = "placehold
           text_field: str = "text", workers: int | None = None, overwrite: bool = False) -> ScrubReport:
     """Scrub a corpus into `out` (JSONL when it ends in .jsonl, else blank-line separated text)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise CandorError(f"{out} already exists. Choose another output, or pass --overwrite.")
-    if out.is_dir():
-        raise CandorError(f"{out} is a directory; the scrubbed corpus is one file (name it .jsonl or .txt)")
+    claim_file(out, "scrubbed", overwrite=overwrite, inputs=sources)
     corpus = Corpus(sources, text_field=text_field)
     anonymizer = Anonymizer(operator, types, key)
     workers = workers or min(4, os.cpu_count() or 1)
     rep = ScrubReport(operator, list(anonymizer.detector.types))
     total = sum(Path(s).stat().st_size if Path(s).is_file() else 0 for s in corpus.sources) or None
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(out)
     start = time.perf_counter()
-    try:
-        with progress_bar("scrubbing", total=total, unit="B") as bar:
-            for doc, result in anonymize_documents(corpus, anonymizer, anonymizer.pseudonymize.key
-                                                   if anonymizer.pseudonymize else None, workers):
-                rep.add(doc, result)
-                if result.text is not None and writer.write(doc, result.text):
-                    rep.blank_lines_joined += 1
-                bar.advance(len(doc.text.encode("utf-8")))
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    with terminate_cleanly():  # SIGTERM, like Ctrl-C, removes the partial output
+        writer = _Writer(out)
+        try:
+            with progress_bar("scrubbing", total=total, unit="B") as bar:
+                for doc, result in anonymize_documents(corpus, anonymizer, anonymizer.pseudonymize.key
+                                                       if anonymizer.pseudonymize else None, workers):
+                    rep.add(doc, result)
+                    if result.text is not None and writer.write(doc, result.text):
+                        rep.blank_lines_joined += 1
+                    bar.advance(len(doc.text.encode("utf-8")))
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    record_file(out, "scrubbed", "candorlm scrub")
     rep.seconds = time.perf_counter() - start
     if report is not None:
         rep.save(report)

@@ -25,6 +25,7 @@ from candorlm.config import preset_names
 from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
 from candorlm.io.files import read_json, write_json
+from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.lm import LanguageModel
 from candorlm.progress import console
 from candorlm.scaling.fit import fit_power_law
@@ -57,10 +58,11 @@ def sweep(data: str | Path, out: str | Path, presets: Sequence[str] = DEFAULT_PR
         raise CandorError(f"--presets: unknown preset(s) {', '.join(unknown)}. Valid: {', '.join(preset_names())}.")
     if len(presets) < 2:
         raise CandorError("--presets: a sweep needs at least two sizes to fit a power law")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CandorError(f"{out} is not empty; pass --overwrite to replace the sweep there")
+    # Each size's run is replaced by `train` itself (only once the new one is saved); the folder stays.
+    claim_dir(out, "sweep", overwrite=overwrite, inputs=[data], legacy=lambda d: (d / "sweep.json").is_file())
     shards = ShardSet(data)
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "sweep", "candorlm sweep")
     t0 = time.perf_counter()
     settings = {"max_steps": steps, "batch_size": batch_size, "seed": seed, "eval_every": max(1, steps // 6),
                 "eval_tokens": 16384, "save_every": steps, "keep_checkpoints": 1, "keep_best_checkpoint": False,

@@ -19,16 +19,12 @@ from typing import Any
 
 from torch import nn
 
+from candorlm.checkpoint.run import LoadedRun, load_run
 from candorlm.config import ModelConfig, RunConfig, build_config, parse_override, resolve
 from candorlm.errors import CandorError
-from candorlm.io.files import read_json
-from candorlm.model import SequenceClassifier, build_model
-from candorlm.rundir import RunDir, open_run
+from candorlm.model import build_model
+from candorlm.rundir import RunDir
 from candorlm.tokenizer import Tokenizer
-from candorlm.training.checkpoint import latest_checkpoint, load_weights
-
-SOURCE_TOKENIZER = "source_tokenizer.json"
-TASK_FILE = "task.json"
 
 
 @dataclass
@@ -41,6 +37,7 @@ class Base:
     weights: Path | None = None
     run: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    loaded: LoadedRun | None = field(default=None, repr=False)
 
     @property
     def arch(self) -> str:
@@ -50,38 +47,33 @@ class Base:
         return str(self.run / "tokenizer.json") if self.run else "the task's tokenizer"
 
     def build(self) -> nn.Module:
-        """The backbone, with the pretrained weights when there are any."""
-        model = build_model(self.config.model)
-        if self.weights is not None:
-            load_weights(model, self.weights)
-        return model
+        """The backbone, with the pretrained weights when there are any (in training mode, on the CPU)."""
+        if self.weights is None or self.loaded is None:
+            return build_model(self.config.model)
+        return self.loaded.build_model("cpu", self.config.model).train()
 
 
 def load_base(run: str | Path | None, *, scratch: bool = False, preset: str = "tiny", arch: str | None = None,
-              overrides: list[str] | None = None) -> Base:
+              overrides: list[str] | None = None, verify: bool | None = None) -> Base:
     """The run to fine-tune (its weights; with `scratch`, only its config and tokenizer), or,
-    with no run, a preset of `arch` whose tokenizer the task trains on its own data."""
+    with no run, a preset of `arch` whose tokenizer the task trains on its own data. The run is
+    opened by `load_run` (checked against its manifest unless verify=False)."""
     if run is None:
         cfg = resolve(preset, None, overrides, model={"arch": arch} if arch else {})
         return Base(cfg, None)
-    rd = open_run(run)
-    config = rd.read_config()
-    info = read_json(rd.path / TASK_FILE) if (rd.path / TASK_FILE).is_file() else {}
+    loaded = load_run(run, verify=verify)
+    config, info = loaded.config, loaded.info
     if info.get("task") == "sentiment":
-        raise CandorError(f"{rd.path} is a sentiment classifier; fine-tune from the pretrained run it started from "
+        raise CandorError(f"{loaded.path} is a sentiment classifier; fine-tune from the pretrained run it started from "
                           f"({info.get('base_run') or 'see its task.json'})")
-    tokenizer = Tokenizer.load(rd.tokenizer)
-    source = Tokenizer.load(rd.path / SOURCE_TOKENIZER) if (rd.path / SOURCE_TOKENIZER).is_file() else None
-    weights = rd.weights if rd.weights.is_file() else None
-    if weights is None:
-        checkpoint = latest_checkpoint(rd.checkpoints)
-        weights = checkpoint / "model.safetensors" if checkpoint else None
+    weights = loaded.weights
     if weights is None and not scratch:
-        raise CandorError(f"{rd.path} has no weights yet (no model.safetensors, no checkpoint); "
+        raise CandorError(f"{loaded.path} has no weights yet (no model.safetensors, no checkpoint); "
                           f"train it first, or pass --scratch to use only its config and tokenizer")
     if overrides:
-        config = build_config(config.model_dump(), *(parse_override(o) for o in overrides), source=str(rd.config))
-    return Base(config, tokenizer, source, None if scratch else weights, rd.path, info)
+        config = build_config(config.model_dump(), *(parse_override(o) for o in overrides), source=str(loaded.run.config))
+    return Base(config, loaded.tokenizer, loaded.source_tokenizer, None if scratch else weights, loaded.path, info,
+                loaded)
 
 
 def require_tokens(tokenizer: Tokenizer, where: str, roles: tuple[str, ...], task: str) -> None:
@@ -94,22 +86,14 @@ def require_tokens(tokenizer: Tokenizer, where: str, roles: tuple[str, ...], tas
                           f"or from scratch (omit the run).")
 
 
-def load_task_run(run: str | Path) -> tuple[RunDir, RunConfig, dict[str, Any], nn.Module, Tokenizer, Tokenizer | None]:
-    """A fine-tuned run: (run dir, config, task.json, model in eval mode on the CPU, tokenizer, source tokenizer)."""
-    rd = open_run(run)
-    config = rd.read_config()
-    task_file = rd.path / TASK_FILE
-    info = read_json(task_file) if task_file.is_file() else {}
-    model = build_model(config.model)
-    if info.get("task") == "sentiment":
-        model = SequenceClassifier(model, len(info["labels"]), info["pooling"])
-    weights = rd.weights
-    if not weights.is_file():
-        raise CandorError(f"{rd.path} has no model.safetensors")
-    load_weights(model, weights)
-    tokenizer = Tokenizer.load(rd.tokenizer)
-    source = Tokenizer.load(rd.path / SOURCE_TOKENIZER) if (rd.path / SOURCE_TOKENIZER).is_file() else None
-    return rd, config, info, model.eval(), tokenizer, source
+def load_task_run(run: str | Path, verify: bool | None = None
+                  ) -> tuple[RunDir, RunConfig, dict[str, Any], nn.Module, Tokenizer, Tokenizer | None]:
+    """A fine-tuned run: (run dir, config, task.json, model in eval mode on the CPU, tokenizer, source
+    tokenizer), opened by `load_run` (checked against its manifest unless verify=False)."""
+    loaded = load_run(run, verify=verify)
+    if loaded.weights is None or not loaded.weights.is_file():
+        raise CandorError(f"{loaded.path} has no model.safetensors")
+    return loaded.run, loaded.config, loaded.info, loaded.build_model("cpu"), loaded.tokenizer, loaded.source_tokenizer
 
 
 @dataclass

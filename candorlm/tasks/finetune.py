@@ -23,13 +23,15 @@ import torch
 
 from candorlm.config import RunConfig, TrainConfig
 from candorlm.device import autocast, pick_device, resolve_precision, set_threads
-from candorlm.errors import CandorError
+from candorlm.checkpoint.run import SOURCE_TOKENIZER, TASK_FILE
+from candorlm.checkpoint.weights import save_weights
 from candorlm.io.files import atomic_write_text, swapped_into_place, write_json
+from candorlm.io.manifest import write_manifest
+from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.progress import progress_bar
-from candorlm.rundir import RunDir
-from candorlm.tasks.base import SOURCE_TOKENIZER, TASK_FILE, load_base
+from candorlm.rundir import RunDir, looks_like_old_run
+from candorlm.tasks.base import load_base
 from candorlm.tasks.registry import get_task
-from candorlm.training.checkpoint import save_weights
 from candorlm.training.trainer import build_optimizer, lr_at
 
 log = logging.getLogger("candorlm")
@@ -47,7 +49,7 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     """
     spec = get_task(task)
     out = Path(out)
-    _check_out(out, overwrite)
+    claim_dir(out, "run", overwrite=overwrite, inputs=[p for p in (run, data) if p], legacy=looks_like_old_run)
     base = load_base(run, scratch=scratch, preset=preset, arch=arch or spec.default_arch, overrides=overrides)
     torch.manual_seed(seed)
     prepared = spec.prepare(base, data, seed=seed, **options)
@@ -72,17 +74,11 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
         history = _loop(spec, prepared, model, optimizer, train_cfg, dev, prec, tmp / "metrics.jsonl")
         model.cpu().eval()
         _write_run(tmp, config, prepared, model, base, task, data, history, scratch)
+        write_manifest(tmp)  # SHA256SUMS: loading the run checks it
+        write_marker(tmp, "run", "candorlm finetune", task=task)
     if not evaluate:
         return {}
     return spec.evaluate(out, data=None, **spec.eval_options(options))
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CandorError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-        if not RunDir(out).exists():
-            raise CandorError(f"--overwrite: {out} is not a candorlm run directory; refusing to delete it")
 
 
 def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, t: TrainConfig,

@@ -14,7 +14,7 @@ Strategies (train.strategy):
 - fsdp: FSDP2 `fully_shard`, one unit per layer (each entry of the model's ModuleLists) plus the
   root (embeddings, final norm, tied output layer). Parameters, gradients and optimizer state are
   sharded; a MixedPrecisionPolicy gathers parameters in bf16 and reduces gradients in fp32 when
-  the run trains in bf16. Checkpoints are sharded (training/sharded.py).
+  the run trains in bf16. Checkpoints are sharded (checkpoint/sharded.py).
 
 Agreement between ranks (stop requests, ledger figures, barriers) goes through a gloo group on
 the CPU, so it never waits for the GPU: the training loop has no host syncs outside logging steps.
@@ -108,6 +108,11 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def control_group(self) -> Any:
+        """The gloo group for CPU-side agreement and checkpoint collectives (None: the default group)."""
+        return self._control
 
     def cpu_threads(self, requested: int | None) -> int | None:
         """Threads for this rank on the CPU: the node's physical cores shared among its ranks."""

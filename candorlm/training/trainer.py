@@ -20,20 +20,23 @@ from typing import Any
 
 import torch
 
+from candorlm.checkpoint.retention import latest_checkpoint
+from candorlm.checkpoint.sharded import export_weights, load_any_checkpoint, save_any_checkpoint
+from candorlm.checkpoint.state import set_rng_state
 from candorlm.config import RunConfig, build_config, parse_override, resolve
 from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_threads, to_device
 from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
-from candorlm.io.files import atomic_write_text
+from candorlm.io.files import atomic_write_text, set_aside
+from candorlm.io.manifest import write_manifest
+from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.ledger.training import TrainingMeter, ledger_summary
 from candorlm.model import build_model, lm_loss
 from candorlm.progress import progress_bar
-from candorlm.rundir import RunDir
+from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.shards import BatchSampler, ShardSet
-from candorlm.training.checkpoint import latest_checkpoint, set_rng_state
 from candorlm.training.distributed import World
 from candorlm.training.objectives import make_objective
-from candorlm.training.sharded import export_weights, load_any_checkpoint, save_any_checkpoint
 
 log = logging.getLogger("candorlm")
 
@@ -128,6 +131,8 @@ class Trainer:
         config = config.model_copy(deep=True)
         config.model.vocab_size = vocab
         self.run = RunDir(Path(out))
+        self.replace_existing = False
+        self.replaced: Path | None = None  # the run --overwrite replaces, set aside until this one is saved
         self.world = World.from_env(config.train.strategy, config.train.device)  # one process unless under torchrun
         if config.train.dp_epsilon is not None and self.world.distributed:
             raise CandorError(f"--dp-epsilon trains in one process: its privacy accounting assumes one process drawing "
@@ -191,22 +196,20 @@ class Trainer:
             if checkpoint is None:
                 raise CandorError(f"--resume: {path} has no complete checkpoint yet; start again with --overwrite")
             return checkpoint
-        if occupied:
-            if not overwrite:
-                what = "a run" if self.run.exists() else "other files"
-                raise CandorError(f"{path} already holds {what}. Pass --resume to continue it, --overwrite to replace it, "
-                                  f"or choose another --out.")
-            if not self.run.exists():
-                raise CandorError(f"--overwrite: {path} is not a candorlm run directory; refusing to delete it")
-            self.world.barrier()  # every rank has looked before rank 0 deletes
-            if self.world.is_main:
-                shutil.rmtree(path)
+        if occupied and not overwrite:
+            what = "a run" if self.run.exists() else "other files"
+            raise CandorError(f"{path} already holds {what}. Pass --resume to continue it, --overwrite to replace it, "
+                              f"or choose another --out.")
+        # Never the working directory, an ancestor, or a directory holding the data; only candorlm's own run.
+        replace = claim_dir(path, "run", overwrite=overwrite, inputs=[config.data.path], legacy=looks_like_old_run)
+        self.replace_existing = replace and self.world.is_main  # set aside when fit starts, removed when it saved
         return None
 
     def _write_run_files(self) -> None:
         if self.world.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run.config, self.config.to_toml())
+            write_marker(self.run.path, "run", "candorlm train")
             from candorlm.io.sealed import read_bytes  # the data may be encrypted; the run is written plain
 
             self.run.tokenizer.write_bytes(read_bytes(self.data.path / "tokenizer.json"))
@@ -288,6 +291,27 @@ class Trainer:
                             max_tokens=t.eval_tokens, precision=self.precision, make_batch=self.objective.eval_fn)
 
     def fit(self) -> TrainResult:
+        if self.replace_existing:  # rank 0; the others wait in _write_run_files
+            self.replaced = set_aside(self.run.path)
+        try:
+            result = self._fit()
+        except BaseException:
+            self._put_back_replaced()
+            raise
+        if self.replaced is not None:  # this run saved what it has: the old one goes now
+            shutil.rmtree(self.replaced, ignore_errors=True)
+        return result
+
+    def _put_back_replaced(self) -> None:
+        """A run that failed before its first checkpoint gives the place back to the run it replaced."""
+        if self.replaced is None or latest_checkpoint(self.run.checkpoints) is not None:
+            return  # (with a checkpoint, the new run is resumable; the old one is removed by the next command)
+        shutil.rmtree(self.run.path, ignore_errors=True)
+        os.replace(self.replaced, self.run.path)
+        log.warning("the new run failed before its first checkpoint; put back the run it was replacing in %s",
+                    self.run.path)
+
+    def _fit(self) -> TrainResult:
         if self.resume_from is not None:
             self._restore(self.resume_from)
         self._write_run_files()
@@ -346,8 +370,6 @@ class Trainer:
         result.ledger = meter.finish(self.run.path, self.step, resumed=self.resume_from is not None)
         log.info("ledger: %s", ledger_summary(result.ledger))
         if self.world.is_main:
-            from candorlm.privacy.integrity import write_manifest
-
             write_manifest(self.run.path)  # SHA256SUMS, after every file is written: `candorlm verify RUN` checks it
         self.world.close()
         return result

@@ -3,7 +3,7 @@
 Two formats live side by side under checkpoints/step-NNNNNN/:
 
 - single-file (one process, or DDP, whose ranks hold identical copies): rank 0 writes
-  model.safetensors, optim.safetensors and state.json exactly as training/checkpoint.py does.
+  model.safetensors, optim.safetensors and state.json exactly as checkpoint/state.py does.
 - sharded (FSDP): every rank writes its own pieces with torch.distributed.checkpoint (DCP):
 
       model/shard-0000R-model-00001-of-00001.safetensors   rank R-1's pieces of every weight
@@ -27,22 +27,54 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from candorlm.checkpoint.retention import STEP_PREFIX, retain
+from candorlm.checkpoint.state import load_checkpoint, rng_state, save_checkpoint, verified_state
+from candorlm.checkpoint.weights import load_weights, save_weights
 from candorlm.errors import CandorError
-from candorlm.io.files import fsync_dir, sha256_file, write_json
-from candorlm.training.checkpoint import (STEP_PREFIX, load_checkpoint, load_weights, retain, rng_state,
-                                          save_checkpoint, save_weights, verified_state)
-from candorlm.training.distributed import World
+from candorlm.io.files import fsync_dir, host_id, remove_stale_temps, sha256_file, temp_path, write_json
 
 # Optimizer settings that are the arithmetic (restored); the rest are implementation choices of
 # the optimizer built for this run (fused, foreach, ...), which stay as built.
 _HYPER = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "initial_lr")
+
+
+class Processes(Protocol):
+    """What saving and loading need to know of the run's processes (`training.distributed.World`)."""
+
+    world_size: int
+    strategy: str  # single | ddp | fsdp
+
+    @property
+    def is_main(self) -> bool: ...
+
+    @property
+    def distributed(self) -> bool: ...
+
+    @property
+    def control_group(self) -> Any: ...  # the process group DCP's collectives use (None: the default one)
+
+    def on_main(self, action: Callable[[], Any]) -> None: ...
+
+    def reduce(self, values: list[float], op: str = "sum") -> list[float]: ...
+
+
+class OneProcess:
+    """A world of one process (loading for inference)."""
+
+    world_size, strategy, is_main, distributed, control_group = 1, "single", True, False, None
+
+    def on_main(self, action: Callable[[], Any]) -> None:
+        action()
+
+    def reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        return list(values)
 
 
 def is_sharded(checkpoint: Path) -> bool:
@@ -62,7 +94,7 @@ def _hf_storage() -> tuple[Any, Any]:
 # ---------------------------------------------------------------- saving
 
 
-def save_any_checkpoint(world: World, checkpoints: Path, step: int, model: nn.Module,
+def save_any_checkpoint(world: Processes, checkpoints: Path, step: int, model: nn.Module,
                         optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2,
                         keep_best: bool = False) -> Path:
     """Save the run's checkpoint for `step` in the format its strategy calls for (all ranks call this)."""
@@ -76,17 +108,22 @@ def save_any_checkpoint(world: World, checkpoints: Path, step: int, model: nn.Mo
     return final
 
 
-def save_sharded(world: World, checkpoints: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+def save_sharded(world: Processes, checkpoints: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                  state: dict[str, Any], keep: int = 2, keep_best: bool = False) -> Path:
     import torch.distributed.checkpoint as dcp
 
     HuggingFaceStorageWriter, _ = _hf_storage()
     final = checkpoints / f"{STEP_PREFIX}{step:06d}"
-    tmp = checkpoints / f".{final.name}.tmp-sharded"  # one name every rank knows
+    # One name every rank knows, carrying rank 0's host and pid so that a later run can tell a
+    # killed save's leftover (candorlm.io.files.remove_stale_temps).
+    mine = [float(int(host_id(), 16)), float(os.getpid())] if world.is_main else [0.0, 0.0]
+    host, pid = world.reduce(mine, "sum")
+    tmp = temp_path(final, "sharded", pid=int(pid), host=f"{int(host):08x}")
 
     def prepare() -> None:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
+        remove_stale_temps(checkpoints)  # left by saves that were killed
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a failed save of this step in this process
         tmp.mkdir()
 
     world.on_main(prepare)
@@ -94,7 +131,7 @@ def save_sharded(world: World, checkpoints: Path, step: int, model: nn.Module, o
     try:
         for name, tensors in (("model", model_tensors), ("optim", optim_tensors)):
             dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / name), save_distributed=True),
-                     process_group=world._control)
+                     process_group=world.control_group)
     except BaseException:
         world.on_main(lambda: shutil.rmtree(tmp, ignore_errors=True))
         raise
@@ -116,7 +153,7 @@ def save_sharded(world: World, checkpoints: Path, step: int, model: nn.Module, o
     return final
 
 
-def export_weights(world: World, model: nn.Module, path: Path, plain: Callable[[], nn.Module]) -> None:
+def export_weights(world: Processes, model: nn.Module, path: Path, plain: Callable[[], nn.Module]) -> None:
     """Write the final model.safetensors, a plain single-file model, atomically (all ranks call this).
 
     Under FSDP the full weights are gathered to rank 0's CPU and saved from a plain copy of the
@@ -132,9 +169,7 @@ def export_weights(world: World, model: nn.Module, path: Path, plain: Callable[[
         if full is not None:
             source = plain()
             source.load_state_dict(full)
-        tmp = path.with_suffix(".tmp")
-        save_weights(source, tmp)
-        tmp.replace(path)
+        save_weights(source, path)  # atomically
 
     world.on_main(write)
 
@@ -142,7 +177,7 @@ def export_weights(world: World, model: nn.Module, path: Path, plain: Callable[[
 # ---------------------------------------------------------------- loading
 
 
-def load_any_checkpoint(world: World, checkpoint: Path, model: nn.Module,
+def load_any_checkpoint(world: Processes, checkpoint: Path, model: nn.Module,
                         optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights and optimizer from a checkpoint of either format, saved at any world size
     with any strategy; returns its state. Every rank calls this."""
@@ -153,14 +188,14 @@ def load_any_checkpoint(world: World, checkpoint: Path, model: nn.Module,
     return load_checkpoint(checkpoint, model, optimizer)
 
 
-def load_sharded(world: World, checkpoint: Path, model: nn.Module,
-                 optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+def load_sharded(world: Processes, checkpoint: Path, model: nn.Module,
+                 optimizer: torch.optim.Optimizer | None = None, verify: bool = True) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     _, HuggingFaceStorageReader = _hf_storage()
 
-    state = verified_state(checkpoint)
+    state = verified_state(checkpoint, verify)
     model_tensors, optim_tensors, _ = flat_state(model, optimizer)
     parts = [("model", model_tensors)] + ([("optim", optim_tensors)] if optimizer is not None else [])
     with warnings.catch_warnings():
@@ -169,7 +204,7 @@ def load_sharded(world: World, checkpoint: Path, model: nn.Module,
         for name, tensors in parts:
             try:
                 dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(checkpoint / name)),
-                         process_group=world._control, no_dist=not world.distributed)
+                         process_group=world.control_group, no_dist=not world.distributed)
             except (RuntimeError, KeyError, SafetensorError) as exc:
                 raise CandorError(f"checkpoint {checkpoint / name} does not fit this model ({exc}); resume with the "
                                   f"model config it was saved with") from None
@@ -183,7 +218,7 @@ def load_sharded(world: World, checkpoint: Path, model: nn.Module,
     return state
 
 
-def load_full_into_sharded(world: World, checkpoint: Path, model: nn.Module,
+def load_full_into_sharded(world: Processes, checkpoint: Path, model: nn.Module,
                            optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """A single-file checkpoint (saved by 1 process or DDP) into an FSDP-sharded model: every rank
     reads the full tensors and keeps its own shard of them."""
@@ -215,10 +250,13 @@ def load_full_into_sharded(world: World, checkpoint: Path, model: nn.Module,
     return state
 
 
-def load_checkpoint_weights(model: nn.Module, checkpoint: Path) -> None:
-    """Weights only, from a checkpoint of either format, into a plain model in this process."""
+def load_checkpoint_weights(model: nn.Module, checkpoint: Path, verify: bool = True) -> None:
+    """Weights only, from a checkpoint of either format, into a plain model in this process
+    (verify: first check the checkpoint's files against its state.json)."""
+    if verify:
+        verified_state(checkpoint)
     if is_sharded(checkpoint):
-        load_sharded(World(), checkpoint, model)
+        load_sharded(OneProcess(), checkpoint, model, verify=False)
     else:
         load_weights(model, checkpoint / "model.safetensors")
 

@@ -1,4 +1,4 @@
-"""Checkpoints: weights, optimizer state and trainer state, written atomically.
+"""Single-file checkpoints: weights, optimizer state and trainer state, written atomically.
 
     checkpoints/step-000100/model.safetensors   weights (safetensors: no code runs on load)
                             optim.safetensors   optimizer tensors (Adam moments, step counts)
@@ -12,54 +12,21 @@ complete, so a kill at any moment leaves the previous checkpoint intact and load
 from __future__ import annotations
 
 import base64
-import shutil
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from candorlm.checkpoint.retention import STEP_PREFIX, retain
+from candorlm.checkpoint.weights import load_weights, save_weights
 from candorlm.errors import CandorError
-from candorlm.io.files import fsync_dir, read_json, sha256_file, swapped_into_place, write_json
-from candorlm.io.sealed import is_encrypted, read_bytes
-
-STEP_PREFIX = "step-"
-
-
-def save_weights(model: nn.Module, path: Path) -> None:
-    # save_model drops the duplicate of tied embeddings; save_file would refuse shared tensors.
-    save_model(model, str(path))
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise CandorError(f"weights not found: {path}")
-    try:
-        if is_encrypted(path):
-            missing, unexpected = _load_encrypted_weights(model, path)
-        else:
-            missing, unexpected = load_model(model, str(path), strict=False)
-    except SafetensorError as exc:
-        raise CandorError(f"{path} is not a readable safetensors file ({exc}); it is corrupt, truncated, "
-                          f"or not safetensors at all (candorlm never loads pickle)") from None
-    except RuntimeError as exc:
-        raise CandorError(f"{path} does not fit this model's shapes ({exc})") from None
-    if missing or unexpected:
-        raise CandorError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def _load_encrypted_weights(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
-    # Decrypted in memory, never to disk. Tied weights are stored once (save_model), so a name
-    # the file lacks is not missing when it shares its tensor with one the file has.
-    from safetensors.torch import load as load_safetensors
-
-    tensors = load_safetensors(read_bytes(path))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    state = model.state_dict()
-    loaded = {state[name].data_ptr() for name in tensors if name in state}
-    return [name for name in missing if state[name].data_ptr() not in loaded], list(unexpected)
+from candorlm.io.files import fsync_dir, sha256_file, swapped_into_place, write_json
+from candorlm.io.sealed import is_encrypted, read_bytes, read_text
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -112,69 +79,37 @@ def save_checkpoint(checkpoints: Path, step: int, model: nn.Module, optimizer: t
         full_state = dict(state, step=step, optimizer=optim_meta, rng=rng_state(), sha256={
             name: sha256_file(tmp / name) for name in ("model.safetensors", "optim.safetensors")})
         write_json(tmp / "state.json", full_state)
-        fsync_dir(tmp)
     fsync_dir(checkpoints)
     retain(checkpoints, keep, keep_best)
     return final
 
 
-def retain(checkpoints: Path, keep_last: int, keep_best: bool) -> list[Path]:
-    """Delete all checkpoints but the newest `keep_last` and, with keep_best, the one with the
-    lowest validation loss (state.json's val_loss); returns those kept, oldest first."""
-    found = list_checkpoints(checkpoints)
-    keep = set(found[-keep_last:])
-    if keep_best:
-        best = best_checkpoint(checkpoints)
-        if best is not None:
-            keep.add(best)
-    for old in found:
-        if old not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-    return [p for p in found if p in keep]
-
-
-def best_checkpoint(checkpoints: Path) -> Path | None:
-    """The complete checkpoint with the lowest recorded validation loss (None if none has one)."""
-    scored = []
-    for path in list_checkpoints(checkpoints):
-        try:
-            loss = read_json(path / "state.json").get("val_loss")
-        except CandorError:
-            continue  # unreadable state: not a candidate for best
-        if isinstance(loss, (int, float)):
-            scored.append((loss, path))
-    return min(scored, key=lambda t: t[0])[1] if scored else None
-
-
-def list_checkpoints(checkpoints: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary directories of interrupted saves are ignored)."""
-    if not checkpoints.is_dir():
-        return []
-    found = [p for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
-             and p.name[len(STEP_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    found = list_checkpoints(checkpoints)
-    return found[-1] if found else None
-
-
-def verified_state(checkpoint: Path) -> dict[str, Any]:
-    """state.json of a checkpoint (of either format) whose files all match their recorded sha256."""
+def verified_state(checkpoint: Path, verify: bool = True) -> dict[str, Any]:
+    """state.json of a checkpoint (of either format) whose files all match their recorded sha256
+    (verify=False: trusted without hashing them)."""
     state_file = checkpoint / "state.json"
     if not state_file.is_file():
         raise CandorError(f"checkpoint {checkpoint} is incomplete (no state.json); delete it to resume from an earlier one")
-    state = read_json(state_file)
-    for name, digest in state.get("sha256", {}).items():
+    try:
+        state = json.loads(read_text(state_file))  # an encrypted run's too (with the key in force)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CandorError(f"{state_file} is not valid JSON ({exc}); the checkpoint is damaged") from None
+    for name, digest in state.get("sha256", {}).items() if verify else ():
         file = checkpoint / name
         if not file.is_file():
             raise CandorError(f"checkpoint {checkpoint} is missing {name}; delete the checkpoint to resume from an "
                               f"earlier one")
-        if sha256_file(file) != digest:
+        if _plain_sha256(file) != digest:
             raise CandorError(f"checkpoint file {file} is corrupt (its sha256 does not match state.json); "
                               f"delete {checkpoint} to resume from an earlier checkpoint")
     return state
+
+
+def _plain_sha256(file: Path) -> str:
+    """The sha256 state.json records: of the file as saved, so of the plaintext of an encrypted copy."""
+    if is_encrypted(file):
+        return hashlib.sha256(read_bytes(file)).hexdigest()
+    return sha256_file(file)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:

@@ -1,0 +1,152 @@
+"""The one way to open a run: `load_run(path)` reads config.toml, task.json and the tokenizers,
+finds the weights (the final model.safetensors, or while the run trains its newest checkpoint,
+single-file or FSDP-sharded), and checks what it reads before trusting it:
+
+- every file it reads against the run's SHA256SUMS (a checkpoint's files against the sha256 in
+  its state.json), so a flipped byte, a swapped or rolled-back file is refused before use;
+- the tokenizer against the model: a vocabulary larger than the model's embedding is refused.
+
+Either failure is one CandorError saying what to do. The weights are hashed in a thread while
+they load (hashlib releases the GIL), and nothing is returned before the hash matched. `verify=False` (or, around a block,
+`unverified()`; `--no-verify` on the command line) skips the hashing for people who know why.
+
+    run = load_run("runs/pd")
+    model = run.build_model(device="cpu")    # eval mode, weights loaded
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from torch import nn
+
+from candorlm.checkpoint.retention import latest_checkpoint
+from candorlm.checkpoint.sharded import load_checkpoint_weights
+from candorlm.checkpoint.state import verified_state
+from candorlm.checkpoint.weights import load_weights
+from candorlm.config import ModelConfig, RunConfig
+from candorlm.device import pick_device
+from candorlm.errors import CandorError
+from candorlm.io.manifest import MANIFEST_NAME, check_files, read_manifest
+from candorlm.io.sealed import Key, read_text, use_key
+from candorlm.model import SequenceClassifier, build_model
+from candorlm.rundir import RunDir, open_run
+from candorlm.tokenizer import Tokenizer
+
+SOURCE_TOKENIZER = "source_tokenizer.json"
+TASK_FILE = "task.json"
+_unverified: list[bool] = []
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candorlm-verify")
+
+
+@contextlib.contextmanager
+def unverified() -> Iterator[None]:
+    """Within this block, runs load without checking their files (what --no-verify does)."""
+    _unverified.append(True)
+    try:
+        yield
+    finally:
+        _unverified.pop()
+
+
+@dataclass
+class LoadedRun:
+    """A run opened for use: what it is (config, task.json), its tokenizers, and where its weights are."""
+
+    run: RunDir
+    config: RunConfig
+    info: dict[str, Any]  # task.json of a fine-tuned run; {} for a pretrained one
+    tokenizer: Tokenizer  # the target side (the only one, unless source_tokenizer is set)
+    source_tokenizer: Tokenizer | None  # seq2seq with separate vocabularies
+    weights: Path | None  # model.safetensors or a checkpoint directory; None: no weights yet
+    key: Key | None = field(default=None, repr=False)
+    pending: Future | None = field(default=None, repr=False)  # the weights' hash, computed while they load
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def task(self) -> str | None:
+        return self.info.get("task")
+
+    def build_model(self, device: str = "cpu", model_config: ModelConfig | None = None) -> nn.Module:
+        """The run's model with its weights (a sentiment classifier with its head), in eval mode."""
+        if self.weights is None:
+            raise CandorError(f"{self.path} has no weights yet (no model.safetensors, no checkpoint); train it first")
+        model = build_model(model_config or self.config.model)
+        if self.task == "sentiment":
+            model = SequenceClassifier(model, len(self.info["labels"]), self.info["pooling"])
+        try:
+            with use_key(self.key):
+                if self.weights.is_dir():  # checked (or deliberately not) by load_run already
+                    load_checkpoint_weights(model, self.weights, verify=False)
+                else:
+                    load_weights(model, self.weights)
+        except BaseException:
+            self._settle()  # a changed file explains a failed load better than the parser's complaint
+            raise
+        self._settle()  # nothing is returned before its hash matched
+        return model.to(pick_device(device)).eval()
+
+    def _settle(self) -> None:
+        if self.pending is not None:
+            self.pending.result()  # raises the CandorError of a mismatch
+
+
+def load_run(path: str | Path, *, key: Key | None = None, verify: bool | None = None) -> LoadedRun:
+    """Open a run directory (see the module docstring). An encrypted run is read with `key`, or
+    the key in force (`use_key`, CANDORLM_KEY...). verify: None means yes, unless inside `unverified()`."""
+    verify = not _unverified if verify is None else verify
+    with use_key(key):
+        run = open_run(path)
+        weights = _find_weights(run, verify)
+        pending = _verify(run, weights) if verify else None
+        config = run.read_config()
+        task_file = run.path / TASK_FILE
+        info = json.loads(read_text(task_file)) if task_file.is_file() else {}
+        tokenizer = Tokenizer.load(run.tokenizer)
+        source_file = run.path / SOURCE_TOKENIZER
+        source = Tokenizer.load(source_file) if source_file.is_file() else None
+    _check_vocabulary(run, config.model, tokenizer, source)
+    return LoadedRun(run, config, info, tokenizer, source, weights, key, pending)
+
+
+def _find_weights(run: RunDir, verify: bool) -> Path | None:
+    if run.weights.is_file():
+        return run.weights
+    if verify and (run.path / MANIFEST_NAME).is_file() and run.weights.name in read_manifest(run.path):
+        # The run was finished; falling back to a checkpoint would silently roll it back.
+        raise CandorError(f"{run.weights} is missing but listed in {run.path / MANIFEST_NAME}: the run's final weights "
+                          f"were removed. Restore them from a backup (`candorlm verify {run.path}` lists what differs)")
+    return latest_checkpoint(run.checkpoints)
+
+
+def _verify(run: RunDir, weights: Path | None) -> Future | None:
+    """Check the small files now; return the weights' check, running beside the load that follows."""
+    names = ["config.toml", "tokenizer.json", SOURCE_TOKENIZER, "special_tokens_map.json", TASK_FILE]
+    files = [run.path / n for n in names if (run.path / n).is_file()]
+    if weights is not None and weights.is_file():  # a finished run: everything against SHA256SUMS
+        check_files(run.path, files, what="run")
+        check_files(run.path, [weights], what="run", hash=False)  # listed at all: say so at once
+        return _HASHER.submit(check_files, run.path, [weights], "run")  # hashlib lets go of the GIL
+    if (run.path / MANIFEST_NAME).is_file():
+        check_files(run.path, files, what="run")
+    if weights is not None:
+        verified_state(weights)  # a run still training: its checkpoint against its own sha256
+    return None
+
+
+def _check_vocabulary(run: RunDir, cfg: ModelConfig, target: Tokenizer, source: Tokenizer | None) -> None:
+    sides = [(run.tokenizer, target, cfg.vocab_size)]
+    if source is not None:
+        sides.append((run.path / SOURCE_TOKENIZER, source, cfg.src_vocab_size or cfg.vocab_size))
+    for file, tok, rows in sides:
+        if tok.vocab_size > rows:
+            raise CandorError(f"{file} has {tok.vocab_size:,} tokens but the model in {run.path} embeds only {rows:,}: "
+                              f"this tokenizer does not belong to this model. Put back the run's own tokenizer.json")

@@ -1,0 +1,171 @@
+"""What candorlm may replace: output markers and the one check every `--overwrite` goes through.
+
+Every directory candorlm creates carries a marker, `.candorlm.json`, naming its kind:
+
+    {"kind": "run", "made_by": "candorlm train"}
+
+kinds: `data` (prepare), `run` (train, finetune, import), `encrypted` (encrypt of a directory),
+`backup`, `sweep`, `hf-export`. `--overwrite` replaces a target only when it is empty or carries
+candorlm's marker of the same kind (or, for directories made before markers existed, passes the
+caller's `legacy` test), and never `/`, the home directory, the working directory or any of its
+ancestors (`.` and `..` among them), nor a directory that holds one of the command's inputs;
+symbolic links are resolved first. A refusal is one CandorError that says why and what to do.
+
+A single file (scrub, encrypt or decrypt of one file) cannot carry a marker inside it, so the
+files candorlm writes are recorded in `.candorlm-files.json` beside them (kind, size, mtime):
+`--overwrite` replaces a file only while it is exactly as candorlm left it (an encrypted file is
+recognised by its header).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from candorlm.errors import CandorError
+from candorlm.io.files import read_json, remove_stale_temps, write_json
+from candorlm.io.sealed import is_encrypted
+
+log = logging.getLogger("candorlm")
+
+MARKER = ".candorlm.json"
+FILES_RECORD = ".candorlm-files.json"
+
+
+def read_marker(directory: Path) -> dict[str, Any] | None:
+    """The marker of a directory candorlm made (None: none, or not a readable one)."""
+    path = directory / MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("kind"), str) else None
+
+
+def write_marker(directory: Path, kind: str, made_by: str, **extra: Any) -> Path:
+    """Mark `directory` as candorlm's output of `kind` (so a later --overwrite may replace it)."""
+    path = directory / MARKER
+    write_json(path, {"kind": kind, "made_by": made_by, **extra})  # no timestamp: outputs stay reproducible
+    return path
+
+
+def _forbidden(out: Path, inputs: Sequence[str | Path]) -> str | None:
+    """Why `out` may never be replaced, or None."""
+    target = out.resolve()
+    cwd = Path.cwd().resolve()
+    try:
+        home: Path | None = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry
+        home = None
+    if target == Path(target.anchor):
+        return "is the filesystem root"
+    if home is not None and (target == home or target in home.parents):
+        return "is your home directory" if target == home else "holds your home directory"
+    if target == cwd:
+        return "is the working directory"
+    if target in cwd.parents:
+        return "holds the working directory"
+    for given in inputs:
+        source = Path(given).resolve()
+        if source == target:
+            return f"is the input {given}"
+        if target in source.parents:
+            return f"holds the input {given}"
+    return None
+
+
+def _refuse(out: Path, why: str, what: str) -> CandorError:
+    return CandorError(f"refusing to replace {out}: it {why}. Choose a new path for {what}")
+
+
+def _inputs(inputs: Sequence[str | Path]) -> list[str | Path]:
+    # builtin:NAME corpora are not paths
+    return [i for i in inputs if not str(i).startswith("builtin:")]
+
+
+def claim_dir(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | Path] = (),
+              legacy: Callable[[Path], bool] | None = None, what: str = "--out") -> bool:
+    """May a directory of `kind` be written at `out`? Returns True when it will replace one
+    (build the new one with `swapped_into_place`); raises a CandorError when it may not."""
+    out = Path(out)
+    if out.parent.is_dir():
+        remove_stale_temps(out.parent)
+    why = _forbidden(out, _inputs(inputs))
+    if why:
+        raise _refuse(out, why, what)
+    if not out.exists() and not out.is_symlink():
+        return False
+    if out.is_symlink():
+        raise _refuse(out, "is a symbolic link (candorlm replaces only what it wrote, and a link is not that)", what)
+    if not out.is_dir():
+        raise CandorError(f"{out} is a file, not a directory. Choose a new path for {what}")
+    if not any(out.iterdir()):
+        return True
+    if not overwrite:
+        raise CandorError(f"{out} already exists and is not empty. Choose another {what}, or pass --overwrite "
+                          f"to replace it")
+    marker = read_marker(out)
+    if marker is not None:
+        if marker["kind"] != kind:
+            raise _refuse(out, f"holds candorlm {marker['kind']} output, not {kind}", what)
+        return True
+    if legacy is not None and legacy(out):
+        log.info("%s has no %s marker; replacing it as %s written by an older candorlm", out, MARKER, kind)
+        return True
+    raise _refuse(out, f"was not written by candorlm (it has no {MARKER} marker of kind '{kind}'), and "
+                       f"--overwrite replaces only candorlm's own output", what)
+
+
+def _record(directory: Path) -> dict[str, Any]:
+    path = directory / FILES_RECORD
+    try:
+        record = read_json(path) if path.is_file() else {}
+    except CandorError:
+        record = {}
+    return record if isinstance(record, dict) else {}
+
+
+def record_file(path: Path, kind: str, made_by: str) -> None:
+    """Note in the file's directory that candorlm wrote `path` just now (so --overwrite may replace it)."""
+    record = _record(path.parent)
+    st = path.stat()
+    record[path.name] = {"kind": kind, "made_by": made_by, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    write_json(path.parent / FILES_RECORD, record)
+
+
+def _written_by_candorlm(path: Path, kind: str) -> bool:
+    if kind == "encrypted" and is_encrypted(path):
+        return True
+    entry = _record(path.parent).get(path.name)
+    if not isinstance(entry, dict) or entry.get("kind") != kind:
+        return False
+    st = path.stat()
+    return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
+
+
+def claim_file(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | Path] = (),
+               what: str = "--out") -> bool:
+    """`claim_dir` for a single output file; True when it will replace one (write it with
+    `atomic_output`, then `record_file`)."""
+    out = Path(out)
+    if out.parent.is_dir():
+        remove_stale_temps(out.parent)
+    why = _forbidden(out, _inputs(inputs))
+    if why:
+        raise _refuse(out, why, what)
+    if not out.exists() and not out.is_symlink():
+        return False
+    if out.is_dir() and not out.is_symlink():
+        raise CandorError(f"{out} is a directory; {what} names the one file to write. Choose a file name")
+    if not overwrite:
+        raise CandorError(f"{out} already exists. Choose another {what}, or pass --overwrite to replace it")
+    if out.is_symlink():
+        raise _refuse(out, "is a symbolic link (candorlm replaces only what it wrote, and a link is not that)", what)
+    if not _written_by_candorlm(out, kind):
+        raise _refuse(out, f"was not written by candorlm as {kind} output, or was changed since (see {FILES_RECORD} "
+                           f"beside it), and --overwrite replaces only candorlm's own output", what)
+    return True

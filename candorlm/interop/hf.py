@@ -83,7 +83,13 @@ def llama_config(cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
 
 
 def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Write a run as a Hugging Face Llama model directory."""
+    """Write a run as a Hugging Face Llama model directory.
+
+    Args:
+        run_dir: Run directory.
+        out: Directory to write.
+        overwrite: Replace a non-empty --out.
+    """
     lm = LanguageModel.load(run_dir, device="cpu")
     cfg = lm.model.cfg
     if cfg.mlp != "swiglu":
@@ -138,7 +144,13 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> RunDir:
-    """Make a candorlm run directory from a Hugging Face Llama model directory."""
+    """Make a candorlm run directory from a Hugging Face Llama model directory.
+
+    Args:
+        hf_dir: Hugging Face Llama model directory.
+        out: Run directory to create.
+        overwrite: Replace a non-empty --out.
+    """
     hf_dir = Path(hf_dir)
     config_file = hf_dir / "config.json"
     if not config_file.is_file():

@@ -14,7 +14,7 @@ from candorlm.privacy.fakes import FAKERS
 from candorlm.privacy.pii import (STRUCTURED_TYPES, PIIDetector, fold, id_check_digit, luhn_ok, valid_card,
                                   valid_cn_id)
 from candorlm.privacy.scrub import ScrubbedCorpus, scrub
-from test_cli import run_cli
+from tests.conftest import run_cli
 
 
 def test_checksums_and_validity():

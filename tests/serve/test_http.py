@@ -14,7 +14,7 @@ from candorlm.lm import LanguageModel
 from candorlm.serve.auth import add_key, revoke_key
 from candorlm.serve.chat import chat_prompt_ids
 from candorlm.serve.why import explain_token
-from serve_helpers import live_server, long_context_run
+from tests.serve.serve_helpers import live_server, long_context_run
 
 MODEL = "candor-test"
 

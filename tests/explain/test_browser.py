@@ -3,13 +3,10 @@ Chinese tokens with real glyphs and a heatmap, and the layer and head buttons sw
 The screenshot is kept in test-output/explain.png."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import headless_chromium
-
-OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
+from tests.conftest import OUTPUT, headless_chromium
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from candorlm.serve.auth import add_key
-from serve_helpers import live_server, long_context_run
+from tests.conftest import OUTPUT
+from tests.serve.serve_helpers import live_server, long_context_run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "serve-ui"
+SHOTS = OUTPUT / "serve-ui"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 

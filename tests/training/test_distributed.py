@@ -22,9 +22,8 @@ from candorlm.training import train
 from candorlm.training.checkpoint import list_checkpoints
 from candorlm.training.distributed import World
 from candorlm.training.launch import launch, strip_option
-from conftest import TINY_MODEL, TINY_TRAIN
+from tests.conftest import ROOT, TINY_MODEL, TINY_TRAIN
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
 TOL = 1e-5  # fp32: the same arithmetic summed in another order
 # The reference: 1 process, 2 micro-batches of 4 windows per step.

@@ -12,8 +12,7 @@ from candorlm.privacy.canaries import CanaryCorpus, make_canaries, parse_repeats
 from candorlm.privacy.integrity import verify
 from candorlm.shards import is_validation
 from candorlm.training import train
-from conftest import TINY_MODEL, TINY_TRAIN, write_articles
-from test_cli import assert_clean_error, run_cli
+from tests.conftest import TINY_MODEL, TINY_TRAIN, assert_clean_error, run_cli, write_articles
 
 
 def test_roc_auc_and_tpr():

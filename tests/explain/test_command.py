@@ -2,7 +2,7 @@
 
 import json
 
-from test_cli import assert_clean_error, run_cli
+from tests.conftest import assert_clean_error, run_cli
 
 
 def test_explain_command_writes_outputs_and_reports(trained_run, tmp_path):

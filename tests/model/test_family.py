@@ -16,7 +16,7 @@ from candorlm.model import DecoderLM, EncoderLM, Seq2SeqLM, SequenceClassifier, 
 from candorlm.tokenizer import Tokenizer
 from candorlm.training import train
 from candorlm.training.objectives import corrupt_spans, mask_tokens
-from conftest import TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
 def cfg(**kw):

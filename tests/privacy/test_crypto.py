@@ -15,8 +15,7 @@ from candorlm.privacy.integrity import write_manifest
 from candorlm.privacy.crypto import (HEADER_SIZE, TAG, DecryptionError, Key, decrypt_file, decrypt_path,
                                      decrypt_stream, encrypt_file, encrypt_path, encrypt_stream, read_bytes)
 from candorlm.training import train
-from conftest import TINY_MODEL, TINY_TRAIN
-from test_cli import assert_clean_error, run_cli
+from tests.conftest import TINY_MODEL, TINY_TRAIN, assert_clean_error, run_cli
 
 KEY = Key(raw=bytes(range(32)))
 OTHER = Key(raw=bytes(32))

@@ -13,7 +13,7 @@ from candorlm.tasks.data import split_records
 from candorlm.tasks.qa import align_and_copy, char_f1, questions_for
 from candorlm.tasks.sentiment import load_records
 from candorlm.tasks.translate import sentences, to_pinyin
-from test_cli import assert_clean_error, run_cli
+from tests.conftest import assert_clean_error, run_cli
 
 FAST = dict(epochs=1, batch_size=16, threads=1, precision="fp32")  # tiny models: fp32 and one thread are fastest
 TINY_SCRATCH = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=96"]
@@ -136,7 +136,7 @@ def test_qa_decoder_and_seq2seq(tmp_path, trained_run, qa_file, data_dir):
     again = evaluate_task(tmp_path / "qa", "qa")
     assert again["model"] == result["model"]  # deterministic (greedy)
     from candorlm.training import train
-    from conftest import TINY_MODEL, TINY_TRAIN
+    from tests.conftest import TINY_MODEL, TINY_TRAIN
 
     train(tmp_path / "s2s", data=data_dir, model=dict(TINY_MODEL, arch="seq2seq"), max_steps=2, **TINY_TRAIN)
     s2s = finetune(tmp_path / "s2s", task="qa", data=str(qa_file), out=tmp_path / "qa2", **FAST)

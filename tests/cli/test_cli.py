@@ -1,29 +1,10 @@
 """The command line as a user runs it: real subprocesses, real files, clear errors, no tracebacks."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import TINY_MODEL, TINY_TRAIN
-
-
-def run_cli(*args, cwd=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "candorlm", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**__import__("os").environ, "CANDORLM_PROGRESS": "0", "COLUMNS": "200"})
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def assert_clean_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    text = " ".join(proc.stderr.split())
-    assert "error:" in text
-    for fragment in fragments:
-        assert fragment in text, text
+from tests.conftest import TINY_MODEL, TINY_TRAIN, assert_clean_error, run_cli
 
 
 def test_help_has_examples():

@@ -1,9 +1,10 @@
 """The README's textbook example runs as written and learns."""
 
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.conftest import ROOT
+
+README = ROOT / "README.md"
 
 
 def test_textbook_example_runs_and_learns(capsys):

@@ -9,7 +9,7 @@ import pytest
 from candorlm.errors import CandorError
 from candorlm.privacy.integrity import MANIFEST_NAME, backup, read_manifest, verify, verify_manifest, write_manifest
 from candorlm.training.checkpoint import best_checkpoint, list_checkpoints, retain
-from test_cli import assert_clean_error, run_cli
+from tests.conftest import assert_clean_error, run_cli
 
 
 def test_prepare_and_train_write_manifests_that_verify(data_dir, trained_run):

@@ -12,7 +12,7 @@ from candorlm.errors import CandorError
 from candorlm.lm import load
 from candorlm.training import train
 from candorlm.training.checkpoint import list_checkpoints
-from conftest import TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
 def losses(run):

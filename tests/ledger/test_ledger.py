@@ -16,7 +16,7 @@ from candorlm.ledger.energy import _Rapl, start_energy_meter
 from candorlm.ledger.estimate import compute_optimal, estimate, estimate_compute_budget, shape_for_params
 from candorlm.ledger.flops import train_flops_per_token
 from candorlm.training import train
-from conftest import TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 FIGURES = {"wall_time", "busy_time", "tokens", "tokens_per_s", "flops", "achieved_flops_per_s", "peak_flops_per_s",
            "mfu", "peak_memory", "energy", "co2", "cost"}

@@ -11,7 +11,7 @@ from candorlm.errors import CandorError
 from candorlm.model import DecoderLM, lm_loss
 from candorlm.privacy.dp import DPSGD, plan, spent_epsilon
 from candorlm.training import train
-from conftest import TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 
 @pytest.mark.filterwarnings("ignore:.*(autocast|Full backward hook).*")

@@ -6,17 +6,15 @@ report.html is self-contained and, in headless Chromium, shows every section and
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
 from candorlm.report import report
 from candorlm.report.schema import SCHEMA, SECTION_IDS, validate
-from conftest import headless_chromium
+from tests.conftest import OUTPUT, headless_chromium
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (pip install jsonschema)")
 TITLES = ["Cost", "Compute", "Interpretability", "Privacy", "Generalization"]
-OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ class MissingExtra(CandorError):
     """A module of an optional extra is not installed."""
 
     def __init__(self, module: str, extra: str, command: str | None = None):
+        module = module.partition(".")[0]
         who = f"`candorlm {command}`" if command else "this"
         super().__init__(f"{who} needs {module}, which is not installed: pip install 'candorlm[{extra}]'")
         self.module, self.extra = module, extra

@@ -85,7 +85,6 @@ def evaluate(
     if domains == (task is not None):
         raise CandorError("give either --task NAME (a fine-tuned run) or --domains (a language model), not "
                           + ("both" if domains else "neither"))
-    extras.check(("report",) if domains else ("tasks",), "eval " + ("--domains" if domains else "--task"))
     if domains:
         from candorlm.generalization import evaluate_domains, print_domains
 
@@ -98,6 +97,7 @@ def evaluate(
         return
     if len(targets) > 1:
         raise CandorError(f"--task takes one run directory; got {len(targets)} arguments ({' '.join(targets)})")
+    extras.check(("tasks",), "eval --task")
     from candorlm.tasks import evaluate_task
 
     with reading_with(key_file):

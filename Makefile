@@ -54,7 +54,7 @@ system-deps:
 test: $(VENV)/.installed-test system-deps
 	$(PY) -m pytest -q
 
-# Everything that does not train a model: for a quick check while working (`slow` marks the rest).
+# The tests not marked slow (none trains a model or starts the command line): a quick check while working.
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not slow"
 

@@ -54,6 +54,14 @@ def assert_clean_error(proc, *fragments):
         assert fragment in text, text
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session's trained run is slow (the first one trains it); tests that
+    train in other ways carry @pytest.mark.slow themselves."""
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """150 People's Daily articles, blank-line separated (about 70k characters)."""

@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Sequence
 
-import click
 import typer
+import typer.core
 
 from candorlm.cli import extras
 from candorlm.cli.dispatch import Table, table_group
@@ -88,20 +88,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         from typer import rich_utils
 
         rich_utils.MAX_WIDTH = HELP_WIDTH  # off a terminal Rich would cut help at 80 columns, mid-word
+    click = _click()
+    aborted = (typer.Abort, getattr(click.exceptions, "Abort", typer.Abort), KeyboardInterrupt)
     try:
         code = typer.main.get_command(app).main(args, prog_name="candorlm", standalone_mode=False)
     except CandorError as exc:
         fail(str(exc), exc.exit_code)
-    except click.exceptions.NoArgsIsHelpError:
-        sys.exit(2)  # the help was printed
-    except click.UsageError as exc:
+    except click.exceptions.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(exc.exit_code)  # the help was printed
         where = exc.ctx.command_path if exc.ctx else "candorlm"
         fail(f"{exc.format_message()} (see `{where} --help`)", exc.exit_code)
-    except click.ClickException as exc:
+    except click.exceptions.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except aborted:
         sys.exit(130)
     except ModuleNotFoundError as exc:
         extra = extras.extra_for(exc.name)
@@ -113,3 +113,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         fail(f"unexpected {type(exc).__name__}: {exc} (a bug in candorlm; CANDORLM_DEBUG=1 shows the traceback)", 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click():
+    """The click that typer runs on: its own copy (typer._click) in recent versions, else click."""
+    vendored = getattr(typer.core, "_click", None)
+    if vendored is not None:
+        return vendored
+    import click
+
+    return click

@@ -11,7 +11,6 @@ import importlib
 import inspect
 from typing import Any, Callable, Union
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
@@ -33,7 +32,7 @@ def _panel(func: Callable) -> str | None:
     return getattr(inspect.getmodule(func), "PANEL", None)
 
 
-def build(func: Callable, name: str) -> click.Command:
+def build(func: Callable, name: str) -> Any:
     """The click command for `func`: its own parameters and the options derived from the library."""
     one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     one.command(name)(command_callback(func))
@@ -54,10 +53,10 @@ class CommandTable(TyperGroup):
             self.table = table
         self._listing = False
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.table)
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, name: str) -> Any:
         entry = self.table.get(name)
         if entry is None:
             return None
@@ -74,7 +73,7 @@ class CommandTable(TyperGroup):
         extras.check(getattr(func, "__candorlm_needs__", ()), path)
         return build(func, name)
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
         self._listing = True
         try:
             super().format_help(ctx, formatter)

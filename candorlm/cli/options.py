@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections.abc
 import copy
+import importlib
 import inspect
 import re
 import sys
@@ -59,7 +60,7 @@ class Source:
 
     def resolve(self) -> Callable:
         module, _, name = self.target.partition(":")
-        obj: Any = __import__(module, fromlist=["_"])
+        obj: Any = importlib.import_module(module)
         for part in name.split("."):
             obj = getattr(obj, part)
         return obj

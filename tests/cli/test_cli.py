@@ -7,12 +7,14 @@ import pytest
 from tests.conftest import TINY_MODEL, TINY_TRAIN, assert_clean_error, run_cli
 
 
+@pytest.mark.slow
 def test_help_has_examples():
     for cmd in ("prepare", "train", "generate", "export", "demo"):
         out = run_cli(cmd, "--help").stdout
         assert "Example" in out and "candorlm" in out
 
 
+@pytest.mark.slow
 def test_end_to_end_prepare_train_generate_export(tmp_path, corpus_file):
     data, run, hf = tmp_path / "data", tmp_path / "run", tmp_path / "hf"
     out = run_cli("prepare", corpus_file, "--out", data, "--tokenizer", "char", "--vocab-size", "600")
@@ -36,6 +38,7 @@ def test_end_to_end_prepare_train_generate_export(tmp_path, corpus_file):
     assert again.stdout == gen.stdout
 
 
+@pytest.mark.slow
 def test_prepare_reports_gbk(tmp_path):
     f = tmp_path / "gbk.txt"
     f.write_bytes(("人民日报发表社论。\n\n" * 30 + "新年快乐。\n\n中国经济。\n\n" * 30).encode("gbk"))

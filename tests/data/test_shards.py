@@ -36,6 +36,7 @@ def test_same_input_gives_byte_identical_shards(tmp_path, corpus_file):
     assert _digest(a) == _digest(b)
 
 
+@pytest.mark.slow
 def test_word_tokenizer_parallel_equals_serial(tmp_path, corpus_file):
     a, b = tmp_path / "a", tmp_path / "b"
     prepare([str(corpus_file)], a, tokenizer="word", vocab_size=2000, val_fraction=0.1, workers=1)

@@ -2,11 +2,14 @@
 
 import re
 
+import pytest
+
 from tests.conftest import ROOT
 
 README = ROOT / "README.md"
 
 
+@pytest.mark.slow
 def test_textbook_example_runs_and_learns(capsys):
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- textbook-example -->\n```python\n(.*?)```", text, re.S)

@@ -91,6 +91,7 @@ def test_attention_map_shapes_include_cross_attention():
     assert p.shape == (2, 1, 2, 9, 9) and p[..., 0, 1:].min() > 0
 
 
+@pytest.mark.slow
 def test_integrated_gradients_are_complete(subject):
     prompt = MASKED if subject.arch == "encoder" else "人民日报记者"
     ex = subject.example(prompt)
@@ -113,6 +114,7 @@ def test_integrated_gradients_are_complete(subject):
     assert d is not None and not set(d.removed) & set(ex.frame)
 
 
+@pytest.mark.slow
 def test_encoder_masks_are_placed_as_documented(subject):
     if subject.arch != "encoder":
         pytest.skip("encoder only: how the masked positions are marked")
@@ -138,6 +140,7 @@ def corruption(subject, prompt):
     raise AssertionError(f"no same-length corruption of {prompt!r} in this vocabulary")
 
 
+@pytest.mark.slow
 def test_explain_writes_every_method_per_architecture(run, tmp_path):
     arch = "encoder" if run.name == "encoder" else "seq2seq"
     prompt = MASKED if arch == "encoder" else "人民日报记者"
@@ -172,6 +175,7 @@ def test_explain_writes_every_method_per_architecture(run, tmp_path):
     assert "https://" not in html and "<script src" not in html
 
 
+@pytest.mark.slow
 def test_cli_explains_a_tiny_encoder_run(run, tmp_path):
     if run.name != "encoder":
         pytest.skip("the CLI check runs on the encoder")

@@ -49,6 +49,7 @@ def test_every_run_has_a_ledger_whose_figures_name_their_method(trained_run):
     assert ledger_table(data).row_count >= len(FIGURES)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_replaces_the_sessions_it_trains_again(tmp_path, data_dir):
     run = tmp_path / "r"
     settings = dict(TINY_TRAIN, save_every=3, eval_every=100)
@@ -108,6 +109,7 @@ def test_shape_for_params_is_close():
     assert abs(_param_count(cfg) - 125e6) / 125e6 < 0.25
 
 
+@pytest.mark.slow
 def test_estimate_on_this_cpu_measures_mfu_and_adds_up(tmp_path, data_dir):
     """The cpu estimate's calibration and arithmetic, next to a real run of the same shape.
     Predicted against measured time and peak memory (the 25% bar) is bench/estimate_validation.py,

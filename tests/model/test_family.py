@@ -135,6 +135,7 @@ def _aligned_task_loss(cross_rope: bool, steps: int = 120) -> float:
     return float(loss.detach())
 
 
+@pytest.mark.slow
 def test_cross_attention_rope_lets_the_decoder_find_its_source_position():
     # The encoder sees only relative positions, so without rotary cross-attention the decoder
     # cannot tell which source token it is at; with it, the aligned task is learned.
@@ -267,6 +268,7 @@ def test_exhaustive_beam_finds_the_best_sequence(length_penalty):
 
 
 @pytest.mark.parametrize("arch", ["encoder", "seq2seq"])
+@pytest.mark.slow
 def test_pretraining_each_architecture(tmp_path, data_dir, arch):
     run = tmp_path / arch
     result = train(run, data=data_dir, model=dict(TINY_MODEL, arch=arch), max_steps=16,
@@ -278,6 +280,7 @@ def test_pretraining_each_architecture(tmp_path, data_dir, arch):
     assert math.isfinite(result.final_eval["bpb"])
 
 
+@pytest.mark.slow
 def test_encoder_resume_is_exact(tmp_path, data_dir):
     # Dynamic masking is seeded by the step, so an interrupted and resumed run masks the same tokens.
     from candorlm.training.checkpoint import list_checkpoints

@@ -50,6 +50,7 @@ def test_split_documents():
     assert [d.tolist() for d in split_documents([arr], 1, 2)] == [[5, 6], [7], [8]]
 
 
+@pytest.mark.slow
 def test_prepare_train_audit_from_the_command_line(tmp_path):
     corpus = write_articles(tmp_path / "c.txt", 0, 25)
     data, run, dp_run = tmp_path / "data", tmp_path / "run", tmp_path / "dp"

@@ -119,6 +119,7 @@ def test_encrypted_run_loads_with_its_key_only(tmp_path, trained_run):
     assert (tmp_path / "plain" / "model.safetensors").read_bytes() == (trained_run / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_training_reads_encrypted_shards(tmp_path, data_dir):
     enc = tmp_path / "data.enc"
     encrypt_path(data_dir, enc, KEY)
@@ -166,6 +167,7 @@ def _resume(run):
     train(run, data=cfg.data.path, model=TINY_MODEL, max_steps=40, resume=True, **TINY_TRAIN)
 
 
+@pytest.mark.slow
 def test_cli_keygen_encrypt_decrypt_and_errors(tmp_path, corpus_file):
     key = tmp_path / "k.key"
     run_cli("keygen", "-o", key)

@@ -54,6 +54,7 @@ def test_poisson_sampling_is_seeded_per_step(data_dir):
     assert 6 < np.mean(sizes) < 10 and len(set(sizes)) > 3  # Poisson: about 8, and varying
 
 
+@pytest.mark.slow
 def test_dp_training_records_the_spent_budget(tmp_path, data_dir):
     run = tmp_path / "dp"
     result = train(run, data=data_dir, model=TINY_MODEL, max_steps=6, dp_epsilon=8.0,

@@ -23,6 +23,7 @@ def test_prepare_and_train_write_manifests_that_verify(data_dir, trained_run):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_verify_names_changed_missing_and_extra_files(tmp_path, data_dir):
     copy = tmp_path / "d"
     shutil.copytree(data_dir, copy)

@@ -126,6 +126,7 @@ def test_pseudonyms_are_consistent_keyed_and_valid():
     assert a.split("说")[0] in b and re.search(r"1\d{10}", a).group() in b
 
 
+@pytest.mark.slow
 def test_scrub_command_writes_clean_output_and_masked_report(tmp_path):
     src = tmp_path / "notes.txt"
     secret = ["13812345678", "zhangwei@example.com", "11010519491231002X", "6222021234567890128"]

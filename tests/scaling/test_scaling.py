@@ -21,6 +21,7 @@ def test_fit_recovers_a_known_power_law():
         fit_power_law([1.0, 1.0], [2.0, 3.0])
 
 
+@pytest.mark.slow
 def test_two_size_sweep(data_dir, tmp_path):
     from candorlm.scaling import sweep
 

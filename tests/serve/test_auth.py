@@ -142,6 +142,7 @@ def run_cli(*args):
                           env={**os.environ, "CANDORLM_PROGRESS": "0", "COLUMNS": "200"})
 
 
+@pytest.mark.slow
 def test_cli_keys_add_list_revoke_and_serve_refuses_a_public_address_without_keys(tmp_path):
     path = tmp_path / "keys.json"
     added = run_cli("keys", "add", "alice", "--scopes", "generate,explain", "--keys", path, "--token-budget", "500")

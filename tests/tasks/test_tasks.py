@@ -90,6 +90,7 @@ def test_qa_rule_makes_in_place_questions():
 # ---------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_sentiment_decoder_and_encoder(tmp_path, trained_run, reviews_file):
     result = finetune(trained_run, task="sentiment", data=str(reviews_file), out=tmp_path / "dec", **FAST)
     for name in ("config.toml", "tokenizer.json", "model.safetensors", "task.json", "metrics.jsonl",
@@ -115,6 +116,7 @@ def test_sentiment_decoder_and_encoder(tmp_path, trained_run, reviews_file):
         load(tmp_path / "dec")
 
 
+@pytest.mark.slow
 def test_translate_seq2seq_from_scratch(tmp_path, pairs_file):
     out = tmp_path / "tr"
     result = finetune(None, task="translate", data=str(pairs_file), out=out, overrides=TINY_SCRATCH, beam_size=2,
@@ -129,6 +131,7 @@ def test_translate_seq2seq_from_scratch(tmp_path, pairs_file):
     assert_clean_error(proc, "seq2seq model", "candorlm eval")
 
 
+@pytest.mark.slow
 def test_qa_decoder_and_seq2seq(tmp_path, trained_run, qa_file, data_dir):
     result = finetune(trained_run, task="qa", data=str(qa_file), out=tmp_path / "qa", **FAST)
     assert {"exact_match", "char_f1"} <= set(result["model"])

@@ -88,6 +88,7 @@ def fsdp_run(tmp_path_factory, data_dir):
 # ---------------------------------------------------------------- equivalence
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_match_one_process_accumulating(tmp_path, data_dir, ref_run):
     out = tmp_path / "ddp"
     _run(TORCHRUN + _train_args(data_dir, out, strategy="ddp"))
@@ -107,6 +108,7 @@ def test_ddp_two_ranks_match_one_process_accumulating(tmp_path, data_dir, ref_ru
         assert (out / name).is_file()
 
 
+@pytest.mark.slow
 def test_fsdp_two_ranks_match_one_process_accumulating(fsdp_run, ref_run):
     _assert_same_trajectory(fsdp_run, ref_run)
     assert [r["step"] for r in _rows(fsdp_run)] == list(range(1, STEPS + 1))
@@ -134,6 +136,7 @@ def _copy_at_step_3(src, run):
     return run
 
 
+@pytest.mark.slow
 def test_fsdp_run_of_two_resumes_in_one_process(tmp_path, data_dir, fsdp_run, ref_run):
     run = _copy_at_step_3(fsdp_run, tmp_path / "two-to-one")
     # One process keeps the global batch with 2 micro-batches; the data cursor is global.
@@ -143,6 +146,7 @@ def test_fsdp_run_of_two_resumes_in_one_process(tmp_path, data_dir, fsdp_run, re
     _assert_plain_model_like(run, ref_run)
 
 
+@pytest.mark.slow
 def test_one_process_run_resumes_in_two_fsdp_ranks(tmp_path, data_dir, ref_run):
     run = _copy_at_step_3(ref_run, tmp_path / "one-to-two")
     # `candorlm train --nproc 2`: 2 ranks x 2 micro-batches of 2 windows = the same 8 windows a step.
@@ -154,6 +158,7 @@ def test_one_process_run_resumes_in_two_fsdp_ranks(tmp_path, data_dir, ref_run):
     _assert_plain_model_like(run, ref_run)
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_loads_for_generation(tmp_path, fsdp_run):
     run = tmp_path / "ckpt-only"
     shutil.copytree(fsdp_run, run)
@@ -167,6 +172,7 @@ def test_sharded_checkpoint_loads_for_generation(tmp_path, fsdp_run):
 # ---------------------------------------------------------------- Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path, data_dir, ref_run):
     run = tmp_path / "interrupted"
     args = _train_args(data_dir, run, steps=100000, strategy="ddp", batch_size=2, grad_accum=2, save_every=1)
@@ -231,6 +237,7 @@ def test_launcher_arguments(monkeypatch):
 # ---------------------------------------------------------------- the GPU bench
 
 
+@pytest.mark.slow
 def test_gpu_bench_dry_run(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run"], capture_output=True, text=True,
                           timeout=300, env=dict(_env(), WORK=str(tmp_path), PYTHON=sys.executable), cwd=ROOT)
@@ -258,6 +265,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_meet_through_torchrun_rendezvous(tmp_path, data_dir):
     """README's multi-node recipe, with both "nodes" on this machine: two torchrun agents,
     --nnodes 2 and a c10d rendezvous, one process each."""

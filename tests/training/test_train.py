@@ -14,6 +14,8 @@ from candorlm.training import train
 from candorlm.training.checkpoint import list_checkpoints
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 
 def losses(run):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -18,9 +18,9 @@ from candorlm.errors import CandorError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn"),
     "privacy": ("cryptography", "opacus", "scipy", "faker"),
-    "explain": ("captum", "matplotlib", "jinja2"),
+    "explain": ("captum", "matplotlib", "jinja2", "noto_cjk_sans_jp_regular", "fontTools"),
     "tasks": ("pypinyin", "sacrebleu", "sklearn"),
-    "report": ("matplotlib", "jinja2", "jsonschema", "opencc"),
+    "report": ("matplotlib", "jinja2", "noto_cjk_sans_jp_regular", "fontTools", "jsonschema", "opencc"),
     "energy": ("codecarbon",),
 }
 

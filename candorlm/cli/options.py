@@ -241,7 +241,7 @@ def command_callback(func: Callable) -> Callable:
 
 def key_from(key_file: Path | None, passphrase: str | None = None, required: bool = False):
     """The key a command was given (--key-file, a passphrase, else the environment's)."""
-    from candorlm.privacy.crypto import resolve_key
+    from candorlm.io.sealed import resolve_key
 
     key = resolve_key(key_file, passphrase)
     if key is None and required:
@@ -252,6 +252,6 @@ def key_from(key_file: Path | None, passphrase: str | None = None, required: boo
 
 def reading_with(key_file: Path | None):
     """Within this block the library reads encrypted files with --key-file's key (else the environment's)."""
-    from candorlm.privacy.crypto import use_key
+    from candorlm.io.sealed import use_key
 
     return use_key(key_from(key_file))

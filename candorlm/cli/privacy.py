@@ -22,7 +22,7 @@ Passphrase = typer.Option(False, "--passphrase", help="The key is a passphrase (
 def _passphrase(asked: bool, confirm: bool = False) -> Optional[str]:
     if not asked:
         return None
-    from candorlm.privacy.crypto import ENV_PASSPHRASE
+    from candorlm.io.sealed import ENV_PASSPHRASE
 
     if os.environ.get(ENV_PASSPHRASE):
         return os.environ[ENV_PASSPHRASE]

@@ -33,12 +33,13 @@ import torch
 
 from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, generate_ids
+from candorlm.io.files import read_json, write_json
 from candorlm.lm import LanguageModel
 from candorlm.privacy.canaries import FILE_NAME as CANARIES_FILE
 from candorlm.privacy.canaries import CanarySet, fill, random_digits
 from candorlm.privacy.pii import PIIDetector
 from candorlm.progress import progress_bar
-from candorlm.rundir import open_run, read_json, write_json
+from candorlm.rundir import open_run
 from candorlm.shards import ShardSet
 
 log = logging.getLogger("candorlm")
@@ -289,7 +290,7 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
         seed: Random seed.
         key: Key of an encrypted run or data (None: the environment's).
     """
-    from candorlm.privacy.crypto import use_key
+    from candorlm.io.sealed import use_key
     from candorlm.privacy.integrity import update_manifest
 
     t0 = time.perf_counter()

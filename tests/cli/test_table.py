@@ -204,7 +204,8 @@ def test_usage_errors_are_one_line(monkeypatch, capsys):
 def test_extras_match_pyproject():
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     optional = declared["optional-dependencies"]
-    module_of = {"scikit-learn": "sklearn"}
+    module_of = {"scikit-learn": "sklearn", "noto-cjk-sans-jp-regular": "noto_cjk_sans_jp_regular",
+                 "fonttools": "fontTools"}
     for extra, modules in extras.EXTRAS.items():
         names = [req.split(">")[0].split("=")[0].split("[")[0].split(";")[0].strip().lower()
                  for req in optional[extra]]

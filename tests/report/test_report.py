@@ -6,6 +6,7 @@ report.html is self-contained and, in headless Chromium, shows every section and
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 

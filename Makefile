@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # because an unpinned torch pulls a multi-GB CUDA build. Elsewhere: make demo TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-test system-deps clean
+.PHONY: demo test test-fast install install-all install-test system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(VENV)/.torch: | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	touch $@
 
+# The core (train, generate, export) and its extras: pyproject.toml lists which brings what.
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-all: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[all]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
@@ -24,9 +29,11 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
 	touch $@
 
 install: $(VENV)/.installed
+install-all: $(VENV)/.installed-all
 install-test: $(VENV)/.installed-test
 
-demo: $(VENV)/.installed
+# The demo explains a prediction, audits privacy and ends with the report card: every extra.
+demo: $(VENV)/.installed-all
 	$(VENV)/bin/candorlm demo
 
 # Browser tests (the chat page, explain.html, the report card) drive Debian's Chromium: install
@@ -46,6 +53,10 @@ system-deps:
 
 test: $(VENV)/.installed-test system-deps
 	$(PY) -m pytest -q
+
+# The tests not marked slow (none trains a model or starts the command line): a quick check while working.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

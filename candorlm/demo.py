@@ -69,7 +69,13 @@ def _ensure_model(out: Path, data: Path, max_steps: int) -> LanguageModel:
 
 def run_demo(out: Path = Path("runs/demo"), data: Path = Path("data/peoples-daily"),
              max_steps: int | None = None) -> dict[str, float | str]:
-    """Run the whole demo; returns the bits-per-byte figures it printed and the report card's path."""
+    """Run the whole demo; returns the bits-per-byte figures it printed and the report card's path.
+
+    Args:
+        out: Run directory for the demo model.
+        data: Data directory (prepared if missing).
+        max_steps: Training steps (default: a few minutes on 2 cores).
+    """
     shards = _ensure_data(data)
     lm = _ensure_model(out, data, max_steps or DEMO_STEPS)
 

@@ -19,6 +19,18 @@ from candorlm.errors import CandorError
 
 @dataclass
 class SamplingConfig:
+    """How to pick each next token.
+
+    Attributes:
+        max_new_tokens: Most tokens to generate.
+        greedy: Always take the most likely token.
+        temperature: Sampling temperature (0 = greedy).
+        top_k: Sample among the k most likely tokens.
+        top_p: Sample among the most likely tokens holding probability p.
+        repetition_penalty: Above 1 discourages repeating tokens.
+        seed: Random seed for sampling.
+    """
+
     max_new_tokens: int = 64
     greedy: bool = False
     temperature: float = 1.0

@@ -16,7 +16,26 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
-console = Console(stderr=True)
+# Rich cuts what it prints to 80 columns when it cannot measure a terminal; a table printed into a
+# pipe, a file or a CI log would lose its right side. There, lines are left whole instead.
+UNBOUNDED = 1 << 14
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A Rich console that fits the terminal, or prints whole when its stream is not a terminal."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else UNBOUNDED)
+
+
+console = make_console(stderr=True)
+# Log records are laid out across the console's whole width, so off a terminal they keep Rich's
+# default; on one they share `console`, so that they print above a live progress bar.
+log_console = console if sys.stderr.isatty() else Console(stderr=True)
+
+
+def stdout_console() -> Console:
+    """A console for results on stdout (tables a user may pipe or save)."""
+    return make_console(stderr=False)
 
 
 def enabled() -> bool:

@@ -29,6 +29,7 @@ from candorlm.errors import CandorError
 from candorlm.io.sealed import is_encrypted, read_text
 
 TokenizerKind = Literal["bpe", "char", "word"]
+DEFAULT_VOCAB_SIZE = 8192  # special tokens included
 
 PAD, BOS, EOS, UNK, MASK, SEP = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>", "<|mask|>", "<|sep|>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
@@ -230,7 +231,7 @@ def _read_special_map(path: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- training
 
 
-def train_tokenizer(texts: Iterable[str], kind: TokenizerKind = "bpe", vocab_size: int = 8192,
+def train_tokenizer(texts: Iterable[str], kind: TokenizerKind = "bpe", vocab_size: int = DEFAULT_VOCAB_SIZE,
                     min_frequency: int = 2) -> Tokenizer:
     """Train a tokenizer of `kind` on a stream of texts (streamed, never held in memory at once)."""
     floor = len(SPECIAL_TOKENS) + (256 if kind in ("bpe", "char") else 1)

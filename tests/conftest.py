@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,6 +16,9 @@ os.environ.setdefault("CANDORLM_PROGRESS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 from candorlm.corpus import peoples_daily_documents  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+OUTPUT = ROOT / "test-output"  # screenshots and pages a person may look at after a run
 
 TINY_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 64}
 TINY_TRAIN = {"batch_size": 4, "seq_len": 32, "lr": 1e-2, "warmup_steps": 2, "log_every": 1,
@@ -29,6 +34,32 @@ def write_articles(path: Path, start: int, count: int) -> Path:
             docs.append(doc.text)
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return path
+
+
+def run_cli(*args, cwd=None, check=True):
+    """`candorlm ARGS` in a real subprocess, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "candorlm", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "CANDORLM_PROGRESS": "0", "COLUMNS": "200"})
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_clean_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert "error:" in text
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session's trained run is slow (the first one trains it); tests that
+    train in other ways carry @pytest.mark.slow themselves."""
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,19 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
     Writes attention-*.png, head-scores*.png, lens.png, attribution.png, patching-*.png,
     explain.html and explain.json into `out` (default RUN/explain), and RUN/evals/explain.json.
     Returns the JSON document.
+
+    Args:
+        run: Run directory (a trained or imported model).
+        prompt: The prompt to explain.
+        target: Continuation to explain (default: the model's own next token); an encoder's tokens at
+            the prompt's <|mask|>; an encoder-decoder's output.
+        method: attention, lens, ig, patching or all; several comma-separated.
+        corrupt: Corrupted prompt for activation patching, with as many tokens as the prompt.
+        out: Directory for the PNGs, explain.html and explain.json (default: RUN/explain).
+        top_k: Predictions per layer and position in the logit lens.
+        ig_steps: Integrated-gradients steps (doubled until completeness is within 5%).
+        device: cpu, cuda or auto.
+        seed: Seed for the random sequences and deletions.
     """
     methods = parse_methods(method)
     if "patching" in methods and corrupt is None:

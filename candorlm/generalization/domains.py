@@ -96,7 +96,20 @@ def evaluate_domains(run: str | Path, domains: Sequence[str] = (), *, data: str 
                      max_docs: int = DEFAULT_MAX_DOCS, max_chars: int = DEFAULT_MAX_CHARS, probes: bool = True,
                      context: bool = True, batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
     """Score the run in-domain, on each domain, and under the robustness probes; write and return
-    RUN/evals/domains.json. With no `domains`, the built-in corpora the run was not trained on."""
+    RUN/evals/domains.json. With no `domains`, the built-in corpora the run was not trained on.
+
+    Args:
+        run: Run directory of a language model.
+        domains: Held-out sets: builtin:NAME, files or directories.
+        data: The run's data directory, if it has moved.
+        max_docs: Documents per set (a seeded sample; 0: all).
+        max_chars: Characters per document (the first ones; 0: all).
+        probes: Also the robustness probes (traditional characters, punctuation width, character
+            noise).
+        context: Also score longer contexts than the run trained on.
+        batch_size: Documents scored together.
+        seed: Seed of the samples, the noise and the bootstrap.
+    """
     t0 = time.perf_counter()
     rd = open_run(run)
     lm = LanguageModel.load(rd.path)

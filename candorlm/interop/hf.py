@@ -89,7 +89,13 @@ def llama_config(cfg: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
 
 
 def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Write a run as a Hugging Face Llama model directory."""
+    """Write a run as a Hugging Face Llama model directory.
+
+    Args:
+        run_dir: Run directory.
+        out: Directory to write.
+        overwrite: Replace an export candorlm wrote in --out.
+    """
     out = Path(out)
     claim_dir(out, "hf-export", overwrite=overwrite, inputs=[run_dir],
               legacy=lambda d: (d / "config.json").is_file() and {p.name for p in d.iterdir()} <= HF_EXPORT_FILES)
@@ -150,7 +156,13 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> RunDir:
-    """Make a candorlm run directory from a Hugging Face Llama model directory."""
+    """Make a candorlm run directory from a Hugging Face Llama model directory.
+
+    Args:
+        hf_dir: Hugging Face Llama model directory.
+        out: Run directory to create.
+        overwrite: Replace a run candorlm wrote in --out.
+    """
     hf_dir, out = Path(hf_dir), Path(out)
     claim_dir(out, "run", overwrite=overwrite, inputs=[hf_dir], legacy=looks_like_old_run)
     config_file = hf_dir / "config.json"

@@ -42,6 +42,7 @@ from candorlm.ledger.energy import CPU_WATTS_PER_CORE
 from candorlm.ledger.flops import forward_flops_per_token, matmul_params, train_flops_per_token
 from candorlm.ledger.hardware import device_name, measured_peak_flops
 from candorlm.ledger.meter import DEFAULT_GRID_KG_PER_KWH, DEFAULT_PRICE_PER_HOUR
+from candorlm.tokenizer import DEFAULT_VOCAB_SIZE
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 GPU_ASSUMED_MFU = 0.40
@@ -279,9 +280,25 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
              tokens: int | None = None, steps: int | None = None, hardware_name: str = "cpu",
              precision: str = "auto", mfu: float | None = None, price_per_hour: float | None = None,
              currency: str = "USD", grid_kg_co2_per_kwh: float | None = None, calibration_steps: int = 4,
-             vocab_size: int = 8192) -> Estimate:
+             vocab_size: int = DEFAULT_VOCAB_SIZE) -> Estimate:
     """Predict a training run's cost. Give a config, a preset or a parameter count; a token
-    budget (`tokens`) or a number of optimizer steps; and a hardware profile."""
+    budget (`tokens`) or a number of optimizer steps; and a hardware profile.
+
+    Args:
+        config: The run's config (None: the preset's).
+        preset: Model size preset (None: tiny).
+        params: A parameter count instead of a config (a shape is assumed).
+        tokens: Training tokens (None: the config's max_steps).
+        steps: Optimizer steps instead of tokens.
+        hardware_name: cpu (this machine, measured), a100, h100 or h200.
+        precision: auto, bf16 or fp32.
+        mfu: Assumed model FLOPs utilization, 0-1 (cpu: measured if unset).
+        price_per_hour: Price of one device-hour.
+        currency: Currency of the price.
+        grid_kg_co2_per_kwh: Grid carbon intensity, kg CO2e per kWh.
+        calibration_steps: Training steps timed on this machine to measure the CPU's throughput.
+        vocab_size: Vocabulary size assumed when the config leaves it to the tokenizer.
+    """
     notes: list[str] = []
     if config is None:
         if params is not None:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from candorlm.ledger.estimate import Estimate
+from candorlm.progress import stdout_console
 
 
 def _bytes(n: float) -> str:
@@ -25,7 +26,7 @@ def _duration(s: float) -> str:
 
 
 def print_estimate(est: Estimate, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or stdout_console()
     table = Table(title=f"estimate: {est.params / 1e6:,.2f}M parameters on {est.hardware}", show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -50,7 +51,7 @@ def print_estimate(est: Estimate, console: Console | None = None) -> None:
 
 
 def print_budget(result: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or stdout_console()
     table = Table(title=f"compute-optimal for {result['compute_flops']:.3g} FLOPs on {result['hardware']}")
     table.add_column("figure")
     table.add_column("value", justify="right")

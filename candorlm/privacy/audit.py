@@ -276,7 +276,20 @@ def _all_matches(pattern: re.Pattern[str], text: str, values: list[str]) -> set[
 def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int = 200, candidates: int = 2000,
           generations: int = 50, generation_tokens: int = 64, prefix_tokens: int = 32, suffix_tokens: int = 50,
           seed: int = 0, key=None) -> dict[str, Any]:
-    """Run the four measurements and write RUN/evals/privacy.json (returned as a dict)."""
+    """Run the four measurements and write RUN/evals/privacy.json (returned as a dict).
+
+    Args:
+        run_dir: Run directory.
+        data: The run's data directory, if it has moved.
+        samples: Training and held-out documents for extraction and membership inference.
+        candidates: Random secrets each canary is ranked against.
+        generations: Sampled generations checked for personal data.
+        generation_tokens: Tokens per sampled generation.
+        prefix_tokens: Extraction: tokens of a training document given as the prompt.
+        suffix_tokens: Extraction: tokens that must follow exactly.
+        seed: Random seed.
+        key: Key of an encrypted run or data (None: the environment's).
+    """
     from candorlm.io.sealed import use_key
     from candorlm.io.manifest import update_manifest
 

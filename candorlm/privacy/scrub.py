@@ -180,7 +180,20 @@ class _Writer:
 def scrub(sources: Sequence[str], out: str | Path, *, operator: str = "placeholder",
           types: Sequence[str] | None = None, key: bytes | None = None, report: str | Path | None = None,
           text_field: str = "text", workers: int | None = None, overwrite: bool = False) -> ScrubReport:
-    """Scrub a corpus into `out` (JSONL when it ends in .jsonl, else blank-line separated text)."""
+    """Scrub a corpus into `out` (JSONL when it ends in .jsonl, else blank-line separated text).
+
+    Args:
+        sources: Corpus: files, directories, JSONL or builtin:NAME.
+        out: Scrubbed corpus to write: .jsonl, else blank-line separated text.
+        operator: mask, placeholder (<PHONE>), pseudonym (consistent fakes) or drop.
+        types: Types to find (None: all): CN_ID, PHONE, EMAIL, BANK_CARD, IP_ADDRESS,
+            URL_CREDENTIALS, PASSPORT, VEHICLE_PLATE, PERSON.
+        key: Pseudonym key: the same key gives the same fakes across corpora (None: a random one).
+        report: Write counts per type and masked examples to this JSON file.
+        text_field: JSONL field that holds the text.
+        workers: Worker processes (None: cores, at most 4).
+        overwrite: Replace an existing output file.
+    """
     out = Path(out)
     claim_file(out, "scrubbed", overwrite=overwrite, inputs=sources)
     corpus = Corpus(sources, text_field=text_field)

@@ -41,7 +41,11 @@ def _prod(shape) -> int:
 
 
 def report(run_dir: str | Path) -> dict[str, Any]:
-    """Write RUN/report.html, report.json and report.md; returns report.json's content."""
+    """Write RUN/report.html, report.json and report.md; returns report.json's content.
+
+    Args:
+        run_dir: Run directory.
+    """
     run = open_run(run_dir)
     config = run.read_config()
     sections = collect.sections(run, config)

@@ -48,7 +48,20 @@ def _val_curve(run: Path) -> list[dict[str, float]]:
 def sweep(data: str | Path, out: str | Path, presets: Sequence[str] = DEFAULT_PRESETS, *, steps: int = DEFAULT_STEPS,
           batch_size: int = DEFAULT_BATCH, seq_len: int | None = 256, seed: int = 1337, threads: int | None = None,
           overrides: Sequence[str] = (), overwrite: bool = False) -> dict[str, Any]:
-    """Train each preset for `steps` steps on `data`, evaluate, fit, plot; returns sweep.json's content."""
+    """Train each preset for `steps` steps on `data`, evaluate, fit, plot; returns sweep.json's content.
+
+    Args:
+        data: Data directory from `candorlm prepare` (the same for every size).
+        out: Sweep directory: one run per size, sweep.json, sweep.png.
+        presets: Size presets, at least two.
+        steps: Optimizer steps per size (the same token budget for each).
+        batch_size: Sequences per step.
+        seq_len: Tokens per sequence (None: each preset's own).
+        seed: Random seed (weights, data order), the same for every size.
+        threads: CPU threads (default: physical cores).
+        overrides: Config values for every size, as section.key=value.
+        overwrite: Replace a sweep in `out`.
+    """
     from candorlm.training import train
 
     out = Path(out)

@@ -41,7 +41,23 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: 
           max_batch: int = 16, model_name: str | None = None, device: str = "auto",
           max_tokens: int = 1024, max_body_bytes: int = 1 << 20, key: Key | None = None) -> None:
     """Serve a run over HTTP until interrupted (see candorlm/serve/app.py for the endpoints).
-    An encrypted run (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY."""
+    An encrypted run (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY.
+
+    Args:
+        run_dir: Run directory.
+        host: Address to listen on; beyond loopback it needs keys.
+        port: Port.
+        keys: Keys file from `candorlm keys add`: keys required.
+        insecure_no_auth: Serve beyond loopback without keys (anyone may call).
+        audit_log: Audit log (JSONL); default RUN/audit.jsonl.
+        audit_text: Also log prompt and completion text (off: counts only).
+        max_batch: Requests decoded together (slots in the KV cache).
+        model_name: Model id clients use (default: the run's folder name).
+        device: cpu, cuda or auto.
+        max_tokens: Most new tokens one request may ask for.
+        max_body_bytes: Largest request body in bytes.
+        key: Key of an encrypted run (None: the environment's).
+    """
     check_binding(host, keys, insecure_no_auth)
     import uvicorn
 

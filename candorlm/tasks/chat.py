@@ -284,9 +284,22 @@ def eval_options(options: dict[str, Any]) -> dict[str, Any]:
 class ChatSession:
     """A conversation with a decoder: history, system message, streaming replies, and a context
     guard that drops the oldest turns (never the system message) when the history outgrows the
-    model's context."""
+    model's context.
 
-    def __init__(self, lm: Any, system: str | None = None, max_new_tokens: int = 128, **sampling: Any):
+    Args:
+        lm: A loaded decoder (`candorlm.load(RUN)`), best one fine-tuned with --task chat.
+        system: System message to start with.
+        max_new_tokens: Most tokens per reply.
+        temperature: Sampling temperature (0 = greedy).
+        top_k: Sample among the k most likely tokens.
+        top_p: Sample among the most likely tokens holding probability p.
+        seed: Random seed for sampling.
+        **sampling: Other decoding settings (candorlm.generate.SamplingConfig).
+    """
+
+    def __init__(self, lm: Any, system: str | None = None, max_new_tokens: int = 128, temperature: float = 0.7,
+                 top_k: int | None = 40, top_p: float | None = None, seed: int | None = None, **sampling: Any):
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **sampling)
         self.lm = lm
         self.tok: Tokenizer = lm.tokenizer
         require_tokens(self.tok, "this run's tokenizer.json", CHAT_TOKENS, "chat")

@@ -46,6 +46,28 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     `data`, and write the run directory `out`. Returns the test evaluation (evals/<task>.json).
 
         candorlm.tasks.finetune("runs/pd", task="sentiment", data="builtin:reviews", out="runs/pd-sentiment")
+
+    Args:
+        run: Pretrained run to start from (None: start from scratch).
+        task: sentiment, translate, qa or chat.
+        data: Task data: a JSONL/TSV file, or builtin:reviews | builtin:pinyin | builtin:qa | builtin:chat.
+        out: New run directory to write.
+        scratch: Use RUN's config and tokenizer but not its weights (a from-scratch control with the
+            same shape).
+        preset: Model size when there is no RUN.
+        arch: Model family when there is no RUN: decoder, encoder or seq2seq (None: the task's default).
+        epochs: Passes over the training split.
+        batch_size: Examples per step.
+        lr: Peak learning rate (None: 5e-4 from a run, 1e-3 from scratch).
+        warmup_fraction: Share of the steps that warm the learning rate up.
+        seed: Random seed (head init, data order).
+        precision: auto (bf16 where the hardware has it), fp32 or bf16.
+        device: auto, cpu or cuda.
+        threads: CPU threads (None: physical cores).
+        overrides: Config values as section.key=value, e.g. model.dropout=0.1.
+        overwrite: Replace the run in `out`.
+        evaluate: Score the test split at the end (evals/<task>.json).
+        **options: The task's own options (see its `prepare`).
     """
     spec = get_task(task)
     out = Path(out)

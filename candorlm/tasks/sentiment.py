@@ -173,7 +173,13 @@ def _score_run(run: str | Path, test: Sequence[Record], labels: Sequence[str]) -
 
 def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | Path] = (), **_: Any) -> dict[str, Any]:
     """Accuracy and macro-F1 of `run` (and of each run in `compare`) on the test split, with both
-    baselines; written to RUN/evals/sentiment.json."""
+    baselines; written to RUN/evals/sentiment.json.
+
+    Args:
+        run: A run fine-tuned with --task sentiment.
+        data: Task data (None: the data it was fine-tuned on).
+        compare: Other fine-tuned runs to score on the same split.
+    """
     rd, _, info, _, _, _ = load_task_run(run)
     if info.get("task") != "sentiment":
         raise CandorError(f"{rd.path} was not fine-tuned for sentiment (task.json: {info.get('task')!r})")

@@ -314,7 +314,15 @@ def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> d
 def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, length_penalty: float = 1.0,
              limit: int | None = None, **_: Any) -> dict[str, Any]:
     """Test-split chrF, BLEU and character accuracy of `run` (beam search) next to the baseline;
-    written to RUN/evals/translate.json."""
+    written to RUN/evals/translate.json.
+
+    Args:
+        run: A run fine-tuned with --task translate.
+        data: Task data (None: the data it was fine-tuned on).
+        beam_size: Beam size (1 = greedy).
+        length_penalty: Hypotheses are ranked by log-prob / length^this.
+        limit: Score only the first N test examples.
+    """
     rd, config, info, model, tgt, src = load_task_run(run)
     if config.model.arch != "seq2seq":
         raise CandorError(f"{rd.path} is a {config.model.arch} run; translation is evaluated on seq2seq runs")

@@ -385,6 +385,17 @@ def train(out: str | Path, *, data: str | Path | None = None, preset: str | None
     overrides, then `model` and `train_settings` (keys of [model] and [train]):
 
         candorlm.train("runs/pd", data="data/pd", preset="tiny", max_steps=500)
+
+    Args:
+        out: Run directory to write.
+        data: Data directory from `candorlm prepare`.
+        preset: Model size preset.
+        config: TOML file with [model], [data], [train] sections.
+        overrides: Config values as section.key=value, e.g. train.lr=1e-3.
+        model: Keys of [model], applied last.
+        resume: Continue the run in `out` from its newest checkpoint.
+        overwrite: Replace the run in `out`.
+        **train_settings: Keys of [train], applied last.
     """
     if isinstance(config, RunConfig):
         cfg = build_config(config.model_dump(), *(parse_override(o) for o in overrides or []),

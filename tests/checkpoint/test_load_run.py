@@ -17,7 +17,7 @@ from candorlm.explain.subject import load_subject
 from candorlm.io.manifest import MANIFEST_NAME, write_manifest
 from candorlm.lm import LanguageModel
 from candorlm.tasks.base import load_base
-from test_cli import assert_clean_error, run_cli
+from tests.conftest import assert_clean_error, run_cli
 
 
 @pytest.fixture

@@ -16,8 +16,10 @@ import pytest
 
 from candorlm.io.files import TEMP_TAG
 from candorlm.io.sealed import Key, encrypt_stream
-from conftest import write_articles
-from test_cli import run_cli
+from tests.conftest import write_articles
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # real subprocesses: prepare, train, interrupts
 
 SECRET = "机密：我的银行卡密码是 314159".encode()
 KEY_HEX = "0123456789abcdef" * 4

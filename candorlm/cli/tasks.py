@@ -1,0 +1,112 @@
+"""Tasks: fine-tune a run for an application, and evaluate it (or a language model's generalization)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from candorlm.cli import extras
+from candorlm.cli.extras import needs
+from candorlm.cli.options import KeyFile, NoVerify, options_from, reading_with
+from candorlm.errors import CandorError
+
+PANEL = "Tasks and evaluation"
+
+
+@needs("tasks")
+@options_from("candorlm.tasks.finetune:finetune", skip=("evaluate",))
+@options_from("candorlm.tasks.translate:evaluate", only=("beam_size",), help_prefix="translate: test evaluation's ")
+def finetune(
+    run: Optional[Path] = typer.Argument(None, help="Pretrained run to start from (omit to start from scratch)."),
+    labels: Optional[str] = typer.Option(None, help="sentiment: the label set, comma-separated (default: the labels "
+                                         "found in the data)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Without RUN: tokenizer kind to train on the task data "
+                                            "(bpe or char; translate: the target side; default: the task's)."),
+    vocab_size: Optional[int] = typer.Option(None, help="Without RUN: vocabulary size of that tokenizer "
+                                             "(default: the task's)."),
+    key_file: KeyFile = None, no_verify: NoVerify = False,
+    **options: Any,
+) -> None:
+    """Fine-tune a pretrained run (or a fresh model) for a task; writes a new run directory with
+    task.json and evals/<task>.json (test metrics next to baselines).
+
+    Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --out runs/pd-sentiment
+
+    Example: candorlm finetune --task translate --data builtin:pinyin --arch seq2seq --out runs/pinyin
+    """
+    from candorlm.progress import console
+    from candorlm.tasks.finetune import finetune as run_finetune
+
+    task_options = {k: v for k, v in dict(labels=labels.split(",") if labels else None, tokenizer=tokenizer,
+                                          vocab_size=vocab_size).items() if v is not None}
+    beam_size = options.pop("beam_size")
+    if options["task"] == "translate":
+        task_options["beam_size"] = beam_size
+    with reading_with(key_file, no_verify):
+        result = run_finetune(run, **options, **task_options)
+    out = options["out"]
+    console.print(f"wrote {out}; test results in {out / 'evals' / (options['task'] + '.json')}")
+    print_task_result(result)
+
+
+@options_from("candorlm.tasks.sentiment:evaluate", only=("compare",), help_prefix="sentiment: ")
+@options_from("candorlm.tasks.translate:evaluate", only=("beam_size", "length_penalty"), help_prefix="translate: ")
+@options_from("candorlm.generalization.domains:evaluate_domains", only=("max_docs", "max_chars", "seed"),
+              help_prefix="--domains: ")
+def evaluate(
+    targets: List[str] = typer.Argument(..., help="Run directory; with --domains, then the held-out sets: "
+                                        "builtin:NAME, files or directories (none: the built-in corpora the run "
+                                        "did not train on)."),
+    task: Optional[str] = typer.Option(None, help="sentiment, translate, qa or chat (a fine-tuned run)."),
+    domains: bool = typer.Option(False, "--domains", help="Bits-per-byte in-domain and on other domains, the "
+                                 "generalization gap, robustness probes; writes RUN/evals/domains.json."),
+    data: Optional[str] = typer.Option(None, help="--task: task data (default: the data the run was fine-tuned "
+                                       "on). --domains: the run's data directory, if it has moved."),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N test examples."),
+    probes: bool = typer.Option(True, help="--domains: also the robustness probes (traditional characters, "
+                                "punctuation width, character noise, longer contexts)."),
+    key_file: KeyFile = None, no_verify: NoVerify = False,
+    **options: Any,
+) -> None:
+    """Score a fine-tuned run on its task's test split, next to baselines (RUN/evals/<task>.json); or,
+    with --domains, measure how a language model generalizes (RUN/evals/domains.json).
+
+    Example: candorlm eval runs/pd-sentiment --task sentiment --compare runs/bert-sentiment
+
+    Example: candorlm eval runs/pd --domains builtin:reviews builtin:python-docs notes.txt
+    """
+    from candorlm.progress import console
+
+    run = Path(targets[0])
+    if domains == (task is not None):
+        raise CandorError("give either --task NAME (a fine-tuned run) or --domains (a language model), not "
+                          + ("both" if domains else "neither"))
+    if domains:
+        from candorlm.generalization import evaluate_domains, print_domains
+
+        with reading_with(key_file, no_verify):
+            result = evaluate_domains(run, targets[1:], data=data, max_docs=options["max_docs"],
+                                      max_chars=options["max_chars"], probes=probes, context=probes,
+                                      seed=options["seed"])
+        print_domains(result)
+        console.print(f"wrote {run / 'evals' / 'domains.json'}")
+        return
+    if len(targets) > 1:
+        raise CandorError(f"--task takes one run directory; got {len(targets)} arguments ({' '.join(targets)})")
+    extras.check(("tasks",), "eval --task")
+    from candorlm.tasks import evaluate_task
+
+    with reading_with(key_file, no_verify):
+        result = evaluate_task(run, task, data=data, compare=options["compare"], beam_size=options["beam_size"],
+                               length_penalty=options["length_penalty"], limit=limit)
+    console.print(f"wrote {run / 'evals' / (task + '.json')}")
+    print_task_result(result)
+
+
+def print_task_result(result: dict) -> None:
+    shown = {k: v for k, v in result.items() if k not in ("examples", "command")}
+    sys.stdout.write(json.dumps(shown, indent=2, ensure_ascii=False) + "\n")

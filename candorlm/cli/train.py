@@ -1,0 +1,119 @@
+"""Training: one model, a sweep of sizes, and the demo that trains one and reports on it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import typer
+
+from candorlm.cli.extras import needs
+from candorlm.cli.options import KeyFile, options_from, reading_with
+
+PANEL = "Training"
+
+
+@options_from("candorlm.training:train", skip=("model",))
+def train(
+    preset: Optional[str] = typer.Option(None, help="Model size preset (default: tiny, unless --config is given)."),
+    arch: Optional[str] = typer.Option(None, help="Model family: decoder (GPT, next-token), encoder (BERT, "
+                                       "masked LM) or seq2seq (encoder-decoder, denoising)."),
+    # [train] keys as flags; None leaves the config's value (the preset's, --config's or --set's)
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps to train for."),
+    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate on the validation split every N steps."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (weights, data order)."),
+    peak_tflops: Optional[float] = typer.Option(None, help="Device peak for MFU in TFLOP/s (default: measured)."),
+    dp_epsilon: Optional[float] = typer.Option(None, help="Train with DP-SGD spending this privacy budget epsilon."),
+    dp_delta: Optional[float] = typer.Option(None, help="DP delta (default: min(1e-5, 1/(10 x training windows)))."),
+    dp_max_grad_norm: Optional[float] = typer.Option(None, help="DP per-window gradient clipping bound."),
+    nproc: Optional[int] = typer.Option(None, help="Train in N processes on this machine (starts torchrun): "
+                                        "one per GPU, or CPU processes sharing the cores."),
+    strategy: Optional[str] = typer.Option(None, help="With several processes: ddp (each holds the whole model) or "
+                                           "fsdp (parameters, gradients and optimizer state sharded)."),
+    key_file: KeyFile = None,
+    **options: Any,
+) -> None:
+    """Train a language model; writes config, checkpoints, metrics.jsonl and model.safetensors to --out.
+
+    Example: candorlm train --data data/pd --preset tiny --out runs/pd --max-steps 500
+
+    Example: candorlm train --data data/pd --arch encoder --preset tiny --out runs/pd-bert
+
+    Example: candorlm train --data data/pd --out runs/pd-dp --dp-epsilon 8   (differentially private)
+
+    Ctrl-C saves a checkpoint and stops; --resume continues exactly where it stopped.
+
+    Several processes (DDP or FSDP2), here or under torchrun on many nodes (README, "Many processes"):
+
+    Example: candorlm train --data data/pd --preset small --out runs/pd --nproc 2 --strategy fsdp
+    """
+    if nproc is not None and nproc > 1:
+        from candorlm.training.launch import launch, strip_option
+
+        raise typer.Exit(launch(nproc, strip_option(sys.argv[1:], "--nproc")))
+    from candorlm.progress import console
+    from candorlm.training import train as run_train
+
+    settings = {k: v for k, v in dict(max_steps=max_steps, save_every=save_every, eval_every=eval_every, seed=seed,
+                                      dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+                                      dp_max_grad_norm=dp_max_grad_norm).items() if v is not None}
+    if preset is None and options["config"] is None:
+        preset = "tiny"
+    overrides = list(options.pop("overrides") or [])
+    if peak_tflops is not None:
+        overrides.append(f"ledger.peak_tflops={peak_tflops}")
+    if strategy is not None:
+        overrides.append(f"train.strategy={strategy}")
+    with reading_with(key_file):
+        result = run_train(preset=preset, overrides=overrides, model={"arch": arch} if arch else None, **options,
+                           **settings)
+    if result.rank != 0:  # under torchrun rank 0 speaks for all
+        raise typer.Exit(130 if result.interrupted else 0)
+    ev = result.final_eval
+    summary = f"val loss {ev['loss']:.4f}, val bits/byte {ev['bpb']:.4f}" if ev else "no evaluation yet"
+    if result.interrupted:
+        console.print(f"stopped at step {result.steps}; checkpoint saved. Continue with the same command and --resume.")
+        raise typer.Exit(130)
+    console.print(f"trained {result.steps} steps in {result.wall_s:.0f} s ({result.tokens_per_s:,.0f} tokens/s); "
+                  f"{summary}. Weights: {result.run_dir / 'model.safetensors'}")
+
+
+@needs("report")
+@options_from("candorlm.scaling.sweep:sweep", flags={"data": "--data"})
+def sweep(key_file: KeyFile = None, **options: Any) -> None:
+    """Train several model sizes with the same data, seed and token budget; fit validation loss
+    against training FLOPs and parameters (a power law) and plot it, with the extrapolation marked.
+
+    Example: candorlm sweep --data data/pd --presets nano,micro,tiny --steps 400 --out sweeps/pd
+    """
+    from candorlm.progress import console
+    from candorlm.scaling.sweep import sweep as run_sweep
+
+    options["presets"] = [p.strip() for item in options["presets"] for p in item.split(",") if p.strip()]
+    with reading_with(key_file):
+        doc = run_sweep(**options)
+    for r in doc["sizes"]:
+        console.print(f"{r['preset']:>6}: {r['parameters']:>10,} parameters ({r['non_embedding_parameters']:,} "
+                      f"without embeddings), {r['flops']:.3g} FLOPs, val loss {r['val_loss']:.4f}, "
+                      f"{r['val_bpb']:.4f} bits/byte, {r['wall_s']:.0f} s", highlight=False)
+    f = doc["fit"]
+    console.print(f"fit: loss = {f['loss_vs_flops']['a']:.3g} x FLOPs^-{f['loss_vs_flops']['alpha']:.4f}; "
+                  f"loss = {f['loss_vs_non_embedding_parameters']['a']:.3g} x N^-"
+                  f"{f['loss_vs_non_embedding_parameters']['alpha']:.4f}; total {doc['wall_s']:.0f} s", highlight=False)
+    out = options["out"]
+    console.print(f"wrote {out / 'sweep.json'} and {out / doc['plot']}")
+
+
+@needs("explain", "privacy", "report")
+@options_from("candorlm.demo:run_demo")
+def demo(**options: Any) -> None:
+    """Prepare People's Daily, train a small model on the CPU, print samples and bits-per-byte against
+    unigram and bigram baselines, measure generalization, explain a prediction, and write the
+    report card (RUN/report.html).
+
+    Example: candorlm demo
+    """
+    from candorlm.demo import run_demo
+
+    run_demo(**options)

@@ -1,0 +1,154 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from candorlm.errors import CandorError
+from candorlm.lm import load
+from candorlm.training import train
+from candorlm.checkpoint.retention import list_checkpoints
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+pytestmark = pytest.mark.slow  # every test here trains
+
+
+def losses(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_loss_goes_down_and_run_dir_is_complete(trained_run):
+    by_step = losses(trained_run)
+    first, last = by_step[1], by_step[30]
+    assert last < first - 0.4
+    for name in ("config.toml", "tokenizer.json", "model.safetensors", "metrics.jsonl"):
+        assert (trained_run / name).is_file()
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_bpb" in r]
+    assert evals[-1]["val_bpb"] < evals[0]["val_bpb"]
+    assert {"tokens_per_s", "lr", "grad_norm", "peak_rss_mb"} <= set(rows[-1])
+    assert [p.name for p in list_checkpoints(trained_run / "checkpoints")] == ["step-000025", "step-000030"]
+
+
+def test_resume_is_exact_in_fp32(tmp_path, data_dir):
+    full = tmp_path / "full"
+    train(full, data=data_dir, model=TINY_MODEL, max_steps=12, **TINY_TRAIN)
+    part = tmp_path / "part"
+    # Stop after step 5 (its checkpoint), as a kill would; then resume with the full budget.
+    train(part, data=data_dir, model=TINY_MODEL, max_steps=12, **dict(TINY_TRAIN, keep_checkpoints=9))
+    for ckpt in list_checkpoints(part / "checkpoints"):
+        if ckpt.name != "step-000005":
+            shutil.rmtree(ckpt)
+    (part / "model.safetensors").unlink()
+    train(part, data=data_dir, model=TINY_MODEL, max_steps=12, resume=True, **TINY_TRAIN)
+    a, b = losses(full), losses(part)
+    assert sorted(b) == list(range(1, 13))
+    assert all(a[s] == b[s] for s in range(1, 13)), (a, b)
+
+
+def test_refuses_to_clobber_a_run(tmp_path, data_dir, trained_run):
+    with pytest.raises(CandorError, match="already holds a run"):
+        train(trained_run, data=data_dir, model=TINY_MODEL, max_steps=2, **TINY_TRAIN)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("important")
+    with pytest.raises(CandorError, match="was not written by candorlm"):
+        train(other, data=data_dir, model=TINY_MODEL, max_steps=2, overwrite=True, **TINY_TRAIN)
+    assert (other / "keep.txt").read_text() == "important"
+
+
+def test_resume_with_a_different_model_is_refused(data_dir, trained_run):
+    with pytest.raises(CandorError, match="different model"):
+        train(trained_run, data=data_dir, model=dict(TINY_MODEL, n_layers=3), max_steps=40, resume=True, **TINY_TRAIN)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, data_dir):
+    run = tmp_path / "r"
+    train(run, data=data_dir, model=TINY_MODEL, max_steps=5, **TINY_TRAIN)
+    weights = list_checkpoints(run / "checkpoints")[-1] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CandorError, match="corrupt"):
+        train(run, data=data_dir, model=TINY_MODEL, max_steps=8, resume=True, **TINY_TRAIN)
+    weights.write_bytes(bytes(data[:50]))
+    with pytest.raises(CandorError, match="corrupt"):
+        train(run, data=data_dir, model=TINY_MODEL, max_steps=8, resume=True, **TINY_TRAIN)
+
+
+def test_pickle_in_place_of_weights_is_refused_without_running_it(tmp_path, trained_run):
+    run = tmp_path / "evil"
+    shutil.copytree(trained_run, run)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    (run / "model.safetensors").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CandorError, match="does not match .*SHA256SUMS"):  # checked before it is read
+        load(run)
+    with pytest.raises(CandorError, match="never loads pickle"):  # and unchecked, still never unpickled
+        load(run, verify=False)
+    assert not marker.exists()
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "candorlm", *args]
+
+
+def _train_args(data_dir, out, steps):
+    sets = [f"--set=model.{k}={v}" for k, v in TINY_MODEL.items()]
+    sets += [f"--set=train.{k}={json.dumps(v)}" for k, v in TINY_TRAIN.items() if k != "save_every"]
+    return _cli("train", "--data", str(data_dir), "--out", str(out), "--max-steps", str(steps),
+                "--save-every", "1", *sets)
+
+
+def _wait_for_checkpoints(run, step, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        found = list_checkpoints(run / "checkpoints")
+        if found and int(found[-1].name[5:]) >= step:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no checkpoint {step} appeared: exit {proc.poll()}")
+
+
+def test_kill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, data_dir):
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_args(data_dir, run, 100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_checkpoints(run, 4, proc)
+        time.sleep(0.13)  # somewhere inside a step or a save
+    finally:
+        proc.kill()
+        proc.wait()
+    found = list_checkpoints(run / "checkpoints")
+    assert found
+    lm = load(run)  # newest complete checkpoint
+    assert lm.generate("中国", max_new_tokens=3, greedy=True) is not None
+    result = train(run, data=data_dir, model=TINY_MODEL, max_steps=int(found[-1].name[5:]) + 2, resume=True,
+                   **dict(TINY_TRAIN, save_every=1))
+    assert result.steps == int(found[-1].name[5:]) + 2
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path, data_dir):
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen(_train_args(data_dir, run, 100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_checkpoints(run, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in out + err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = list_checkpoints(run / "checkpoints")[-1]
+    assert int(last.name[5:]) == rows[-1]["step"]

@@ -45,9 +45,6 @@ KNOWN: dict[str, str] = {
     "up: candorlm.prepare -> candorlm.privacy.scrub (data -> features)": "io",
     "inference imports training: candorlm.lm -> candorlm.training.checkpoint": "io",
     "inference imports training: candorlm.lm -> candorlm.training.sharded": "io",
-    "private: candorlm.serve.engine -> candorlm.lm._TextRow": "model",
-    "private: candorlm.serve.why -> candorlm.tokenizer._bytes_to_unicode": "model",
-    "private: candorlm.explain.tokens -> candorlm.tokenizer._bytes_to_unicode": "model",
 }
 
 

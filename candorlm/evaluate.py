@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from candorlm.device import autocast
-from candorlm.model.decoder import lm_loss
+from candorlm.model.loss import lm_loss
 from candorlm.shards import WindowIndex
 
 LN2 = math.log(2)

@@ -70,7 +70,7 @@ class LanguageModel:
         """`stream_batch` for prompts given as token ids (a chat template builds them); generation
         ends at a token in `stop_ids` (default <|eos|>) and never emits `suppress_ids`."""
         cfg = SamplingConfig(**sampling)  # type: ignore[arg-type]
-        rows = [_TextRow(self.tokenizer, stop) for _ in prompts]
+        rows = [TextRow(self.tokenizer, stop) for _ in prompts]
         if stop_ids is None:
             stop_ids = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
         suppress = self._suppressed() if suppress_ids is None else suppress_ids
@@ -118,9 +118,10 @@ class LanguageModel:
         return self.model(ids)[0]
 
 
-class _TextRow:
+class TextRow:
     """Turns one sequence's new tokens into text deltas: waits out incomplete UTF-8 characters,
-    holds back text that may be the start of a stop string, and cuts at the first stop string."""
+    holds back text that may be the start of a stop string, and cuts at the first stop string.
+    One per generated sequence (`LanguageModel.stream_batch`, the serving engine)."""
 
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]):
         self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
@@ -131,6 +132,7 @@ class _TextRow:
         self.text = ""
 
     def push(self, token: int, finished: bool) -> str:
+        """Take the next token (finished: the sequence's last); return the text now safe to show."""
         if self.done:
             return ""
         if finished and token == self.tokenizer.eos_id:
@@ -153,6 +155,7 @@ class _TextRow:
         return delta
 
     def flush(self) -> str:
+        """The text not yet returned."""
         delta, self.emitted = self.text[self.emitted:], len(self.text)
         return delta
 

@@ -202,12 +202,12 @@ class Tokenizer:
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes each token stands for (0 for special tokens); the denominator of bits-per-byte."""
         lengths = np.zeros(self.vocab_size, dtype=np.int32)
-        byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        to_byte = byte_decoder()
         for token, tid in self.hf.get_vocab(with_added_tokens=True).items():
             if tid in self.special_ids:
                 continue
             if self.byte_level:
-                lengths[tid] = sum(1 for ch in token if ch in byte_decoder)
+                lengths[tid] = sum(1 for ch in token if ch in to_byte)
             elif token in _BYTE_TOKENS:
                 lengths[tid] = 1
             else:  # SentencePiece-style vocabularies write a space as U+2581
@@ -303,6 +303,13 @@ def segment_words(text: str) -> list[str]:
 
     jieba.setLogLevel(logging.WARNING)
     return jieba.lcut(text)
+
+
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's byte map, inverted: each printable character of a byte-level BPE token -> the byte it
+    stands for. `bytes(byte_decoder()[ch] for ch in token)` is a token's raw UTF-8, which may end
+    inside a character (common for Chinese)."""
+    return {ch: b for b, ch in _bytes_to_unicode().items()}
 
 
 def _bytes_to_unicode() -> dict[int, str]:

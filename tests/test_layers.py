@@ -44,9 +44,6 @@ KNOWN: dict[str, str] = {
     # passes the filters in) changes prepare's Python API, so it waits for the lead's call.
     "up: candorlm.prepare -> candorlm.privacy.canaries (data -> features)": "lead",
     "up: candorlm.prepare -> candorlm.privacy.scrub (data -> features)": "lead",
-    "private: candorlm.serve.engine -> candorlm.lm._TextRow": "model",
-    "private: candorlm.serve.why -> candorlm.tokenizer._bytes_to_unicode": "model",
-    "private: candorlm.explain.tokens -> candorlm.tokenizer._bytes_to_unicode": "model",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from candorlm.errors import CandorError
-from candorlm.tokenizer import Tokenizer, _bytes_to_unicode
+from candorlm.tokenizer import Tokenizer, byte_decoder
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _visible(label: str) -> str:
 def _raw_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
     if not tokenizer.byte_level:
         return [tokenizer.decode([i], skip_special=False) for i in ids]
-    decoder = {c: b for b, c in _bytes_to_unicode().items()}
+    decoder = byte_decoder()
     pieces: list[bytes | str] = []
     for i in ids:
         token = tokenizer.hf.id_to_token(i)

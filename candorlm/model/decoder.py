@@ -1,39 +1,37 @@
 """DecoderLM: a GPT-style decoder-only transformer language model, in Llama's conventions.
 
-Departures from the textbook GPT (Vaswani et al. 2017; Radford et al. 2019), each a Llama choice:
-- RMSNorm instead of LayerNorm, applied before each sub-layer (pre-norm), plus a final norm;
+Every way it departs from the textbook GPT (Vaswani et al. 2017; Radford et al. 2019):
+- RMSNorm instead of LayerNorm, before each sub-layer (pre-norm), plus a final norm; computed in fp32;
 - rotary position embeddings on queries and keys instead of learned absolute positions;
 - SwiGLU feed-forward network (ReLU/GELU MLPs remain options via `mlp`);
 - no bias in any linear layer; optional grouped-query attention (`n_kv_heads`);
-- input and output embeddings tied by default.
+- input and output embeddings tied by default; no dropout by default;
+- attention by PyTorch's fused scaled_dot_product_attention: the textbook
+  softmax(QK^T / sqrt(d_k)) V, with its attention weights, runs only while a hook is attached
+  to `attn.hook_attn_scores` or `attn.hook_pattern` (model/layers.py, model/hooks.py);
+- given targets, the loss comes from the final hidden states a chunk of tokens at a time,
+  never holding every token's logits (model/loss.py);
+- a preallocated KV cache for decoding (model/cache.py); left-padded batches set positions
+  from the attention mask.
+Each choice is Llama's (or PyTorch's), so `interop/hf.py` exports the model to
+`transformers.LlamaForCausalLM` with the same logits (tests/test_hf_parity.py).
+Initialisation is GPT-2's: Normal(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
-from candorlm.model.layers import build_trunk, init_weights
 from candorlm.model.loss import linear_cross_entropy, token_losses
+from candorlm.model.trunk import Trunk
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(Trunk):
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        build_trunk(self, cfg)
-        init_weights(self, cfg.init_std, cfg.n_layers)
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.tok_emb.weight.numel() if non_embedding else n
-
-    def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        cfg = self.cfg
-        return KVCache(cfg.n_layers, batch_size, cfg.kv_heads, max_len or cfg.max_seq_len, cfg.head_dim,
-                       self.tok_emb.weight.device)
+        # tok_emb, causal blocks (self-attention + MLP), norm, lm_head tied to tok_emb, rope: see Trunk
+        super().__init__(cfg)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -57,19 +55,13 @@ class DecoderLM(nn.Module):
         """The final normed hidden states (B, T, d_model): what the LM head, or a task head, reads."""
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {past + T} tokens exceeds the model's maximum of {self.cfg.max_seq_len}")
+        self.check_length(past + T)
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
         # Every row at the same positions (no padding): one rotation table shared by the batch.
         rope = self.rope(position_ids) if position_ids is not None else self.rope.span(past, T)
         mask, is_causal = self._attention_mask(attention_mask, B, T, past, input_ids.device)
-        x = self.hook_embed(self.tok_emb(input_ids))
-        for block in self.blocks:
-            x = block(x, rope, mask, is_causal, cache)
-        if cache is not None:
-            cache.advance(T)
-        return self.hook_norm(self.norm(x))
+        return self.run_blocks(input_ids, rope, mask, is_causal, cache)
 
     @staticmethod
     def _attention_mask(attention_mask: torch.Tensor | None, B: int, T: int, past: int,
@@ -88,9 +80,3 @@ class DecoderLM(nn.Module):
         # A padding query would see nothing and give NaNs: let such rows see everything instead.
         return allowed | ~allowed.any(-1, keepdim=True), False
 
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-            reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy in fp32 (logits may be bf16 under autocast)."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=ignore_index, reduction=reduction)

@@ -14,22 +14,17 @@ tokens (`candorlm.training.objectives.mask_tokens`: 15% of tokens, 80/10/10); ta
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from candorlm.config import ModelConfig
-from candorlm.model.layers import build_trunk, init_weights, padding_mask
+from candorlm.model.layers import padding_mask
+from candorlm.model.trunk import Trunk
 
 
-class EncoderLM(nn.Module):
+class EncoderLM(Trunk):
     def __init__(self, cfg: ModelConfig, lm_head: bool = True):
-        super().__init__()
-        # An encoder inside an encoder-decoder has no use for the masked-LM head.
-        build_trunk(self, cfg, lm_head=lm_head)
-        init_weights(self, cfg.init_std, cfg.n_layers)
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.tok_emb.weight.numel() if non_embedding else n
+        # tok_emb, bidirectional blocks, norm, lm_head tied to tok_emb (the masked-LM head; an
+        # encoder inside an encoder-decoder has no use for it), rope: see Trunk
+        super().__init__(cfg, lm_head=lm_head)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final normed hidden states (B, T, d_model) of input_ids (B, T).
@@ -38,15 +33,10 @@ class EncoderLM(nn.Module):
         Pad on the right, so that real tokens keep positions 0..n-1.
         """
         B, T = input_ids.shape
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {T} tokens exceeds the model's maximum of {self.cfg.max_seq_len}")
+        self.check_length(T)
         position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
-        rope = self.rope(position_ids)
         mask = padding_mask(attention_mask)  # (B, 1, 1, T): every query sees every real key
-        x = self.hook_embed(self.tok_emb(input_ids))
-        for block in self.blocks:
-            x = block(x, rope, mask, is_causal=False)
-        return self.hook_norm(self.norm(x))
+        return self.run_blocks(input_ids, self.rope(position_ids), mask, is_causal=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Masked-LM logits (B, T, vocab): at each position, the model's guess of the original token."""

@@ -1,12 +1,22 @@
 """Named activation points: read or overwrite any intermediate tensor during a forward pass.
 
+Attention, note first: the model computes attention with PyTorch's fused
+scaled_dot_product_attention, which never holds the attention weights. While a hook is attached
+to an attention module's `hook_attn_scores` or `hook_pattern`, that module computes the textbook
+softmax(Q K^T / sqrt(d_k)) V explicitly instead (the same numbers to float rounding), so that the
+scores and weights exist to be read or replaced. Every other point leaves the computation as it is.
+
 Every block carries `HookPoint`s, named by their place in the module tree with TransformerLens's
 names, so `model.named_modules()` finds them and new modules (an encoder, cross-attention) get
 theirs the same way:
 
     hook_embed                        token embeddings                      (B, T, C)
     blocks.{i}.hook_resid_pre         residual stream entering block i      (B, T, C)
-    blocks.{i}.attn.hook_pattern      attention weights per head            (B, H, T, S)
+    blocks.{i}.attn.hook_q            queries, before rotary positions      (B, T, H, D)
+    blocks.{i}.attn.hook_k            keys of the new positions, before rotary positions (B, T, Hkv, D)
+    blocks.{i}.attn.hook_v            values of the new positions           (B, T, Hkv, D)
+    blocks.{i}.attn.hook_attn_scores  Q K^T / sqrt(D), -inf where masked    (B, H, T, S)   [explicit attention]
+    blocks.{i}.attn.hook_pattern      attention weights per head            (B, H, T, S)   [explicit attention]
     blocks.{i}.attn.hook_z            attention output per head, before o_proj  (B, T, H, D)
     blocks.{i}.hook_attn_out          attention output added to the stream  (B, T, C)
     blocks.{i}.hook_resid_mid         residual stream between attention and MLP (B, T, C)
@@ -14,19 +24,26 @@ theirs the same way:
     blocks.{i}.hook_resid_post        residual stream leaving block i       (B, T, C)
     hook_norm                         the final norm's output, before the unembedding (B, T, C)
 
+B batch, T query positions, S key positions (with a KV cache: the cached ones too), H query
+heads, Hkv key/value heads (fewer under grouped-query attention), D head dim, C model width.
+With a KV cache, hook_k and hook_v see only the positions computed in this call, not those read
+back from the cache (as in TransformerLens).
+
 The encoder (EncoderLM) has the same points, its attention bidirectional. The encoder-decoder
 (Seq2SeqLM) names its encoder's points `encoder.hook_embed`, `encoder.blocks.{i}.*`,
 `encoder.hook_norm` (S source positions), and its decoder's as above, plus cross-attention:
 
-    blocks.{i}.cross_attn.hook_pattern   weights from target queries to source keys (B, H, T, S)
-    blocks.{i}.cross_attn.hook_z         cross-attention output per head        (B, T, H, D)
-    blocks.{i}.hook_cross_out            cross-attention output added to the stream (B, T, C)
-    blocks.{i}.hook_resid_cross          residual stream after cross-attention  (B, T, C)
+    blocks.{i}.cross_attn.hook_q            target queries                  (B, T, H, D)
+    blocks.{i}.cross_attn.hook_k, hook_v    source keys and values, computed once per sequence (B, S, Hkv, D)
+    blocks.{i}.cross_attn.hook_attn_scores  scores from target queries to source keys (B, H, T, S) [explicit]
+    blocks.{i}.cross_attn.hook_pattern      weights from target queries to source keys (B, H, T, S) [explicit]
+    blocks.{i}.cross_attn.hook_z            cross-attention output per head        (B, T, H, D)
+    blocks.{i}.hook_cross_out               cross-attention output added to the stream (B, T, C)
+    blocks.{i}.hook_resid_cross             residual stream after cross-attention  (B, T, C)
 
 A hook is `fn(tensor, hook) -> tensor | None`: returning a tensor replaces the activation.
 Unused, a point costs one Python call and a list check (no tensor work, nothing recorded), so
-training is unchanged. SDPA never materialises attention weights: while a hook is attached
-to `attn.hook_pattern`, that attention module computes softmax(QK^T / sqrt(d_k)) V explicitly.
+training is unchanged (tests/test_hooks.py checks the training step is bitwise identical).
 
     logits, cache = run_with_cache(model, ids)
     cache["blocks.0.attn.hook_pattern"]          # (B, H, T, T)
@@ -182,8 +199,8 @@ def run_with_cache(model: nn.Module, *args: Any, names: str | list[str] | Callab
     """Run `model(*args, **kwargs)` and record the activations at `names` (default: all points).
 
     With detach=False the cached tensors stay in the autograd graph (for gradients with
-    respect to activations). Caching `attn.hook_pattern` switches attention to the explicit
-    computation for this call only.
+    respect to activations). Caching `attn.hook_pattern` or `attn.hook_attn_scores` switches
+    that attention module to the explicit computation for this call only.
     """
     store: dict[str, torch.Tensor] = {}
 

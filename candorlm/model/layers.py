@@ -1,13 +1,21 @@
 """The transformer's parts, in the order a block uses them: norm, rotary positions, attention,
 feed-forward network, block.
 
-    attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V          (per head; SDPA computes it)
+    RMSNorm(x)         = x / sqrt(mean(x^2) + eps) * g
+    attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V          (per head; see `attention`)
     FFN(x)             = W_down (silu(W_gate x) * W_up x)      (SwiGLU; ReLU/GELU: W_down act(W_up x))
     block(x)           = x + attn(norm(x));  then  x + FFN(norm(x))   (pre-norm residual)
 
+Attention is computed by PyTorch's fused `scaled_dot_product_attention` (SDPA), which never
+holds the attention weights. The textbook lines in `attention` (scores, mask, softmax, weighted
+sum) run only while a hook is attached to `attn.hook_attn_scores` or `attn.hook_pattern`
+(model/hooks.py): that is how explain/ reads attention maps. Both compute the same formula.
+
 The same block builds all three families: causal (decoder), bidirectional (encoder), and with
 cross-attention to an encoder's output (the encoder-decoder's decoder), as in keras-hub's
-TransformerDecoder that gains cross-attention when given the encoder's output.
+TransformerDecoder that gains cross-attention when given the encoder's output. Self- and
+cross-attention share their projections and the attention core (`AttentionHeads`, `attention`)
+and differ only in where keys and values come from.
 
 The conventions are Llama's (RMSNorm, rotate-half RoPE, no biases, q/k/v/o and gate/up/down
 projections), so a decoder exports to `transformers.LlamaForCausalLM` with the same logits.
@@ -73,8 +81,43 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
-class Attention(nn.Module):
-    """Multi-head (or grouped-query) attention with rotary positions and an optional KV cache."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+              dropout_p: float, hook_attn_scores: HookPoint, hook_pattern: HookPoint) -> torch.Tensor:
+    """The attention core, shared by self- and cross-attention:  softmax(Q K^T / sqrt(d_k)) V  per head.
+
+    q (B, H, T, D); k, v (B, Hkv, S, D), each key/value head serving H/Hkv query heads
+    (grouped-query attention) -> (B, H, T, D). mask: None or boolean (B or 1, 1, T, S), True
+    where a query may look; is_causal (with no mask): query t sees keys 0..t.
+
+    Fused or textbook: SDPA computes this without ever holding the (T, S) weights. Only while a
+    hook is attached to `hook_attn_scores` or `hook_pattern` do the lines below it run, as
+    written, so that the hooks see (and may replace) the scores and the weights; the two paths
+    agree to float rounding (tests/test_hooks.py).
+    """
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, H, S, D)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    if not (hook_attn_scores.active or hook_pattern.active):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                              dropout_p=dropout_p)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    elif is_causal:
+        T, S = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).tril().logical_not(),
+                                    float("-inf"))
+    scores = hook_attn_scores(scores)
+    pattern = hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))  # (B, H, T, S), rows sum to 1
+    if dropout_p:
+        pattern = F.dropout(pattern, dropout_p)
+    return pattern @ v
+
+
+class AttentionHeads(nn.Module):
+    """What self- and cross-attention share: the q/k/v/o projections (Llama's names), the split
+    into heads, the hook points, and the attention core. Each subclass's `forward` says where
+    its keys and values come from; this class has none."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -85,82 +128,76 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
-        self.hook_pattern = HookPoint()  # (B, H, T, S); attached, it makes attention explicit
+        # Hook points, as TransformerLens names them (see model/hooks.py). q, k, v are read before
+        # the rotary positions; k and v only where they are computed (new positions, or the
+        # encoder's output once per sequence), not where they come out of the KV cache.
+        self.hook_q = HookPoint()  # (B, T, H, D)
+        self.hook_k = HookPoint()  # (B, S_new, Hkv, D)
+        self.hook_v = HookPoint()  # (B, S_new, Hkv, D)
+        self.hook_attn_scores = HookPoint()  # (B, H, T, S), -inf where masked; attached, attention runs explicitly
+        self.hook_pattern = HookPoint()  # (B, H, T, S); attached, attention runs explicitly
         self.hook_z = HookPoint()  # (B, T, H, D)
+
+    def heads(self, x: torch.Tensor, proj: nn.Linear, n_heads: int, hook: HookPoint) -> torch.Tensor:
+        """(B, T, C) through `proj`, split into heads: (B, n_heads, T, D); `hook` sees (B, T, n_heads, D)."""
+        B, T, _ = x.shape
+        return hook(proj(x).view(B, T, n_heads, self.head_dim)).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               is_causal: bool) -> torch.Tensor:
+        """The core on (B, H, T, D) queries and (B, Hkv, S, D) keys/values, then the heads side by
+        side through o_proj: (B, T, C)."""
+        B, _, T, _ = q.shape
+        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0,
+                      self.hook_attn_scores, self.hook_pattern)
+        z = self.hook_z(y.transpose(1, 2))  # (B, T, H, D)
+        return self.o_proj(z.reshape(B, T, self.n_heads * self.head_dim))
+
+
+class Attention(AttentionHeads):
+    """Self-attention: queries, keys and values from the same positions, rotated by those positions;
+    with a KV cache, the keys and values of earlier positions come from the cache."""
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
                 cache: KVCache | None = None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q = apply_rope(self.heads(x, self.q_proj, self.n_heads, self.hook_q), *rope)  # (B, H, T, D)
+        k = apply_rope(self.heads(x, self.k_proj, self.n_kv_heads, self.hook_k), *rope)  # (B, Hkv, T, D)
+        v = self.heads(x, self.v_proj, self.n_kv_heads, self.hook_v)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D)
-        return self._attend(q, k, v, mask, is_causal)
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                is_causal: bool) -> torch.Tensor:
-        """softmax(Q K^T / sqrt(D)) V over all heads, then the output projection: (B, H, T, D) -> (B, T, C)."""
-        B, _, T, _ = q.shape
-        if self.n_kv_heads != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        if self.hook_pattern.active:
-            y = self._explicit_attention(q, k, v, mask, is_causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                               dropout_p=self.dropout if self.training else 0.0)
-        z = self.hook_z(y.transpose(1, 2))  # (B, T, H, D)
-        return self.o_proj(z.reshape(B, T, self.n_heads * self.head_dim))
-
-    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d_k)) V with SDPA's masking, exposing the weights to hook_pattern."""
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        elif is_causal:
-            T, S = scores.shape[-2:]
-            scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).tril().logical_not(),
-                                        float("-inf"))
-        pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
-        if self.training and self.dropout:
-            pattern = F.dropout(pattern, self.dropout)
-        return pattern @ v
+            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): the cached positions, then these
+        return self.attend(q, k, v, mask, is_causal)
 
 
-class CrossAttention(Attention):
+class CrossAttention(AttentionHeads):
     """Attention from the decoder's positions (queries) to the encoder's output (keys, values).
 
-    With `memory_rope` (the config's `cross_attention_rope`, on by default), queries are rotated by their target position and keys by
-    their source position, so a score depends on the offset between the two: an encoder that
-    sees only relative positions cannot tell a decoder where in the source it is, and monotone
-    tasks (pinyin to characters, transliteration) need exactly that. The keys and values of the
-    encoder's output are computed once per sequence and kept in the cache (keys rotated).
-    Without it, as in the original Transformer, only content decides where to attend.
+    With `memory_rope` (the config's `cross_attention_rope`, on by default), queries are rotated
+    by their target position and keys by their source position, so a score depends on the offset
+    between the two: an encoder that sees only relative positions cannot tell a decoder where in
+    the source it is, and monotone tasks (pinyin to characters, transliteration) need exactly
+    that. Without it, as in the original Transformer, only content decides where to attend. The
+    keys and values of the encoder's output are computed once per sequence and kept in the cache
+    (keys rotated).
     """
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        q = self.heads(x, self.q_proj, self.n_heads, self.hook_q)  # (B, H, T, D)
         if memory_rope is not None and rope is not None:
             q = apply_rope(q, *rope)
         kv = cache.memory.get(self.layer_idx) if cache is not None else None
         if kv is None:
-            S = memory.shape[1]
-            k = self.k_proj(memory).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
-            v = self.v_proj(memory).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            k = self.heads(memory, self.k_proj, self.n_kv_heads, self.hook_k)  # (B, Hkv, S, D)
+            v = self.heads(memory, self.v_proj, self.n_kv_heads, self.hook_v)
             if memory_rope is not None:
                 k = apply_rope(k, *memory_rope)
             if cache is not None:
                 cache.memory[self.layer_idx] = (k, v)
         else:
             k, v = kv
-        return self._attend(q, k, v, memory_mask, is_causal=False)
+        return self.attend(q, k, v, memory_mask, is_causal=False)
 
 
 class MLP(nn.Module):
@@ -218,35 +255,6 @@ class Block(nn.Module):
             x = self.hook_resid_cross(x + self.dropout(cross_out))
         mlp_out = self.hook_mlp_out(self.mlp(self.mlp_norm(x)))
         return self.hook_resid_post(x + self.dropout(mlp_out))
-
-
-def build_trunk(model: nn.Module, cfg: ModelConfig, *, cross_attention: bool = False,
-                tok_emb: nn.Embedding | None = None, lm_head: bool = True) -> None:
-    """Give `model` the parts all three families share, under the names their checkpoints use:
-    tok_emb (or the one given, to share it), blocks, norm, lm_head (tied to tok_emb when the
-    config says so; None without a head), rope, and the hook points hook_embed and hook_norm."""
-    if cfg.vocab_size <= 0:
-        raise ValueError("model.vocab_size must be set (it is taken from the tokenizer when training)")
-    model.cfg = cfg
-    model.tok_emb = tok_emb if tok_emb is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
-    model.blocks = nn.ModuleList(Block(cfg, i, cross_attention) for i in range(cfg.n_layers))
-    model.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-    model.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) if lm_head else None
-    if model.lm_head is not None and cfg.tie_embeddings:
-        model.lm_head.weight = model.tok_emb.weight
-    model.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-    model.hook_embed, model.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
-
-
-def init_weights(model: nn.Module, init_std: float, n_layers: int) -> None:
-    """Normal(0, init_std) for linear and embedding weights; GPT-2's depth scaling for the output
-    projection of each residual branch (o_proj, down_proj): std / sqrt(2 * n_layers)."""
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=init_std)
-    for name, p in model.named_parameters():
-        if name.endswith(("o_proj.weight", "down_proj.weight")):
-            nn.init.normal_(p, mean=0.0, std=init_std / math.sqrt(2 * n_layers))
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -1,4 +1,6 @@
-"""The output layer and the cross-entropy loss in one pass, a chunk of tokens at a time.
+"""The language-modelling losses: next-token cross-entropy on logits (`lm_loss`), and the output
+layer and the cross-entropy in one pass, a chunk of tokens at a time (`linear_cross_entropy`,
+`token_losses`).
 
 The plain way (`lm_loss(model(x), y)`) materialises the logits of every token, (B*T, vocab),
 then an fp32 copy of them, their log-softmax, and in the backward pass a zero-filled gradient
@@ -30,6 +32,14 @@ import torch.nn.functional as F
 # Tokens per chunk: large enough that the matmuls stay efficient, small enough that a chunk's
 # logits (chunk x vocab floats: 8 MB for 256 x 8192) stay in the CPU's cache.
 CHUNK_TOKENS = 256
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+            reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy in fp32 (logits may be bf16 under autocast): logits (..., V) and
+    targets (...), `ignore_index` marking targets that do not count."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=ignore_index, reduction=reduction)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

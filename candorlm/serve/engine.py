@@ -31,7 +31,7 @@ import torch
 
 from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, choose_next
-from candorlm.lm import _TextRow  # the trunk's text assembly: incomplete UTF-8, stop strings
+from candorlm.lm import TextRow as _TextRow  # the trunk's text assembly: incomplete UTF-8, stop strings
 from candorlm.model import DecoderLM
 from candorlm.tokenizer import Tokenizer
 

@@ -1,32 +1,30 @@
 """Why the model chose a token: gradient x input attribution and one head's attention pattern.
 
-Small and real, for the serving API and the chat page until `candorlm/explain/` lands; the
-lead can point `POST /v1/explain` there without changing its JSON.
+The quick, per-token view behind `POST /v1/explain` and the chat page; `candorlm/explain/` has
+the fuller tools (integrated gradients, patching, lens). Both read the model through the same
+named hook points (`candorlm.model.hooks`), so neither re-writes its forward pass:
 
 - Attribution (gradient x input; Shrikumar et al. 2016, Simonyan et al. 2013): the score of
   prompt position i for target token t is  sum_c  e_ic * d logit_t / d e_ic  over the input
   embedding e_i. It is the first-order Taylor estimate of how much that position's embedding
-  contributes to the target's logit; positive pushed the model towards t.
-- Attention: the pattern  softmax(Q K^T / sqrt(d_k))  of one layer and head, computed
-  explicitly from that layer's queries and keys (rotary positions applied, causal mask), the
-  same numbers that the model's scaled-dot-product attention weights its values with.
-
-The forward pass here walks the model's own modules (embedding, blocks, final norm, head) so
-that the embeddings can be a leaf tensor and one block's attention input can be kept; a test
-checks it gives the same logits as `model(ids)`.
+  contributes to the target's logit; positive pushed the model towards t. The model runs with
+  its `hook_embed` output replaced by a leaf tensor of the embeddings, the derivative's input.
+- Attention: the pattern  softmax(Q K^T / sqrt(d_k))  of one layer and head, read at
+  `blocks.{layer}.attn.hook_pattern`. While that point is hooked, the attention module computes
+  its weights explicitly instead of through the fused kernel; the logits come from a pass
+  without it, so they are exactly `model(ids)`'s.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from candorlm.errors import CandorError
 from candorlm.model import DecoderLM
-from candorlm.model.layers import apply_rope
-from candorlm.tokenizer import Tokenizer, _bytes_to_unicode  # GPT-2's byte map, to label partial characters
+from candorlm.model.hooks import hooks
+from candorlm.tokenizer import Tokenizer, byte_decoder
 
 
 @dataclass
@@ -44,31 +42,33 @@ class Explanation:
 
 def forward_keeping_attention_input(model: DecoderLM, emb: torch.Tensor,
                                     layer: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """(logits (B, T, V), the normed input of block `layer`'s attention (B, T, C), rope) from embeddings."""
+    """The model's forward pass on embeddings emb (B, T, C) instead of token ids: (logits (B, T, V),
+    the normed input of block `layer`'s attention (B, T, C), the rotary tables (cos, sin) it used)."""
     B, T, _ = emb.shape
-    positions = torch.arange(T, device=emb.device).expand(B, T)
-    rope = model.rope(positions)
-    x, kept = emb, emb
-    for i, block in enumerate(model.blocks):
-        if i == layer:
-            kept = block.attn_norm(x)
-        x = block(x, rope)  # no cache, no mask: plain causal attention
-    return model.lm_head(model.norm(x)), kept, rope
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(x: torch.Tensor, hook: object) -> None:
+        kept["resid_pre"] = x
+
+    # Placeholder ids: hook_embed replaces their embeddings by emb. No mask: plain causal attention.
+    ids = torch.zeros(B, T, dtype=torch.long, device=emb.device)
+    with hooks(model, {"hook_embed": lambda x, hook: emb, f"blocks.{layer}.hook_resid_pre": keep}):
+        logits = model(ids)
+    return logits, model.blocks[layer].attn_norm(kept["resid_pre"]), model.rope.span(0, T)
 
 
 def attention_pattern(model: DecoderLM, attn_input: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                       layer: int, head: int) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d_k)) for one head, (B, T, T), with the causal mask."""
-    attn = model.blocks[layer].attn
-    B, T, _ = attn_input.shape
-    D = attn.head_dim
-    q = attn.q_proj(attn_input).view(B, T, attn.n_heads, D).transpose(1, 2)  # (B, H, T, D)
-    k = attn.k_proj(attn_input).view(B, T, attn.n_kv_heads, D).transpose(1, 2)  # (B, Hkv, T, D)
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    kv_head = head // (attn.n_heads // attn.n_kv_heads)  # grouped-query attention shares K among heads
-    scores = q[:, head] @ k[:, kv_head].transpose(-1, -2) / math.sqrt(D)  # (B, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
-    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    """softmax(Q K^T / sqrt(d_k)) of one head, (B, T, T), causal: block `layer`'s attention run on
+    its input attn_input (B, T, C), its weights read at `blocks.{layer}.attn.hook_pattern`."""
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(pattern: torch.Tensor, hook: object) -> None:
+        kept["pattern"] = pattern  # (B, H, T, T)
+
+    with hooks(model, {f"blocks.{layer}.attn.hook_pattern": keep}):
+        model.blocks[layer].attn(attn_input, rope)  # causal, no cache: as in the forward pass
+    return kept["pattern"][:, head]
 
 
 def explain_token(model: DecoderLM, ids: list[int], position: int, layer: int = 0, head: int = 0) -> Explanation:
@@ -111,7 +111,7 @@ def explain_token(model: DecoderLM, ids: list[int], position: int, layer: int = 
 def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
     """Readable text of each token. A byte-level token that holds only part of a character
     (common for Chinese) is shown as its bytes, e.g. '\\xe4\\xb8', rather than as '�'."""
-    byte_of = {ch: b for b, ch in _bytes_to_unicode().items()} if tokenizer.byte_level else {}
+    byte_of = byte_decoder() if tokenizer.byte_level else {}
     labels = []
     for i in ids:
         text = tokenizer.decode([i], skip_special=False)

@@ -21,8 +21,9 @@ def small(**kw):
 def test_hook_points_are_named_like_transformer_lens():
     names = set(hook_points(small()))
     for i in range(2):
-        for suffix in ("hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
-                       "hook_mlp_out", "hook_resid_post"):
+        for suffix in ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
+                       "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
+                       "hook_resid_post"):
             assert f"blocks.{i}.{suffix}" in names
     assert {"hook_embed", "hook_norm"} <= names
     assert all(not p.active for p in hook_points(small()).values())
@@ -48,12 +49,12 @@ def test_unused_hooks_leave_the_training_step_bitwise_identical():
     assert all(torch.equal(a, b) for a, b in zip(pa, pb))
 
 
-def test_reading_every_point_but_the_pattern_changes_nothing():
+def test_reading_every_point_but_the_scores_and_pattern_changes_nothing():
     model = small().eval()
     x = torch.randint(0, 97, (2, 12))
     with torch.no_grad():
         plain = model(x)
-        cached, cache = run_with_cache(model, x, names=lambda n: not n.endswith("hook_pattern"))
+        cached, cache = run_with_cache(model, x, names=lambda n: not n.endswith(("hook_pattern", "hook_attn_scores")))
     assert torch.equal(plain, cached)
     assert cache["blocks.1.hook_resid_post"].shape == (2, 12, 32)
     assert cache["blocks.0.attn.hook_z"].shape == (2, 12, 4, 8)
@@ -139,3 +140,84 @@ def test_gradients_flow_through_a_cached_activation():
     (grad,) = torch.autograd.grad(out[0, -1].logsumexp(-1), resid)
     assert grad.shape == resid.shape and grad[0, -1].abs().sum() > 0
     assert isinstance(hook_points(model)["hook_embed"], HookPoint)
+
+
+def test_q_k_v_are_the_projections_before_rotary_positions():
+    model = small(n_kv_heads=2).eval()
+    x = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        _, cache = run_with_cache(model, x, names=["blocks.1.hook_resid_pre", "blocks.1.attn.hook_*"])
+        block = model.blocks[1]
+        h = block.attn_norm(cache["blocks.1.hook_resid_pre"])
+    q, k, v = (cache[f"blocks.1.attn.hook_{n}"] for n in "qkv")
+    assert q.shape == (2, 9, 4, 8) and k.shape == v.shape == (2, 9, 2, 8)  # (B, T, H or Hkv, D)
+    assert torch.allclose(q, block.attn.q_proj(h).view(2, 9, 4, 8), atol=1e-6)
+    assert torch.allclose(k, block.attn.k_proj(h).view(2, 9, 2, 8), atol=1e-6)
+    assert torch.allclose(v, block.attn.v_proj(h).view(2, 9, 2, 8), atol=1e-6)
+
+
+def test_scores_are_scaled_masked_and_give_the_pattern():
+    model = small().eval()
+    x = torch.randint(0, 97, (1, 7))
+    with torch.no_grad():
+        _, cache = run_with_cache(model, x, names=["blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_pattern"])
+    scores, pattern = cache["blocks.0.attn.hook_attn_scores"], cache["blocks.0.attn.hook_pattern"]
+    assert scores.shape == (1, 4, 7, 7)
+    above = torch.ones(7, 7, dtype=torch.bool).triu(1)
+    assert torch.all(scores[..., above] == float("-inf")) and torch.isfinite(scores[..., ~above]).all()
+    assert torch.allclose(scores.softmax(-1), pattern, atol=1e-6)
+
+
+def test_overwriting_the_scores_changes_the_attention():
+    """Scores set to 0 wherever a query may look: each row of the pattern is uniform over 0..t."""
+    model = small().eval()
+    x = torch.randint(0, 97, (1, 6))
+    flat = lambda s, hook: torch.where(torch.isfinite(s), torch.zeros_like(s), s)  # noqa: E731
+    with torch.no_grad(), hooks(model, {"blocks.0.attn.hook_attn_scores": flat}):
+        out, cache = run_with_cache(model, x, names="blocks.0.attn.hook_pattern")
+    uniform = torch.ones(6, 6).tril() / torch.arange(1, 7)[:, None]
+    assert torch.allclose(cache["blocks.0.attn.hook_pattern"][0], uniform.expand(4, 6, 6), atol=1e-6)
+    assert not torch.allclose(out, model(x))
+
+
+@pytest.mark.parametrize("point,weight", [("hook_k", "k_proj"), ("hook_v", "v_proj"), ("hook_q", "q_proj")])
+def test_zeroing_q_k_or_v_at_the_hook_is_zeroing_its_projection(point, weight):
+    """The points sit on the computation's path, on the fused (SDPA) path too."""
+    model = small(n_kv_heads=2).eval()
+    reference = copy.deepcopy(model)
+    torch.nn.init.zeros_(getattr(reference.blocks[0].attn, weight).weight)
+    x = torch.randint(0, 97, (2, 8))
+    zero = lambda t, hook: torch.zeros_like(t)  # noqa: E731
+    with torch.no_grad(), hooks(model, {f"blocks.0.attn.{point}": zero}):
+        assert torch.allclose(model(x), reference(x), atol=1e-6)
+
+
+def test_with_a_cache_k_and_v_hold_the_new_positions_only():
+    model = small(n_kv_heads=2).eval()
+    x = torch.randint(0, 97, (2, 10))
+    kv = model.make_cache(2, 10)
+    with torch.no_grad():
+        model(x[:, :9], cache=kv)
+        _, cache = run_with_cache(model, x[:, 9:], cache=kv, names=["blocks.0.attn.hook_k", "blocks.0.attn.hook_pattern"])
+        _, full = run_with_cache(model, x, names="blocks.0.attn.hook_k")
+    assert cache["blocks.0.attn.hook_k"].shape == (2, 1, 2, 8)
+    assert torch.allclose(cache["blocks.0.attn.hook_k"], full["blocks.0.attn.hook_k"][:, 9:], atol=1e-5)
+    assert cache["blocks.0.attn.hook_pattern"].shape == (2, 4, 1, 10)  # the query sees all 10 keys
+
+
+def test_cross_attention_points_see_the_source():
+    from candorlm.model import Seq2SeqLM
+
+    torch.manual_seed(0)
+    model = Seq2SeqLM(ModelConfig(arch="seq2seq", vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                  max_seq_len=32)).eval()
+    src, tgt = torch.randint(3, 97, (2, 11)), torch.randint(3, 97, (2, 5))
+    with torch.no_grad():
+        plain = model(src, tgt)
+        out, cache = run_with_cache(model, src, tgt, names="blocks.1.cross_attn.hook_*")
+    assert torch.allclose(out, plain, atol=1e-5)
+    assert cache["blocks.1.cross_attn.hook_q"].shape == (2, 5, 4, 8)
+    assert cache["blocks.1.cross_attn.hook_k"].shape == cache["blocks.1.cross_attn.hook_v"].shape == (2, 11, 2, 8)
+    assert cache["blocks.1.cross_attn.hook_attn_scores"].shape == (2, 4, 5, 11)
+    assert torch.allclose(cache["blocks.1.cross_attn.hook_attn_scores"].softmax(-1),
+                          cache["blocks.1.cross_attn.hook_pattern"], atol=1e-6)

@@ -444,6 +444,9 @@ def serve(
     model_name: Optional[str] = typer.Option(None, help="Model id clients use (default: the run's folder name)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     key_file: Optional[Path] = typer.Option(None, help="Key to read an encrypted run with (or set CANDORLM_KEY)."),
+    allowed_hosts: Optional[str] = typer.Option(None, help="Host names clients may use besides the bound address, "
+                                                "comma-separated (*.example.com for subdomains); others get a 400, "
+                                                "against DNS rebinding."),
 ) -> None:
     """Serve a run: OpenAI-compatible API (completions, chat, streaming), /v1/explain, and a chat page at /.
 
@@ -454,7 +457,7 @@ def serve(
 
     run_server(run, host=host, port=port, keys=keys, insecure_no_auth=insecure_no_auth, audit_log=audit_log,
                audit_text=audit_text, max_batch=max_batch, model_name=model_name, device=device,
-               max_tokens=max_tokens, max_body_bytes=max_body, key=resolve_key(key_file))
+               max_tokens=max_tokens, max_body_bytes=max_body, key=resolve_key(key_file), allowed_hosts=allowed_hosts)
 
 
 # ---- tasks: fine-tuning, task evaluation, chat (issue 4) ----

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterable
 from candorlm.errors import CandorError
 
 if TYPE_CHECKING:
-    from candorlm.privacy.crypto import Key
+    from candorlm.io.sealed import Key
 
 log = logging.getLogger(__name__)
 

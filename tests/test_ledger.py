@@ -190,7 +190,8 @@ def test_generate_adds_a_session_to_the_ledger(trained_run, tmp_path):
 
 
 def test_generate_on_an_encrypted_run_leaves_its_ledger_sealed_and_says_why(trained_run, tmp_path):
-    from candorlm.privacy.crypto import encrypt_path, resolve_key, write_key_file
+    from candorlm.io.sealed import resolve_key
+    from candorlm.privacy.crypto import encrypt_path, write_key_file
     from candorlm.privacy.integrity import verify
 
     key_file = write_key_file(tmp_path / "run.key")

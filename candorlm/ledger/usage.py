@@ -71,7 +71,7 @@ def metered_generation(lm: "LanguageModel", run_dir: str | Path) -> Iterator[Gen
 
 def _sealed(run_dir: str | Path) -> bool:
     """Whether the run is encrypted: its ledger, or (before it has one) its weights."""
-    from candorlm.privacy.crypto import is_encrypted
+    from candorlm.io.sealed import is_encrypted
 
     run = RunDir(Path(run_dir))
     return is_encrypted(run.ledger) or is_encrypted(run.weights)

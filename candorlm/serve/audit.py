@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candorlm.errors import CandorError
-from candorlm.privacy.crypto import is_encrypted
+from candorlm.io.sealed import is_encrypted
 from candorlm.serve.errors import APIError
 
 log = logging.getLogger(__name__)

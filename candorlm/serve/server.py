@@ -107,7 +107,7 @@ def listen(host: str, port: int) -> socket.socket:
 def default_audit_log(run: Path) -> Path:
     """RUN/audit.jsonl, unless the run is encrypted: the log is plain text, and candorlm does not
     write into a sealed run (its SHA256SUMS vouches for every file), so the operator chooses."""
-    from candorlm.privacy.crypto import is_encrypted
+    from candorlm.io.sealed import is_encrypted
 
     if any(is_encrypted(run / name) for name in ("config.toml", "model.safetensors", "audit.jsonl")):
         raise CandorError(f"{run} is encrypted, and candorlm does not write into an encrypted run; give the audit "

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from candorlm.errors import CandorError
-from candorlm.privacy.crypto import Key, encrypt_path
+from candorlm.io.sealed import Key
+from candorlm.privacy.crypto import encrypt_path
 from candorlm.serve.server import serve
 
 BAD = [

@@ -104,9 +104,14 @@ def _wide_without_bom(head: bytes, whole: bool) -> str | None:
         except UnicodeDecodeError:
             continue
         score = _plausible(text)
-        if score > 0.95 and (best is None or score > best[0]):
+        # Text's NULs come from ASCII (newlines, spaces, digits): with none, this is no such text.
+        if score > 0.95 and _has_ascii(text) and (best is None or score > best[0]):
             best = (score, encoding)
     return best[1] if best else None
+
+
+def _has_ascii(text: str) -> bool:
+    return any("\t" <= ch <= "~" for ch in text)
 
 
 def _decodes(data: bytes, encoding: str) -> bool:

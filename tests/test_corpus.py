@@ -53,7 +53,7 @@ def test_utf32_with_a_byte_order_mark_is_not_taken_for_utf16(tmp_path):
     assert detect_encoding(f) == "utf-32" and [d.text for d in Corpus([f])] == ["再见，世界"]
 
 
-@pytest.mark.parametrize("blob", [b"\x00\x01\x02binary", b"\x00" * 100, bytes(range(256)) * 300,
+@pytest.mark.parametrize("blob", [b"\x00\x01\x02binary", b"\x00" * 100, bytes(range(256)) * 300, b"\x00\xff" * 50,
                                   b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(64)) * 4])
 def test_binary_with_nuls_is_still_binary_and_the_message_says_why(tmp_path, blob):
     f = tmp_path / "blob.txt"

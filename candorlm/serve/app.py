@@ -10,7 +10,9 @@
     GET  /openapi.json          the schema
     GET  /                      the chat page (assets bundled, no CDN)
 
-Every refusal is an OpenAI-style error object with a 4xx status; a 500 means a bug.
+Every refusal is an OpenAI-style error object with a 4xx status. A 500 says only that the server
+failed (a bug, an unusable keys file, an audit log that cannot be written) and names the request
+id; what failed goes to the server's log, never to the caller.
 """
 
 from __future__ import annotations
@@ -26,41 +28,29 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig
 from candorlm.lm import LanguageModel
 from candorlm.serve import schemas as S
-from candorlm.serve.audit import AuditLog, AuditMiddleware
+from candorlm.serve.schemas import ServeLimits
+from candorlm.serve.audit import AuditLog, AuditMiddleware, unavailable
 from candorlm.serve.auth import KeyStore, Limiter, OverLimit
 from candorlm.serve.chat import chat_prompt_ids, chat_stop_ids
 from candorlm.serve.engine import Engine, EngineBusy
-from candorlm.serve.errors import APIError, error_body
+from candorlm.serve.errors import APIError, ContainErrors, error_body, request_id
 from candorlm.serve.gate import AccessGate, BodyLimit, Principal
 from candorlm.serve.generation import Generation, Outcome, Plan
+from candorlm.serve.handlers import install_error_handlers
+from candorlm.serve.hosts import HostCheck, HostPolicy
+from candorlm.serve.openapi import openapi, responses
 from candorlm.serve.why import explain_token, token_labels
 
 log = logging.getLogger(__name__)
 UI_DIR = Path(__file__).with_name("ui")
-
-
-@dataclass
-class ServeLimits:
-    """Caps on what one request may ask for (each refusal is a 400 or 413 naming the limit)."""
-
-    max_body_bytes: int = 1 << 20
-    max_prompt_tokens: int | None = None  # None: the model's context less one
-    max_tokens: int = 1024
-    max_n: int = 4
-    max_prompts: int = 16
-    max_stop: int = 4
-    max_explain_tokens: int = 256
 
 
 @dataclass
@@ -186,7 +176,7 @@ class Service:
                 raise APIError(429, str(over), code=over.code, headers={"Retry-After": str(over.retry_after)}) from None
             except ValueError as exc:
                 raise APIError(400, str(exc), param="max_tokens", code="token_budget_exceeded") from None
-        generation = Generation(self.engine, plan)
+        generation = Generation(self.engine, plan, request_id(request.scope))
         generation.on_done.append(lambda outcome: self._settle(principal, plan, outcome, audit))
         try:
             generation.submit()
@@ -204,8 +194,8 @@ class Service:
         if outcome is None:  # the client left (its jobs are cancelled); nobody reads this answer
             audit["cancelled"] = True
             return JSONResponse(error_body(499, "client closed the request"), status_code=499)
-        if outcome.error:
-            raise RuntimeError(f"generation failed: {outcome.error}")
+        if outcome.error:  # the engine has logged what failed
+            raise generation.failure()
         return JSONResponse(generation.response())
 
     def _settle(self, principal: Principal, plan: Plan, outcome: Outcome, audit: dict[str, Any]) -> None:
@@ -296,40 +286,14 @@ async def known_query_only(request: Request) -> None:
         raise APIError(400, f"unknown query parameter {unknown[0]!r}", param=unknown[0])
 
 
-ERRORS = {400: "The request is invalid (the message says what and how to fix it).",
-          401: "No API key, or an invalid one.", 403: "The key lacks the scope this endpoint needs.",
-          404: "Unknown model.", 413: "The request body is over the size limit.",
-          429: "Over the key's request rate or token budget; retry after Retry-After seconds.",
-          503: "Too many requests are waiting; retry shortly."}
-
-
-def _responses(*codes: int, stream: type | None = None) -> dict[int | str, dict[str, Any]]:
-    out: dict[int | str, dict[str, Any]] = {c: {"model": S.ErrorResponse, "description": ERRORS[c]} for c in codes}
-    if 429 in codes or 503 in codes:
-        for c in (429, 503):
-            if c in out:
-                out[c]["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
-    if stream is not None:
-        out[200] = {"description": "JSON, or with stream: true server-sent events, each `data: <chunk JSON>`, "
-                                   "then `data: [DONE]`.",
-                    "content": {"text/event-stream": {"schema": _event_schema(stream)}}}
-    return out
-
-
-def _event_schema(chunk: type) -> dict[str, Any]:
-    """One server-sent event: its data is a chunk (or an error object) as JSON, or [DONE]."""
-    payload = {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"},
-                         {"$ref": "#/components/schemas/ErrorResponse"}]}
-    return {"type": "object", "required": ["data"],
-            "properties": {"data": {"anyOf": [{"const": "[DONE]"},
-                                              {"type": "string", "contentMediaType": "application/json",
-                                               "contentSchema": payload}]}}}
-
-
 def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = None, audit: AuditLog | None = None,
-               limits: ServeLimits | None = None, max_batch: int = 16, limiter: Limiter | None = None) -> FastAPI:
-    """The ASGI app serving `lm`. With `keys`, every /v1 call needs a key with the right scope."""
+               limits: ServeLimits | None = None, max_batch: int = 16, limiter: Limiter | None = None,
+               hosts: HostPolicy | None = None) -> FastAPI:
+    """The ASGI app serving `lm`. With `keys`, every /v1 call needs a key with the right scope.
+    Every request's Host header must be one `hosts` allows (default: a loopback server's
+    localhost, 127.0.0.1 and [::1]; see hosts.py)."""
     limits = limits or ServeLimits()
+    hosts = hosts or HostPolicy.for_bind("127.0.0.1")
     engine = Engine(lm.model, lm.tokenizer, max_batch=max_batch).start()
     service = Service(lm, engine, model_name, limits, limiter or Limiter(), keys, audit, created=int(time.time()))
 
@@ -338,30 +302,35 @@ def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = No
         engine.start()
         yield
         engine.stop()
+        if audit is not None:
+            audit.close()
 
     app = FastAPI(title="candorlm", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible completions and chat, plus explanations, for a candorlm run.")
     app.state.service = service
     app.state.engine = engine
+    # Outermost last: the audit log sees every answer, refusals and failures too.
     app.add_middleware(AccessGate, keys=keys, limiter=service.limiter)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(AuditMiddleware, log=audit)  # outermost: it sees every refusal too
-    _install_error_handlers(app)
+    app.add_middleware(HostCheck, policy=hosts)
+    app.add_middleware(ContainErrors)
+    app.add_middleware(AuditMiddleware, log=audit)
+    install_error_handlers(app)
 
-    gen_errors = (400, 401, 403, 404, 413, 429, 503)
+    gen_errors = (400, 401, 403, 404, 413, 429, 500, 503)
     api = APIRouter(dependencies=[Depends(known_query_only)])
 
     @api.post("/v1/completions", response_model=S.CompletionResponse, summary="Complete a prompt",
-              responses=_responses(*gen_errors, stream=S.CompletionChunk))
+              responses=responses(*gen_errors, stream=S.CompletionChunk))
     async def completions(body: S.CompletionRequest, request: Request) -> Any:
         return await service.respond(request, service.plan_completion(body), body)
 
     @api.post("/v1/chat/completions", response_model=S.ChatResponse, summary="Answer a conversation",
-              responses=_responses(*gen_errors, stream=S.ChatChunk))
+              responses=responses(*gen_errors, stream=S.ChatChunk))
     async def chat_completions(body: S.ChatRequest, request: Request) -> Any:
         return await service.respond(request, service.plan_chat(body), body)
 
-    @api.post("/v1/explain", response_model=S.ExplainResponse, responses=_responses(400, 401, 403, 404, 413, 429),
+    @api.post("/v1/explain", response_model=S.ExplainResponse, responses=responses(400, 401, 403, 404, 413, 429, 500),
               summary="Why the model gives a target token: attribution over the prompt, attention of one head")
     async def explain(body: S.ExplainRequest, request: Request) -> Any:
         return JSONResponse(await run_in_threadpool(service.explain, body))
@@ -371,16 +340,16 @@ def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = No
         return {"id": model_name, "object": "model", "created": service.created, "owned_by": "candorlm",
                 "context_length": service.context, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads}
 
-    @api.get("/v1/models", response_model=S.ModelList, responses=_responses(400, 401, 429))
+    @api.get("/v1/models", response_model=S.ModelList, responses=responses(400, 401, 429, 500))
     async def models() -> Any:
         return {"object": "list", "data": [model_card()]}
 
-    @api.get("/v1/models/{model_id}", response_model=S.ModelCard, responses=_responses(400, 401, 404, 429))
+    @api.get("/v1/models/{model_id}", response_model=S.ModelCard, responses=responses(400, 401, 404, 429, 500))
     async def model(model_id: str) -> Any:
         service.check_model(model_id)
         return model_card()
 
-    @api.get("/v1/admin/keys", response_model=S.AdminKeys, responses=_responses(400, 401, 403, 429))
+    @api.get("/v1/admin/keys", response_model=S.AdminKeys, responses=responses(400, 401, 403, 429, 500))
     async def admin_keys() -> Any:
         records = keys.records() if keys is not None else []
         data = [{"name": r.name, "scopes": list(r.scopes), "created": r.created,
@@ -388,13 +357,15 @@ def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = No
                  "usage": vars(service.usage.get(r.name, Usage()))} for r in records]
         return {"object": "list", "data": data}
 
-    @api.get("/v1/admin/audit", response_model=S.AuditTail, responses=_responses(400, 401, 403, 429))
+    @api.get("/v1/admin/audit", response_model=S.AuditTail, responses=responses(400, 401, 403, 429, 500))
     async def admin_audit(limit: int = Query(100, ge=1, le=10_000, description="Newest records to return.")) -> Any:
         records = await run_in_threadpool(audit.read, limit) if audit is not None else []
         return {"object": "list", "data": records}
 
-    @api.get("/health", response_model=S.Health, responses=_responses(400))
+    @api.get("/health", response_model=S.Health, responses=responses(400, 500))
     async def health() -> Any:
+        if audit is not None and audit.error is not None and await run_in_threadpool(audit.failing):
+            raise unavailable()  # a monitor must not see "ok" while every API request is refused
         return {"status": "ok", "model": model_name, "auth": keys is not None, "engine": engine.load}
 
     app.include_router(api)
@@ -406,101 +377,8 @@ def create_app(lm: LanguageModel, *, model_name: str, keys: KeyStore | None = No
         return HTMLResponse(index)
 
     app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
-    app.openapi = lambda: _openapi(app, service)  # type: ignore[method-assign]
+    cfg = lm.model.cfg
+    app.openapi = lambda: openapi(app, model_name=model_name, limits=limits,  # type: ignore[method-assign]
+                                  context=service.context, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                                  keyed=keys is not None)
     return app
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _describe(exc.errors())
-        return APIError(400, message, param=param).response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = str(exc.detail)
-        if exc.status_code == 400 and "parsing the body" in message:
-            message = "the request body could not be read as JSON (is it UTF-8?)"
-        code = {413: "request_too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(error_body(exc.status_code, message, code), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-
-
-def _describe(errors: Any) -> tuple[str, str | None]:
-    """A readable message and the offending parameter from pydantic's error list."""
-    errors = list(errors)
-    if not errors:
-        return "invalid request", None
-    first = errors[0]
-    # Drop "body" and pydantic's names for union members ("str", "list[TextPart]", "function-after[...]").
-    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_tag(p)]
-    if first.get("type") == "json_invalid":
-        return f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})", None
-    if first.get("type") == "missing" and not loc:
-        return "the request needs a JSON body", None
-    param = ".".join(loc) or None
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    where = f"{param}: " if param else ""
-    return f"{where}{first.get('msg', 'invalid value')}{more}", param
-
-
-def _is_type_tag(part: Any) -> bool:
-    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none"))
-
-
-def _openapi(app: FastAPI, service: Service) -> dict[str, Any]:
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    # Validation errors are 400s in OpenAI's shape, not FastAPI's 422s.
-    for path in schema["paths"].values():
-        for op in path.values():
-            op.get("responses", {}).pop("422", None)
-    components = schema.setdefault("components", {})
-    for name in ("HTTPValidationError", "ValidationError"):
-        components.get("schemas", {}).pop(name, None)
-    for model in (S.CompletionChunk, S.ChatChunk):  # named by the streaming responses' event schema
-        chunk = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components["schemas"].update(chunk.pop("$defs", {}))
-        components["schemas"][model.__name__] = chunk
-    _publish_limits(components["schemas"], service)
-    if service.keys is not None:
-        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        for route, path in schema["paths"].items():
-            if route.startswith("/v1/"):
-                for op in path.values():
-                    op["security"] = [{"bearer": []}]
-    app.openapi_schema = schema
-    return schema
-
-
-def _publish_limits(schemas: dict[str, Any], service: Service) -> None:
-    """Write this server's limits (model name, n, max_tokens, stop strings, prompts, layers and
-    heads) into the request schemas, so clients and fuzzers see what will be accepted. Token
-    counts (prompt plus max_tokens within the context) depend on tokenization: JSON Schema
-    cannot state them, and they are refused with code 'context_length_exceeded'."""
-    limits, cfg = service.limits, service.lm.model.cfg
-    most_tokens = min(limits.max_tokens, service.context - 1)
-
-    def constrain(model: str, field: str, **rules: Any) -> None:
-        prop = schemas[model]["properties"][field]
-        branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
-        for branch in branches:
-            kind = branch.get("type")
-            branch.update({k: v for k, v in rules.items()
-                           if (k in ("maxItems", "minItems")) == (kind == "array")})
-
-    for model in ("CompletionRequest", "ChatRequest", "ExplainRequest"):
-        schemas[model]["properties"]["model"] = {"type": "string", "enum": [service.model_name], "title": "Model"}
-    for model in ("CompletionRequest", "ChatRequest"):
-        constrain(model, "n", maximum=limits.max_n)
-        constrain(model, "max_tokens", maximum=most_tokens)
-        constrain(model, "stop", maxItems=limits.max_stop)
-    constrain("ChatRequest", "max_completion_tokens", maximum=most_tokens)
-    constrain("CompletionRequest", "prompt", minItems=1, maxItems=limits.max_prompts)
-    constrain("ExplainRequest", "layer", maximum=cfg.n_layers - 1)
-    constrain("ExplainRequest", "head", maximum=cfg.n_heads - 1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import secrets
@@ -32,6 +33,7 @@ from typing import Callable, Iterable
 from candorlm.errors import CandorError
 from candorlm.io.files import atomic_write_text
 
+log = logging.getLogger(__name__)
 SCOPES = ("generate", "explain", "admin")
 KEY_PREFIX = "clm-"
 FORMAT_VERSION = 1
@@ -149,7 +151,7 @@ class KeyStore:
     """The server's view of a keys file: verifies presented keys, reloads when the file changes.
 
     A keys file that becomes unreadable while serving fails closed: every key is refused
-    (and the error says why) until the file is fixed.
+    until the file is fixed; `error` (and the server's log, never a caller) says why.
     """
 
     def __init__(self, path: str | Path):
@@ -161,28 +163,42 @@ class KeyStore:
         self._stamp: tuple[int, int] | None = None
         self._by_id: dict[str, KeyRecord] = {}
         self.error: str | None = None
+        self._checked_once = False  # the first check fails `__init__` itself; later ones are logged
         self._decoy_salt = secrets.token_bytes(16)
         self._decoy_hash = hash_secret(self._decoy_salt, secrets.token_urlsafe(32))
         self._refresh()
         if self.error:
             raise CandorError(self.error)
+        self._checked_once = True
 
     def _refresh(self) -> None:
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
         except OSError as exc:
-            stamp = None
-            self.error, self._by_id = f"keys file {self.path} is unreadable ({exc})", {}
+            stamp, error = None, f"keys file {self.path} is unreadable ({exc})"
         with self._lock:
-            if stamp is None or stamp == self._stamp:
+            if stamp is not None and stamp == self._stamp:
                 return
-            try:
-                self._by_id = {r.id: r for r in read_keys(self.path)}
-                self.error = None
-            except CandorError as exc:
-                self._by_id, self.error = {}, str(exc)
+            if stamp is not None:
+                try:
+                    self._by_id, error = {r.id: r for r in read_keys(self.path)}, None
+                except CandorError as exc:
+                    self._by_id, error = {}, str(exc)
+            else:
+                self._by_id = {}
             self._stamp = stamp
+            if error != self.error and self._checked_once:  # the details are for the operator, never for callers
+                if error:
+                    log.error("every API request is refused with a 500 until the keys file is fixed: %s", error)
+                elif self.error:
+                    log.warning("the keys file %s is usable again", self.path)
+            self.error = error
+
+    def usable(self) -> bool:
+        """Whether keys can be checked now (False: the file is unreadable or damaged; see `error`)."""
+        self._refresh()
+        return self.error is None
 
     def records(self) -> list[KeyRecord]:
         self._refresh()

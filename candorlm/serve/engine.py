@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import os
 import queue
 import threading
 import time
@@ -159,6 +161,19 @@ class Job:
                 return "".join(text), event
 
 
+def _check_cache_fits(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse, before allocating, a KV cache (keys and values for every slot) larger than the
+    device's memory: a traceback or the kernel's OOM killer says nothing about --max-batch."""
+    need = 2 * dtype.itemsize * math.prod(shape)
+    if device.type == "cuda":
+        have, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    else:
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of memory on this machine"
+    if need > have:
+        raise CandorError(f"the KV cache for max_batch {shape[1]} at a context of {shape[3]} tokens needs "
+                          f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB {where}; lower --max-batch")
+
+
 class EngineBusy(CandorError):
     """Too many requests are waiting; the caller should retry later."""
 
@@ -176,8 +191,9 @@ class Engine:
         param = next(model.parameters())
         self.device = param.device
         cfg = model.cfg
-        self.cache = SlotCache(cfg.n_layers, max_batch, cfg.kv_heads, self.max_len, cfg.head_dim, param.dtype,
-                               self.device)
+        shape = (cfg.n_layers, max_batch, cfg.kv_heads, self.max_len, cfg.head_dim)
+        _check_cache_fits(shape, param.dtype, self.device)
+        self.cache = SlotCache(*shape, param.dtype, self.device)
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []  # job i occupies cache row i
         self._wake = threading.Condition()
@@ -242,10 +258,11 @@ class Engine:
                 self._drop_cancelled()
                 if self._active:
                     self._step()
-            except Exception as exc:  # a bug must not hang every client: fail the jobs in flight
+            except Exception:  # a bug must not hang every client: fail the jobs in flight
                 log.exception("engine step failed")
                 for job in self._active:
-                    self._finish(job, "error", error=f"{type(exc).__name__}: {exc}")
+                    # What failed is in the log above; callers learn only that it did.
+                    self._finish(job, "error", error="the model failed while generating (the server's log says why)")
                 self._active.clear()
         for job in [*self._active, *self._waiting]:
             self._finish(job, "cancelled")

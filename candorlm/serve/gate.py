@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candorlm.serve.auth import KeyRecord, KeyStore, Limiter, OverLimit
-from candorlm.serve.errors import APIError
+from candorlm.serve.errors import APIError, internal_error
 
 # Paths under /v1 and the scope each needs; any other /v1 path needs a valid key of any scope.
 PATH_SCOPES: list[tuple[str, str]] = [
@@ -52,7 +52,8 @@ def bearer_token(scope: Scope) -> str | None:
 
 class AccessGate:
     """Refuses a request without a valid key (401), with a key lacking the path's scope (403), or
-    over its key's request rate (429 with Retry-After). With no key store, everyone may call."""
+    over its key's request rate (429 with Retry-After); while the keys file is unusable, every
+    request under /v1 (a generic 500). With no key store, everyone may call."""
 
     def __init__(self, app: ASGIApp, keys: KeyStore | None, limiter: Limiter):
         self.app, self.keys, self.limiter = app, keys, limiter
@@ -77,6 +78,8 @@ class AccessGate:
 
     def _check(self, scope: Scope, needed: str | None, audit: dict) -> KeyRecord:
         assert self.keys is not None
+        if not self.keys.usable():  # fail closed; what is wrong with the file is for the server's log only
+            raise internal_error(audit.get("request_id"))
         token = bearer_token(scope)
         challenge = {"WWW-Authenticate": "Bearer"}
         if token is None:
@@ -84,8 +87,7 @@ class AccessGate:
                                 "(keys come from `candorlm keys add`)", code="missing_api_key", headers=challenge)
         record = self.keys.verify(token)
         if record is None:
-            reason = f" (the keys file is unusable: {self.keys.error})" if self.keys.error else ""
-            raise APIError(401, f"invalid API key{reason}", code="invalid_api_key", headers=challenge)
+            raise APIError(401, "invalid API key", code="invalid_api_key", headers=challenge)
         audit["key"] = record.name  # known from here on, refused or not
         if needed is not None and not record.allows(needed):
             raise APIError(403, f"key '{record.name}' lacks the '{needed}' scope this endpoint needs "

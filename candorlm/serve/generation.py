@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Callable, Literal
 
 from candorlm.generate import SamplingConfig
 from candorlm.serve.engine import Engine, Event, Job
+from candorlm.serve.errors import APIError
 
 Kind = Literal["completion", "chat"]
 
@@ -59,8 +60,8 @@ class Generation:
     """The jobs of one request. Iterating `events()` yields (choice index, event) until all end;
     leaving early (the client went away) cancels whatever still runs."""
 
-    def __init__(self, engine: Engine, plan: Plan):
-        self.plan, self.engine = plan, engine
+    def __init__(self, engine: Engine, plan: Plan, request_id: str | None = None):
+        self.plan, self.engine, self.request_id = plan, engine, request_id
         self.id = f"{'chatcmpl' if plan.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.outcome = Outcome()
@@ -124,6 +125,11 @@ class Generation:
             pass
         return self.outcome
 
+    def failure(self) -> APIError:
+        """The answer when a job failed: our own words for it (the engine logged the details)."""
+        where = f" (request id {self.request_id})" if self.request_id else ""
+        return APIError(500, f"generation failed: {self.outcome.error}{where}", code="generation_failed")
+
     # ------------------------------------------------------------------ OpenAI shapes
     def response(self) -> dict[str, Any]:
         out, plan = self.outcome, self.plan
@@ -160,9 +166,7 @@ class Generation:
                                 "finish_reason": None} for i in range(len(self.jobs))])
         async for index, event in self.events():
             if event.error:
-                failure = {"message": f"generation failed: {event.error}", "type": "server_error", "param": None,
-                           "code": None}
-                yield f"data: {json.dumps({'error': failure}, ensure_ascii=False)}\n\n"
+                yield f"data: {json.dumps(self.failure().body(), ensure_ascii=False)}\n\n"
                 break
             if event.finish_reason is None:
                 yield self._chunk([self._choice(index, event.text, None)])

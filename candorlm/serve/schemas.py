@@ -7,6 +7,7 @@ field, never silently ignored. `top_k` and `repetition_penalty` are candorlm ext
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
@@ -26,11 +27,25 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+@dataclass
+class ServeLimits:
+    """Caps on what one request may ask for (each refusal is a 400 or 413 naming the limit)."""
+
+    max_body_bytes: int = 1 << 20
+    max_prompt_tokens: int | None = None  # None: the model's context less one
+    max_tokens: int = 1024
+    max_n: int = 4
+    max_prompts: int = 16
+    max_stop: int = 4
+    max_explain_tokens: int = 256
+
+
 Text = Annotated[str, AfterValidator(_utf8)]
 Int = Annotated[int, BeforeValidator(_whole)]
 PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
-# A power of two: a whole float at the bound converts to an int at the bound (2**63 - 1 as a float is 2**63).
-Seed = Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_whole)]
+# The largest integer a float (and a JavaScript client) holds exactly: a client or a fuzzer that compares in
+# floating point agrees with this check on both sides of it (with 2**62, 2**62 + 1 "is" 2**62 as a float).
+Seed = Annotated[int, Field(ge=0, le=2**53 - 1), BeforeValidator(_whole)]
 TokenKey = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]
 Bias = Annotated[float, Field(ge=-100, le=100)]
 # Pydantic states the key pattern as patternProperties only; closing the object makes the schema

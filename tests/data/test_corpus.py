@@ -32,6 +32,36 @@ def test_utf8_bom_and_utf16(tmp_path):
     assert [d.text for d in Corpus([a, b])] == ["你好，世界", "再见"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_utf16_and_utf32_without_a_byte_order_mark_are_read_not_called_binary(tmp_path, encoding):
+    # As Windows tools and some exporters write it: no BOM. The ASCII in it (newlines, digits,
+    # Latin letters) puts NULs on one side of each character; so do characters like 一 (U+4E00).
+    text = "人民日报 1998年1月1日\n一九九八年，一开始就很好。\n\nCandor LM: 第二段，一二三。"
+    f = tmp_path / "notes.txt"
+    f.write_bytes(text.encode(encoding))
+    assert detect_encoding(f) == encoding
+    corpus = Corpus([f])
+    assert "\n\n".join(d.text for d in corpus) == text
+    assert corpus.report.encodings[str(f)] == encoding
+    (tmp_path / "notes.jsonl").write_bytes((json.dumps({"text": text}, ensure_ascii=False) + "\n").encode(encoding))
+    assert [d.text for d in Corpus([tmp_path / "notes.jsonl"])] == [text]
+
+
+def test_utf32_with_a_byte_order_mark_is_not_taken_for_utf16(tmp_path):
+    f = tmp_path / "u32.txt"
+    f.write_text("再见，世界", encoding="utf-32")
+    assert detect_encoding(f) == "utf-32" and [d.text for d in Corpus([f])] == ["再见，世界"]
+
+
+@pytest.mark.parametrize("blob", [b"\x00\x01\x02binary", b"\x00" * 100, bytes(range(256)) * 300, b"\x00\xff" * 50,
+                                  b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(64)) * 4])
+def test_binary_with_nuls_is_still_binary_and_the_message_says_why(tmp_path, blob):
+    f = tmp_path / "blob.txt"
+    f.write_bytes(blob)
+    with pytest.raises(CandorError, match="binary file, not text: it has NUL bytes, and read as UTF-16 or UTF-32"):
+        detect_encoding(f)
+
+
 def test_directory_recursive_skips_binary_with_warning(tmp_path, caplog):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.md").write_text("markdown text", encoding="utf-8")

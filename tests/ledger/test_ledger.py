@@ -3,6 +3,7 @@ arithmetic and its memory prediction against a real run; energy readings; the CL
 
 import json
 import math
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -193,6 +194,25 @@ def test_generate_adds_a_session_to_the_ledger(trained_run, tmp_path):
     assert sessions[1]["flops"]["value"] == generation_flops(lm.model.cfg, prompt, usage.new_tokens)
     assert ledger(run)["train"]["total"]["tokens"]["value"] > 0  # training's sessions are kept
     assert verify(run).ok  # the run's SHA256SUMS was updated with the ledger
+
+
+def test_generate_on_an_encrypted_run_leaves_its_ledger_sealed_and_says_why(trained_run, tmp_path):
+    from candorlm.io.sealed import resolve_key
+    from candorlm.privacy.crypto import encrypt_path, write_key_file
+    from candorlm.privacy.integrity import verify
+
+    key_file = write_key_file(tmp_path / "run.key")
+    enc = tmp_path / "enc"
+    encrypt_path(trained_run, enc, resolve_key(key_file))
+    before = {p.name: p.read_bytes() for p in enc.iterdir() if p.is_file()}
+    done = subprocess.run([sys.executable, "-m", "candorlm", "generate", str(enc), "--prompt", "今天",
+                           "--max-new-tokens", "4", "--greedy", "--key-file", str(key_file)],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    assert done.returncode == 0, done.stderr
+    assert "damaged" not in done.stderr
+    assert "is encrypted, so this generation is not added to its ledger.json" in done.stderr
+    assert {p.name: p.read_bytes() for p in enc.iterdir() if p.is_file()} == before  # nothing rewritten
+    assert verify(enc).ok
 
 
 # ---------------------------------------------------------------- an MFU that can be trusted

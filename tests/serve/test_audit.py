@@ -18,7 +18,7 @@ def test_text_is_logged_only_when_asked(trained_run, tmp_path, include_text):
     log = AuditLog(tmp_path / "audit.jsonl", include_text=include_text)
     app = create_app(lm, model_name="m", audit=log)
     try:
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
             r = client.post("/v1/chat/completions", json={"model": "m", "max_tokens": 6, "temperature": 0,
                                                           "messages": [{"role": "user", "content": "秘密的问题"}]})
             assert r.status_code == 200

@@ -45,7 +45,7 @@ def keys(tmp_path_factory):
 def server(serve_run, keys, tmp_path_factory):
     audit = tmp_path_factory.mktemp("audit") / "audit.jsonl"
     with live_server(serve_run, "--keys", str(keys[0]), "--model-name", MODEL, "--audit-log", str(audit),
-                     "--max-tokens", "900") as base:
+                     "--max-tokens", "900", "--allowed-hosts", "api.example.com") as base:
         yield base, audit
 
 
@@ -154,6 +154,24 @@ def test_no_key_or_a_wrong_key_is_401(server, keys):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{base}/v1", api_key="clm-x.y", max_retries=0).models.list()
     assert httpx.get(f"{base}/health").json()["auth"] is True  # open, and says keys are needed
+
+
+def test_a_rebound_name_is_refused_before_the_key_check_and_an_allowed_name_passes(server, keys):
+    """DNS rebinding against a keyed server: the page cannot know a key, but it must not even learn
+    which refusal it would get; every route answers a foreign Host with the same 400."""
+    base, full = server[0], {"Authorization": f"Bearer {keys[1]['full']}"}
+    body = {"model": MODEL, "prompt": "今天", "max_tokens": 2}
+    for headers in ({}, full, {"Authorization": "Bearer nonsense"}):
+        for method, path in (("POST", "/v1/completions"), ("GET", "/v1/admin/audit"), ("GET", "/"),
+                             ("GET", "/health")):
+            r = httpx.request(method, f"{base}{path}", json=body if method == "POST" else None,
+                              headers={**headers, "Host": "evil.example.com"})
+            assert assert_error(r, 400)["code"] == "invalid_host", (path, r.text)
+    allowed = {**full, "Host": "api.example.com"}
+    assert httpx.post(f"{base}/v1/completions", json=body, headers=allowed).status_code == 200
+    assert httpx.get(f"{base}/v1/admin/audit", headers=allowed).status_code == 200
+    assert httpx.get(f"{base}/", headers=allowed).status_code == 200
+    assert assert_error(httpx.get(f"{base}/v1/admin/audit", headers={"Host": "api.example.com"}), 401)
 
 
 def test_a_key_without_the_scope_is_403(server, keys):

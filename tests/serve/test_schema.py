@@ -26,6 +26,7 @@ from candorlm.lm import LanguageModel
 from candorlm.serve.app import ServeLimits, create_app
 from candorlm.serve.audit import AuditLog
 from candorlm.serve.auth import KeyStore, add_key
+from candorlm.serve.hosts import HostPolicy
 
 TOKEN_LIMITS = ("context_length_exceeded", "target_index_out_of_range", "invalid_logit_bias")
 OPERATIONS = [("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("POST", "/v1/explain"),
@@ -39,7 +40,8 @@ def served(trained_run, tmp_path_factory):
     key = add_key(tmp / "keys.json", "fuzzer", "generate,explain,admin", requests_per_minute=None)
     lm = LanguageModel.load(trained_run, device="cpu")
     app = create_app(lm, model_name="fuzz", keys=KeyStore(tmp / "keys.json"), audit=AuditLog(tmp / "audit.jsonl"),
-                     limits=ServeLimits(max_tokens=32, max_body_bytes=64 << 10), max_batch=8)
+                     limits=ServeLimits(max_tokens=32, max_body_bytes=64 << 10), max_batch=8,
+                     hosts=HostPolicy.for_bind("127.0.0.1", ["testserver"]))  # schemathesis' ASGI Host
     yield schemathesis.openapi.from_asgi("/openapi.json", app), key
     app.state.engine.stop()
 

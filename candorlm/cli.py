@@ -129,7 +129,7 @@ def train(
         from candorlm.training.launch import launch, strip_option
 
         raise typer.Exit(launch(nproc, strip_option(sys.argv[1:], "--nproc")))
-    from candorlm.privacy.crypto import resolve_key, use_key
+    from candorlm.io.sealed import resolve_key, use_key
     from candorlm.training import train as run_train
 
     settings = {k: v for k, v in dict(max_steps=max_steps, save_every=save_every, eval_every=eval_every,
@@ -176,7 +176,7 @@ def generate(
     Example: candorlm generate runs/pd --prompt "中国经济" --max-new-tokens 50 --temperature 0.8 --top-k 40 --seed 0
     """
     from candorlm.lm import load
-    from candorlm.privacy.crypto import resolve_key
+    from candorlm.io.sealed import resolve_key
 
     from candorlm.ledger.usage import metered_generation
 
@@ -449,7 +449,7 @@ def serve(
 
     Example: candorlm serve runs/pd --port 8000 --keys keys.json
     """
-    from candorlm.privacy.crypto import resolve_key
+    from candorlm.io.sealed import resolve_key
     from candorlm.serve.server import serve as run_server
 
     run_server(run, host=host, port=port, keys=keys, insecure_no_auth=insecure_no_auth, audit_log=audit_log,
@@ -595,7 +595,7 @@ def _passphrase(asked: bool, confirm: bool) -> Optional[str]:
 
     if not asked:
         return None
-    from candorlm.privacy.crypto import ENV_PASSPHRASE
+    from candorlm.io.sealed import ENV_PASSPHRASE
 
     if os.environ.get(ENV_PASSPHRASE):
         return os.environ[ENV_PASSPHRASE]
@@ -605,7 +605,7 @@ def _passphrase(asked: bool, confirm: bool) -> Optional[str]:
 
 
 def _key(key_file: Optional[Path], passphrase: bool, confirm: bool = False, required: bool = True):
-    from candorlm.privacy.crypto import resolve_key
+    from candorlm.io.sealed import resolve_key
 
     key = resolve_key(key_file, _passphrase(passphrase, confirm))
     if key is None and required:
@@ -633,7 +633,7 @@ def scrub(
 
     Example: candorlm scrub notes/ -o notes.scrubbed.jsonl --operator pseudonym --report scrub.json
     """
-    from candorlm.privacy.crypto import resolve_key
+    from candorlm.io.sealed import resolve_key
     from candorlm.privacy.scrub import scrub as run_scrub
 
     key = resolve_key(key_file) if key_file else None

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from candorlm.errors import CandorError
+from candorlm.io.sealed import read_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -187,8 +188,6 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    from candorlm.privacy.crypto import read_text
-
     path = Path(path)
     if not path.is_file():
         raise CandorError(f"config file not found: {path}")

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 
@@ -17,15 +17,20 @@ from candorlm.config import RunConfig
 from candorlm.device import pick_device
 from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, stream_ids
+from candorlm.io.files import read_json
+from candorlm.io.sealed import Key, use_key
 from candorlm.model import DecoderLM
-from candorlm.rundir import open_run, read_json
+from candorlm.rundir import open_run
 from candorlm.tokenizer import Tokenizer
 from candorlm.training.checkpoint import latest_checkpoint, load_weights
 from candorlm.training.sharded import load_checkpoint_weights
 
-if TYPE_CHECKING:
-    from candorlm.ledger.usage import GenerationUsage
-    from candorlm.privacy.crypto import Key
+
+class UsageCounter(Protocol):
+    """Counts what a model generates, one call per sequence (`candorlm.ledger.usage` sets one
+    while it meters generation; inference does not depend on the ledger)."""
+
+    def add(self, prompt_len: int, new_tokens: int) -> None: ...
 
 
 class LanguageModel:
@@ -35,14 +40,12 @@ class LanguageModel:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or RunConfig(model=model.cfg)
-        self.usage: "GenerationUsage | None" = None  # set while candorlm.ledger.usage meters generation
+        self.usage: UsageCounter | None = None  # set while candorlm.ledger.usage meters generation
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", key: "Key | None" = None) -> "LanguageModel":
+    def load(cls, run_dir: str | Path, device: str = "auto", key: Key | None = None) -> "LanguageModel":
         """Load a run's final weights (or, while it trains, its newest checkpoint). An encrypted run
         (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY / CANDORLM_KEY_FILE."""
-        from candorlm.privacy.crypto import use_key
-
         with use_key(key):
             return cls._load(run_dir, device)
 
@@ -173,6 +176,6 @@ class _TextRow:
         return delta
 
 
-def load(run_dir: str | Path, device: str = "auto", key: "Key | None" = None) -> LanguageModel:
+def load(run_dir: str | Path, device: str = "auto", key: Key | None = None) -> LanguageModel:
     """Load a trained run: `candorlm.load("runs/demo").generate("今天")`."""
     return LanguageModel.load(run_dir, device, key)

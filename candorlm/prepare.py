@@ -8,7 +8,7 @@ from typing import Sequence
 
 from candorlm.corpus import Corpus
 from candorlm.errors import CandorError
-from candorlm.rundir import swapped_into_place
+from candorlm.io.files import swapped_into_place
 from candorlm.shards import ShardMeta, save_meta, write_shards
 from candorlm.tokenizer import Tokenizer, TokenizerKind, train_tokenizer
 

@@ -27,6 +27,7 @@ import torch
 
 from candorlm.corpus import Document, document_hash
 from candorlm.errors import CandorError
+from candorlm.io.sealed import is_encrypted, read_bytes, read_text
 from candorlm.progress import progress_bar
 from candorlm.tokenizer import Tokenizer
 
@@ -188,8 +189,6 @@ class ShardSet:
         if not meta_file.is_file():
             raise CandorError(f"{self.path} is not a prepared data directory (no meta.json). "
                               f"Make one with: candorlm prepare CORPUS --out {self.path}")
-        from candorlm.privacy.crypto import read_text
-
         raw = json.loads(read_text(meta_file))
         self.meta = ShardMeta(**raw)
         self.tokenizer = Tokenizer.load(self.path / "tokenizer.json")
@@ -215,8 +214,6 @@ class ShardSet:
 
 def _open_shard(file: Path, dtype: np.dtype) -> np.ndarray:
     """A shard memory-mapped, or (when encrypted) decrypted into memory, read-only."""
-    from candorlm.privacy.crypto import is_encrypted, read_bytes
-
     if is_encrypted(file):
         return np.frombuffer(read_bytes(file), dtype=dtype)
     return np.memmap(file, dtype=dtype, mode="r")

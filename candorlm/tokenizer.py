@@ -26,6 +26,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from candorlm.errors import CandorError
+from candorlm.io.sealed import is_encrypted, read_text
 
 TokenizerKind = Literal["bpe", "char", "word"]
 
@@ -93,8 +94,6 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise CandorError(f"tokenizer not found: {path}")
-        from candorlm.privacy.crypto import is_encrypted, read_text
-
         try:
             hf = HFTokenizer.from_str(read_text(path)) if is_encrypted(path) else HFTokenizer.from_file(str(path))
         except CandorError:

@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from candorlm.config import ModelConfig
+from candorlm.config import RunConfig
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.interop.hf import export_hf, import_hf
+from candorlm.io.files import atomic_write_text
 from candorlm.lm import LanguageModel, load
 from candorlm.model import DecoderLM
-from candorlm.rundir import RunDir, atomic_write_text
-from candorlm.config import RunConfig
+from candorlm.rundir import RunDir
 from candorlm.training.checkpoint import save_weights
 
 transformers = pytest.importorskip("transformers", reason="the parity test needs transformers (pip install -e .[test])")

@@ -10,10 +10,11 @@ import pytest
 
 from candorlm.errors import CandorError
 from candorlm.lm import load
-from candorlm.privacy import crypto
+from candorlm.io import sealed
+from candorlm.io.sealed import (HEADER_SIZE, TAG, DecryptionError, Key, decrypt_file, decrypt_stream, encrypt_file,
+                                encrypt_stream, read_bytes)
+from candorlm.privacy.crypto import decrypt_path, encrypt_path
 from candorlm.privacy.integrity import write_manifest
-from candorlm.privacy.crypto import (HEADER_SIZE, TAG, DecryptionError, Key, decrypt_file, decrypt_path,
-                                     decrypt_stream, encrypt_file, encrypt_path, encrypt_stream, read_bytes)
 from candorlm.training import train
 from conftest import TINY_MODEL, TINY_TRAIN
 from test_cli import assert_clean_error, run_cli
@@ -109,7 +110,7 @@ def test_failed_decryption_leaves_no_output(tmp_path):
 def test_encrypted_run_loads_with_its_key_only(tmp_path, trained_run):
     enc = tmp_path / "enc"
     encrypt_path(trained_run, enc, KEY)
-    assert crypto.is_encrypted(enc / "model.safetensors") and crypto.is_encrypted(enc / "config.toml")
+    assert sealed.is_encrypted(enc / "model.safetensors") and sealed.is_encrypted(enc / "config.toml")
     expected = load(trained_run).generate("中国", max_new_tokens=6, greedy=True)
     assert load(enc, key=KEY).generate("中国", max_new_tokens=6, greedy=True) == expected
     with pytest.raises(CandorError, match="is encrypted: give its key with --key-file"):
@@ -123,7 +124,7 @@ def test_encrypted_run_loads_with_its_key_only(tmp_path, trained_run):
 def test_training_reads_encrypted_shards(tmp_path, data_dir):
     enc = tmp_path / "data.enc"
     encrypt_path(data_dir, enc, KEY)
-    with crypto.use_key(KEY):
+    with sealed.use_key(KEY):
         result = train(tmp_path / "run", data=enc, model=TINY_MODEL, max_steps=3, **TINY_TRAIN)
     assert result.steps == 3
     plain = train(tmp_path / "run2", data=data_dir, model=TINY_MODEL, max_steps=3, **TINY_TRAIN)

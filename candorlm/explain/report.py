@@ -15,7 +15,8 @@ from candorlm.explain import attribution, faithfulness, lens, patching, plots
 from candorlm.explain.html import render_html
 from candorlm.explain.subject import Subject, load_subject, model_inputs
 from candorlm.explain.tokens import Example, token_labels
-from candorlm.rundir import RunDir, write_json
+from candorlm.io.files import write_json
+from candorlm.rundir import RunDir
 
 METHODS = ("attention", "lens", "ig", "patching")
 

@@ -28,8 +28,9 @@ from torch import nn
 from candorlm.device import pick_device
 from candorlm.errors import CandorError
 from candorlm.explain.tokens import Example, encode_example, token_labels
+from candorlm.io.files import read_json
 from candorlm.model import build_model
-from candorlm.rundir import open_run, read_json
+from candorlm.rundir import open_run
 from candorlm.tokenizer import MASK, Tokenizer
 from candorlm.training.checkpoint import latest_checkpoint, load_weights
 

@@ -28,9 +28,10 @@ from candorlm.generalization.bootstrap import LEVEL, RESAMPLES, bpb_interval, ga
 from candorlm.generalization.context import context_probe
 from candorlm.generalization.probes import perturbations
 from candorlm.generalization.scoring import DocScores, score_documents
+from candorlm.io.files import write_json
 from candorlm.lm import LanguageModel
 from candorlm.progress import progress_bar
-from candorlm.rundir import open_run, write_json
+from candorlm.rundir import open_run
 from candorlm.shards import ShardSet, is_validation
 
 log = logging.getLogger("candorlm")

@@ -21,9 +21,10 @@ from safetensors.torch import load_file, save_file
 
 from candorlm.config import ModelConfig, RunConfig
 from candorlm.errors import CandorError
+from candorlm.io.files import atomic_write_text, write_json
 from candorlm.lm import LanguageModel
 from candorlm.model import DecoderLM
-from candorlm.rundir import RunDir, atomic_write_text, write_json
+from candorlm.rundir import RunDir
 from candorlm.tokenizer import CHAT_ROLES, CHAT_TEMPLATE, Tokenizer
 from candorlm.training.checkpoint import save_weights
 

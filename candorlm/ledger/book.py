@@ -13,7 +13,8 @@ from typing import Any
 from rich.table import Table
 
 from candorlm.errors import CandorError
-from candorlm.rundir import RunDir, open_run, read_json, write_json
+from candorlm.io.files import read_json, write_json
+from candorlm.rundir import RunDir, open_run
 
 VERSION = 1
 KINDS = ("train", "evaluate", "generate")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from candorlm.rundir import atomic_write_text
+from candorlm.io.files import atomic_write_text
 
 _THIS_PROCESS: dict[str, float] = {}
 CACHE = Path(os.environ.get("CANDORLM_CACHE", Path.home() / ".cache" / "candorlm")) / "peak.json"

@@ -33,12 +33,13 @@ import torch
 
 from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, generate_ids
+from candorlm.io.files import read_json, write_json
 from candorlm.lm import LanguageModel
 from candorlm.privacy.canaries import FILE_NAME as CANARIES_FILE
 from candorlm.privacy.canaries import CanarySet, fill, random_digits
 from candorlm.privacy.pii import PIIDetector
 from candorlm.progress import progress_bar
-from candorlm.rundir import open_run, read_json, write_json
+from candorlm.rundir import open_run
 from candorlm.shards import ShardSet
 
 log = logging.getLogger("candorlm")
@@ -276,7 +277,7 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
           generations: int = 50, generation_tokens: int = 64, prefix_tokens: int = 32, suffix_tokens: int = 50,
           seed: int = 0, key=None) -> dict[str, Any]:
     """Run the four measurements and write RUN/evals/privacy.json (returned as a dict)."""
-    from candorlm.privacy.crypto import use_key
+    from candorlm.io.sealed import use_key
     from candorlm.privacy.integrity import update_manifest
 
     t0 = time.perf_counter()

@@ -51,7 +51,7 @@ class CanarySet:
 
     @classmethod
     def load(cls, path: str | Path) -> "CanarySet":
-        from candorlm.privacy.crypto import read_text
+        from candorlm.io.sealed import read_text
 
         try:
             raw = json.loads(read_text(path))

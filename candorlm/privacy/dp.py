@@ -178,14 +178,14 @@ def _per_sample_norms(optimizer) -> torch.Tensor:
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    from candorlm.rundir import write_json
+    from candorlm.io.files import write_json
 
     write_json(path, record)
 
 
 def check_resume(record_path: Path, budget: DPBudget) -> None:
     """A DP run resumes only with the same budget, or its accounting would be wrong."""
-    from candorlm.rundir import read_json
+    from candorlm.io.files import read_json
 
     if not record_path.is_file():
         return

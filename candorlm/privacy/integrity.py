@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from candorlm.errors import CandorError
-from candorlm.rundir import atomic_write_text, sha256_file, swapped_into_place
+from candorlm.io.files import atomic_write_text, sha256_file, swapped_into_place
 
 MANIFEST_NAME = "SHA256SUMS"
 
@@ -156,7 +156,7 @@ def verify(path: str | Path, key=None, on_file: Callable[[int], None] | None = N
     """`candorlm verify`: a directory against its manifest; with a key, also decrypt (without
     keeping) every encrypted file in it, which authenticates each chunk. A single encrypted
     file is authenticated alone."""
-    from candorlm.privacy.crypto import authenticate, is_encrypted
+    from candorlm.io.sealed import authenticate, is_encrypted
 
     path = Path(path)
     if path.is_file():

@@ -7,16 +7,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from candorlm.io.files import atomic_write_text, write_json
 from candorlm.report import collect
 from candorlm.report.figures import domains_png, loss_curve_png
 from candorlm.report.render import render_html, render_markdown
 from candorlm.report.schema import validate
-from candorlm.rundir import atomic_write_text, open_run, write_json
+from candorlm.rundir import open_run
 from candorlm.tokenizer import Tokenizer
 
 
 def _model_info(run, config) -> dict[str, Any]:
-    from candorlm.rundir import read_json
+    from candorlm.io.files import read_json
 
     params = None
     if run.ledger.is_file():

@@ -16,7 +16,8 @@ from typing import Any
 
 from candorlm.config import RunConfig
 from candorlm.errors import CandorError
-from candorlm.rundir import RunDir, read_json
+from candorlm.io.files import read_json
+from candorlm.rundir import RunDir
 
 log = logging.getLogger("candorlm")
 TASKS = ("sentiment", "translate", "qa", "chat")

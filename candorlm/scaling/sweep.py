@@ -24,9 +24,9 @@ from typing import Any, Sequence
 from candorlm.config import preset_names
 from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
+from candorlm.io.files import read_json, write_json
 from candorlm.lm import LanguageModel
 from candorlm.progress import console
-from candorlm.rundir import read_json, write_json
 from candorlm.scaling.fit import fit_power_law
 from candorlm.shards import ShardSet
 

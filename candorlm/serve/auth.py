@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from candorlm.errors import CandorError
-from candorlm.rundir import atomic_write_text
+from candorlm.io.files import atomic_write_text
 
 SCOPES = ("generate", "explain", "admin")
 KEY_PREFIX = "clm-"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from candorlm.errors import CandorError
 
 if TYPE_CHECKING:
-    from candorlm.privacy.crypto import Key
+    from candorlm.io.sealed import Key
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from torch import nn
 
 from candorlm.config import ModelConfig, RunConfig, build_config, parse_override, resolve
 from candorlm.errors import CandorError
+from candorlm.io.files import read_json
 from candorlm.model import SequenceClassifier, build_model
-from candorlm.rundir import RunDir, open_run, read_json
+from candorlm.rundir import RunDir, open_run
 from candorlm.tokenizer import Tokenizer
 from candorlm.training.checkpoint import latest_checkpoint, load_weights
 

@@ -36,8 +36,8 @@ from torch import nn
 from candorlm.beam import DecoderSession, greedy_search, right_pad
 from candorlm.corpus import document_hash, review_records
 from candorlm.errors import CandorError
+from candorlm.io.files import write_json
 from candorlm.model import lm_loss
-from candorlm.rundir import write_json
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_jsonl_records, split_of
 from candorlm.tokenizer import CHAT_ROLES, Tokenizer, train_tokenizer

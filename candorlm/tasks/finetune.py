@@ -24,8 +24,9 @@ import torch
 from candorlm.config import RunConfig, TrainConfig
 from candorlm.device import autocast, pick_device, resolve_precision, set_threads
 from candorlm.errors import CandorError
+from candorlm.io.files import atomic_write_text, swapped_into_place, write_json
 from candorlm.progress import progress_bar
-from candorlm.rundir import RunDir, atomic_write_text, swapped_into_place, write_json
+from candorlm.rundir import RunDir
 from candorlm.tasks.base import SOURCE_TOKENIZER, TASK_FILE, load_base
 from candorlm.tasks.registry import get_task
 from candorlm.training.checkpoint import save_weights

@@ -42,8 +42,8 @@ from torch import nn
 from candorlm.beam import DecoderSession, Seq2SeqSession, greedy_search, right_pad
 from candorlm.corpus import document_hash, peoples_daily_tagged
 from candorlm.errors import CandorError
+from candorlm.io.files import write_json
 from candorlm.model import lm_loss
-from candorlm.rundir import write_json
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_jsonl_records, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer

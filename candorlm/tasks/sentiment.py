@@ -25,8 +25,8 @@ from torch import nn
 from candorlm.beam import right_pad
 from candorlm.corpus import review_records
 from candorlm.errors import CandorError
+from candorlm.io.files import write_json
 from candorlm.model import SequenceClassifier
-from candorlm.rundir import write_json
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer

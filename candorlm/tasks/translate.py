@@ -40,8 +40,8 @@ from torch import nn
 from candorlm.beam import Seq2SeqSession, beam_search, greedy_search, right_pad
 from candorlm.corpus import peoples_daily_documents
 from candorlm.errors import CandorError
+from candorlm.io.files import write_json
 from candorlm.model import lm_loss
-from candorlm.rundir import write_json
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_pairs, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer

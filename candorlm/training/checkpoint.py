@@ -12,7 +12,6 @@ complete, so a kill at any moment leaves the previous checkpoint intact and load
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from candorlm.errors import CandorError
-from candorlm.rundir import read_json, sha256_file, swapped_into_place, write_json
+from candorlm.io.files import fsync_dir, read_json, sha256_file, swapped_into_place, write_json
+from candorlm.io.sealed import is_encrypted, read_bytes
 
 STEP_PREFIX = "step-"
 
@@ -36,8 +36,6 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def load_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise CandorError(f"weights not found: {path}")
-    from candorlm.privacy.crypto import is_encrypted
-
     try:
         if is_encrypted(path):
             missing, unexpected = _load_encrypted_weights(model, path)
@@ -56,8 +54,6 @@ def _load_encrypted_weights(model: nn.Module, path: Path) -> tuple[list[str], li
     # Decrypted in memory, never to disk. Tied weights are stored once (save_model), so a name
     # the file lacks is not missing when it shares its tensor with one the file has.
     from safetensors.torch import load as load_safetensors
-
-    from candorlm.privacy.crypto import read_bytes
 
     tensors = load_safetensors(read_bytes(path))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
@@ -116,8 +112,8 @@ def save_checkpoint(checkpoints: Path, step: int, model: nn.Module, optimizer: t
         full_state = dict(state, step=step, optimizer=optim_meta, rng=rng_state(), sha256={
             name: sha256_file(tmp / name) for name in ("model.safetensors", "optim.safetensors")})
         write_json(tmp / "state.json", full_state)
-        _fsync_dir(tmp)
-    _fsync_dir(checkpoints)
+        fsync_dir(tmp)
+    fsync_dir(checkpoints)
     retain(checkpoints, keep, keep_best)
     return final
 
@@ -148,14 +144,6 @@ def best_checkpoint(checkpoints: Path) -> Path | None:
         if isinstance(loss, (int, float)):
             scored.append((loss, path))
     return min(scored, key=lambda t: t[0])[1] if scored else None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(checkpoints: Path) -> list[Path]:

@@ -35,10 +35,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from candorlm.errors import CandorError
-from candorlm.rundir import write_json
-from candorlm.training.checkpoint import (STEP_PREFIX, _fsync_dir, load_checkpoint, load_weights,
-                                          retain, rng_state, save_checkpoint, save_weights, sha256_file,
-                                          verified_state)
+from candorlm.io.files import fsync_dir, sha256_file, write_json
+from candorlm.training.checkpoint import (STEP_PREFIX, load_checkpoint, load_weights, retain, rng_state,
+                                          save_checkpoint, save_weights, verified_state)
 from candorlm.training.distributed import World
 
 # Optimizer settings that are the arithmetic (restored); the rest are implementation choices of
@@ -106,11 +105,11 @@ def save_sharded(world: World, checkpoints: Path, step: int, model: nn.Module, o
                           sha256={name: sha256_file(tmp / name) for name in files})
         write_json(tmp / "state.json", full_state)
         for sub in ("model", "optim", "."):
-            _fsync_dir(tmp / sub)
+            fsync_dir(tmp / sub)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(checkpoints)
+        fsync_dir(checkpoints)
         retain(checkpoints, keep, keep_best)
 
     world.on_main(finish)

@@ -24,10 +24,11 @@ from candorlm.config import RunConfig, build_config, parse_override, resolve
 from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_threads, to_device
 from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
+from candorlm.io.files import atomic_write_text
 from candorlm.ledger.training import TrainingMeter, ledger_summary
 from candorlm.model import build_model, lm_loss
 from candorlm.progress import progress_bar
-from candorlm.rundir import RunDir, atomic_write_text
+from candorlm.rundir import RunDir
 from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.checkpoint import latest_checkpoint, set_rng_state
 from candorlm.training.distributed import World
@@ -206,7 +207,7 @@ class Trainer:
         if self.world.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run.config, self.config.to_toml())
-            from candorlm.privacy.crypto import read_bytes  # the data may be encrypted; the run is written plain
+            from candorlm.io.sealed import read_bytes  # the data may be encrypted; the run is written plain
 
             self.run.tokenizer.write_bytes(read_bytes(self.data.path / "tokenizer.json"))
             if (self.data.path / "canaries.json").is_file():  # planted by `prepare --canaries`, for `audit`
@@ -241,7 +242,7 @@ class Trainer:
                                    keep=self.config.train.keep_checkpoints,
                                    keep_best=self.config.train.keep_best_checkpoint)
         if self.dp is not None:
-            from candorlm.rundir import write_json
+            from candorlm.io.files import write_json
 
             write_json(self.run.path / "dp.json", self.dp.record(self.step))
         return path

@@ -67,3 +67,11 @@ def test_the_site_needs_no_network(site: Path) -> None:
         for url in re.findall(r"""(?:src|href)=["'](https?://[^"']+)""", html):
             assert not re.search(r"fonts\.(googleapis|gstatic)\.com|cdn|unpkg|jsdelivr", url), (
                 f"{page.relative_to(site)} loads {url}")
+
+
+def test_every_page_has_one_title() -> None:
+    """One H1 per page, the sections below it: the navigation and the search read them."""
+    for page in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
+        text = re.sub(r"^\s*```.*?^\s*```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+        titles = re.findall(r"^# .+", text, re.M)
+        assert len(titles) == 1 and text.lstrip().startswith("# "), f"{page.relative_to(ROOT)}: {titles}"

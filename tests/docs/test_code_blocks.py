@@ -1,6 +1,7 @@
 """The code in the README and on every docs/ page works as written.
 
-- A python block runs, in a scratch directory where `runs/demo` is a small trained decoder.
+- A python block runs in a scratch directory; where it reads `runs/demo`, that is a small
+  trained decoder (and the test is `slow`).
   A block that cannot run here (it trains for minutes, or needs a live server) says why in a
   `<!-- docs-test: no-run, REASON -->` line right above it; it still compiles, its imports run,
   every `module.name` it reads exists, and every call to a function it imported binds to that
@@ -17,14 +18,13 @@ from __future__ import annotations
 import ast
 import builtins
 import inspect
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +137,19 @@ def check_without_running(block: Block) -> None:
                             f"{sig}: {exc}")
 
 
-@pytest.mark.parametrize("block", PYTHON, ids=[b.id for b in PYTHON])
-def test_python_block(block: Block, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def needs_run(block: Block) -> bool:
+    return block.mode == "run" and "runs/demo" in block.code
+
+
+@pytest.mark.parametrize("block", [pytest.param(b, marks=[pytest.mark.slow] if needs_run(b) else []) for b in PYTHON],
+                         ids=[b.id for b in PYTHON])
+def test_python_block(block: Block, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                      tmp_path: Path) -> None:
     code = compile(block.code, block.id, "exec")
     if block.mode == "no-run":
         check_without_running(block)
         return
-    monkeypatch.chdir(request.getfixturevalue("demo_dir"))
+    monkeypatch.chdir(request.getfixturevalue("demo_dir") if needs_run(block) else tmp_path)
     exec(code, {"__name__": "__docs__"})
 
 
@@ -187,15 +193,43 @@ def candorlm_call(words: list[str]) -> tuple[list[str], list[str]] | None:
     return None
 
 
-@lru_cache(maxsize=None)
-def help_text(sub: tuple[str, ...]) -> str:
+# One process answers every `--help` the docs need: `python -m candorlm ARGS --help` for each, in turn.
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys
+answers = {}
+for argv in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    sys.argv = ["candorlm", *argv, "--help"]
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            runpy.run_module("candorlm", run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    answers[" ".join(argv)] = [code, out.getvalue()]
+sys.stdout.write(json.dumps(answers))
+"""
+
+
+def ask_help(subs: set[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    """The help of each subcommand path; a path whose words run past the command (a positional
+    argument that looks like a word) falls back to its shorter prefix."""
+    asked = sorted({sub[:n] for sub in subs for n in range(1, len(sub) + 1)})
     env = dict(os.environ, CANDORLM_PROGRESS="0", COLUMNS="240", NO_COLOR="1", TERM="dumb")
-    for n in range(len(sub), 0, -1):
-        proc = subprocess.run([sys.executable, "-m", "candorlm", *sub[:n], "--help"], capture_output=True,
-                              text=True, env=env, cwd=ROOT, timeout=120)
-        if proc.returncode == 0:
-            return proc.stdout
-    pytest.fail(f"`candorlm {' '.join(sub)} --help` failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+    proc = subprocess.run([sys.executable, "-c", HELP_RUNNER, json.dumps(asked)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = {tuple(k.split()): v for k, v in json.loads(proc.stdout).items()}
+    helps = {}
+    for sub in subs:
+        for n in range(len(sub), 0, -1):
+            code, text = answers[sub[:n]]
+            if code == 0:
+                helps[sub] = text
+                break
+        else:
+            pytest.fail(f"`candorlm {' '.join(sub)} --help` failed: {answers[sub[:1]][1][-800:]}")
+    return helps
 
 
 def commands(block: Block) -> list[tuple[str, list[str], list[str]]]:
@@ -208,15 +242,13 @@ def commands(block: Block) -> list[tuple[str, list[str], list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def helps() -> None:
-    """Ask every command's --help once, a few at a time."""
-    subs = {tuple(sub) for b in SHELL for _, sub, _ in commands(b) if sub}
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(help_text, sorted(subs)))
+def helps() -> dict[tuple[str, ...], str]:
+    """Every command's --help that a shell block names, asked once."""
+    return ask_help({tuple(sub) for b in SHELL for _, sub, _ in commands(b) if sub})
 
 
 @pytest.mark.parametrize("block", SHELL, ids=[b.id for b in SHELL])
-def test_shell_block(block: Block, helps: None) -> None:
+def test_shell_block(block: Block, helps: dict[tuple[str, ...], str]) -> None:
     for line in shell_lines(block.code):
         words = split_words(line)
         for word in words:
@@ -229,7 +261,7 @@ def test_shell_block(block: Block, helps: None) -> None:
                     assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{block.id}: no make target {target}"
     for line, sub, rest in commands(block):
         assert sub, f"{block.id}: `{line}` names no candorlm command"
-        text = help_text(tuple(sub))
+        text = helps[tuple(sub)]
         for opt in {o for w in rest for o in OPTION.findall(w)}:
             assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text), (
                 f"{block.id}: `candorlm {' '.join(sub)}` has no option {opt} (in `{line}`)")
@@ -259,12 +291,14 @@ def test_shell_parser_understands_the_forms_the_docs_use() -> None:
     assert OPTION.findall("--set train.lr=1e-3") == ["--set"]
 
 
-def test_the_checks_catch_what_they_are_for(helps: None) -> None:
+def test_the_checks_catch_what_they_are_for(helps: dict[tuple[str, ...], str]) -> None:
     page = ROOT / "docs" / "index.md"
     with pytest.raises(AssertionError, match="has no option --no-such-option"):
-        test_shell_block(Block(page, 1, "", "candorlm train --data d --no-such-option\n", "run", ""), None)
+        test_shell_block(Block(page, 1, "", "candorlm train --data d --no-such-option\n", "run", ""), helps)
     with pytest.raises(AssertionError, match="which is not there"):
-        test_shell_block(Block(page, 1, "", ".venv/bin/python bench/no_such_bench.py\n", "run", ""), None)
+        test_shell_block(Block(page, 1, "", ".venv/bin/python bench/no_such_bench.py\n", "run", ""), helps)
+    with pytest.raises(pytest.fail.Exception, match="--help` failed"):
+        ask_help({("no-such-command",)})
     with pytest.raises(pytest.fail.Exception, match="does not match"):
         check_without_running(Block(page, 1, "python", "from candorlm.scaling import fit_power_law\n"
                                     "fit_power_law([1, 2], [3, 4], degree=2)\n", "no-run", "r"))

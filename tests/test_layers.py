@@ -21,6 +21,7 @@ ROOT = Path(candorlm.__file__).parent
 LAYERS: list[tuple[str, set[str]]] = [
     ("errors", {"errors"}),
     ("io", {"io"}),
+    ("fonts", {"fonts"}),  # the bundled CJK font: figures and pages of every feature draw Chinese with it
     ("config", {"config", "rundir"}),
     ("data", {"corpus", "tokenizer", "shards", "prepare", "device", "progress"}),
     ("model", {"model"}),

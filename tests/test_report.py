@@ -52,8 +52,10 @@ def test_bare_run_names_the_commands_for_missing_sections(bare_run):
     assert [s["id"] for s in doc["sections"]] == list(SECTION_IDS)
     cost, compute = _section(doc, "cost"), _section(doc, "compute")
     assert cost["status"] == "ok" and any(f["name"] == "training FLOPs" and f["value"] > 0 for f in cost["figures"])
-    gpu_rows = [r for r in cost["tables"][0]["rows"] if "profile" in r[0]]
+    gpu_rows = [r for r in cost["tables"][0]["rows"] if "MFU (assumed)" in r[0]]
     assert len(gpu_rows) == 2 and all(r[1] > 0 for r in gpu_rows)
+    # A model this small cannot reach the assumed MFU, and the card says so under the table.
+    assert "lower bound" in cost["tables"][0]["note"] and "40% MFU" in cost["tables"][0]["note"]
     assert any(f["name"] == "throughput" for f in compute["figures"])
     for sid, command in (("interpretability", "candorlm explain"), ("generalization", "candorlm eval"),
                          ("privacy", "candorlm audit")):
@@ -62,6 +64,9 @@ def test_bare_run_names_the_commands_for_missing_sections(bare_run):
         assert any(command in m["command"] for m in s["missing"]), s["missing"]
     html = (bare_run / "report.html").read_text(encoding="utf-8")
     assert "candorlm eval" in html and "candorlm audit" in html
+    assert " fraction" not in html and "%" in html  # units a person reads
+    loss = next(im for im in compute["images"] if im["key"] == "loss_curve")
+    assert "Validation went from" in loss["caption"]
 
 
 def test_full_run_has_real_figures_in_every_section(full_run):
@@ -79,7 +84,10 @@ def test_full_run_has_real_figures_in_every_section(full_run):
     assert 0 <= priv["membership-inference AUC"] <= 1
     interp = _section(doc, "interpretability")
     assert any("completeness" in f["name"] for f in interp["figures"])
-    assert any(t["title"].startswith("faithfulness over 2 prompts") for t in interp["tables"])
+    assert any(t["title"].startswith("deletion test over 2 prompts") for t in interp["tables"])
+    versus = next(t for t in interp["tables"] if "'last tokens matter' rule" in t["title"])
+    assert versus["note"].startswith("Over ") and "IG better on" not in json.dumps(doc)
+    assert all(im.get("caption") for s in doc["sections"] for im in s["images"])  # a sentence under each figure
     assert {im["key"] for im in interp["images"]} >= {"attention-layer-0.png", "attribution.png"}
     html = (full_run / "report.html").read_text(encoding="utf-8")
     # Self-contained: every image inline, nothing fetched from anywhere.
@@ -127,3 +135,128 @@ def test_report_opens_in_headless_chromium(full_run, tmp_path):
         OUTPUT.mkdir(exist_ok=True)
         driver.save_screenshot(str(OUTPUT / "report.png"))
         assert (OUTPUT / "report.png").stat().st_size > 20_000
+
+
+# ---------------------------------------------------------------- Chinese without a system CJK font
+
+_GLYPHS = r"""
+const done = arguments[arguments.length - 1];
+(async () => {
+  await document.fonts.ready;
+  const family = getComputedStyle(document.body).fontFamily;
+  const chars = [...new Set([...document.body.innerText].filter((c) => /\p{Script=Han}/u.test(c)))];
+  await document.fonts.load(`48px ${family}`, chars.join(""));
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 64;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const draw = (c) => {
+    ctx.clearRect(0, 0, 64, 64);
+    ctx.font = `48px ${family}`;
+    ctx.textBaseline = "top";
+    ctx.fillText(c, 4, 4);
+    return Array.from(ctx.getImageData(0, 0, 64, 64).data.filter((_, i) => i % 4 === 3)).join(",");
+  };
+  const notdef = draw("\u{10FFFD}");  // a code point no font has: the missing-glyph box
+  const images = chars.map(draw);
+  done({ family, chars: chars.join(""), boxes: chars.filter((c, i) => images[i] === notdef).join(""),
+         distinct: new Set(images).size,
+         fonts: [...document.fonts].map((f) => `${f.family}: ${f.status}`) });
+})();
+"""
+
+
+def latin_only_fontconfig(tmp_path: Path) -> Path:
+    """A fontconfig that knows one font, DejaVu Sans (matplotlib's own copy): a machine without CJK fonts."""
+    import matplotlib
+
+    fonts, cache = tmp_path / "fonts", tmp_path / "cache"
+    fonts.mkdir()
+    cache.mkdir()
+    shutil.copy(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", fonts)
+    conf = tmp_path / "fonts.conf"
+    conf.write_text(f'<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "fonts.dtd">\n<fontconfig>\n'
+                    f"<dir>{fonts}</dir>\n<cachedir>{cache}</cachedir>\n</fontconfig>\n", encoding="utf-8")
+    return conf
+
+
+def test_chinese_renders_without_a_system_cjk_font(full_run, tmp_path, monkeypatch):
+    """Each Chinese character on the report card and the explain page is drawn in the page's own
+    font as a real glyph: not the missing-glyph box, and no two alike. The same check on the page
+    without its embedded font finds boxes, so it can fail (and the browser really has no CJK font)."""
+    report(full_run)
+    pages = {"report": full_run / "report.html", "explain": full_run / "explain" / "explain.html"}
+    bare = tmp_path / "report-without-font.html"
+    bare.write_text(re.sub(r"<style>\s*/\* Noto Sans CJK.*?</style>", "", pages["report"].read_text(encoding="utf-8"),
+                           flags=re.S), encoding="utf-8")
+    assert "@font-face" not in bare.read_text(encoding="utf-8")
+    for page in pages.values():
+        html = page.read_text(encoding="utf-8")
+        assert html.count("@font-face") == 1 and "data:font/woff;base64," in html and "Open Font License" in html
+    monkeypatch.setenv("FONTCONFIG_FILE", str(latin_only_fontconfig(tmp_path)))
+    with headless_chromium(tmp_path / "profile", window="1200,1400") as driver:
+        driver.set_script_timeout(60)
+        for name, page in pages.items():
+            driver.get(page.as_uri())
+            seen = driver.execute_async_script(_GLYPHS)
+            assert len(seen["chars"]) >= 5, seen
+            assert "candorlm CJK: loaded" in seen["fonts"], seen
+            assert not seen["boxes"], f"{name}: drawn as boxes: {seen['boxes']}"
+            assert seen["distinct"] == len(seen["chars"]), seen
+            if name == "report":
+                OUTPUT.mkdir(exist_ok=True)
+                driver.save_screenshot(str(OUTPUT / "report-no-cjk-font.png"))
+        driver.get(bare.as_uri())
+        control = driver.execute_async_script(_GLYPHS)
+        assert control["boxes"] == control["chars"], "without the embedded font Chinese should be boxes here"
+
+
+# ---------------------------------------------------------------- numbers that explain themselves
+
+
+def test_units_a_person_reads():
+    from candorlm.report.units import show
+
+    assert show(0.2753, "fraction") == "27.5%" and show(0.000172, "fraction") == "0.0172%" and show(1, "fraction") == "100%"
+    assert show(0.000123, "kWh") == "0.123 Wh" and show(2.26e-9, "kWh") == "2.26 µWh"
+    assert show(5.85e-5, "kg CO2e") == "58.5 mg CO2e" and show(1e-8, "USD") == "< 0.0001 USD"
+    assert show(1.23e9, "FLOP") == "1.23 GFLOP" and show(4.2e-9, "s") == "4.2 ns" and show(5400, "s") == "90.0 min"
+    assert show([0.1, 0.25], "fraction") == "[10%, 25%]" and show(None, "s") == "–"
+
+
+def test_task_results_are_a_table_against_named_baselines():
+    from candorlm.report.tasks import task_table
+
+    doc = {"task": "sentiment", "data": "builtin:reviews", "split": {"test": 1752},
+           "models": [{"run": "/x/runs/sent", "arch": "decoder", "parameters": 10, "accuracy": 0.7979, "macro_f1": 0.79}],
+           "baselines": {"majority": {"predicts": "pos", "accuracy": 0.52, "macro_f1": 0.34},
+                         "tfidf_char_1_3_logreg": {"features": 9, "accuracy": 0.834, "macro_f1": 0.83}}}
+    t = task_table("/x/runs/sent", doc)
+    assert t["columns"] == ["model or baseline", "accuracy", "macro-F1"] and t["units"][1:] == ["fraction"] * 2
+    assert [r[0] for r in t["rows"]] == ["sent (fine-tuned, decoder)", "baseline: always the most common label",
+                                         "baseline: TF-IDF character 1-3-grams + logistic regression"]
+    assert "1,752 held-out test examples" in t["title"]
+    assert "79.8%" in t["note"] and "83.4%" in t["note"] and "behind by 3.6 points" in t["note"]
+    translate = {"task": "translate", "data": "builtin:pinyin", "split": {"test": 10},
+                 "model": {"run": "/x/tr", "char_accuracy": 0.889, "bleu": 40.0},
+                 "baseline": {"name": "most frequent character per source token", "char_accuracy": 0.591, "bleu": 9.0}}
+    t = task_table("/x/tr", translate)
+    assert t["rows"][1][0] == "baseline: most frequent character per source token"
+    assert "ahead by 29.8 points" in t["note"] and "baseline: baseline" not in str(t)
+
+
+def test_captions_say_what_follows():
+    from candorlm.config import resolve
+    from candorlm.report.compute import gpu_note, loss_caption
+
+    falling = {"train": [(1, 6.0), (30, 5.0)], "val": [(10, 5.9, None), (20, 5.6, None), (30, 5.3, None)]}
+    flat = {"train": [(1, 6.0), (30, 5.0)], "val": [(10, 5.9, None), (20, 5.5, None), (30, 5.5, None)]}
+    rising = {"train": [(1, 6.0), (30, 4.0)], "val": [(10, 5.9, None), (20, 5.5, None), (30, 5.7, None)]}
+    assert "still falling" in loss_caption(falling) and "levelled off" in loss_caption(flat)
+    assert "memorize" in loss_caption(rising)
+    tiny = resolve("tiny")
+    tiny.model.vocab_size = 8192
+    assert "lower bound" in gpu_note(tiny, 989e12, 0.4, 1_900_000)
+    big = resolve("base")
+    big.model.vocab_size = 32000
+    big.train.batch_size, big.train.seq_len = 64, 2048
+    assert "lower bound" not in gpu_note(big, 989e12, 0.4, None)

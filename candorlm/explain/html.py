@@ -8,12 +8,16 @@ from typing import Any
 
 from jinja2 import Environment
 
+from candorlm.fonts import CSS_FAMILY, embed_cjk_font
+
 
 def render_html(doc: dict[str, Any]) -> str:
+    """The page, with a subset of the bundled CJK font for every character it holds (its data
+    included, which the script writes into the page), so it reads right without a system font."""
     # "</" would end the <script> element early; JSON allows the escaped form "<\/".
     data = json.dumps(doc, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
     env = Environment(autoescape=True)
-    return env.from_string(TEMPLATE).render(doc=doc, data=data)
+    return embed_cjk_font(env.from_string(TEMPLATE).render(doc=doc, data=data, font=CSS_FAMILY))
 
 
 TEMPLATE = r"""<!doctype html>
@@ -23,8 +27,8 @@ TEMPLATE = r"""<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>candorlm explain: {{ doc.prompt }}</title>
 <style>
-  body { font-family: system-ui, "Noto Sans CJK SC", "WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei", sans-serif;
-         margin: 1.5rem; color: #222; max-width: 80rem; }
+  body { font-family: "{{ font }}", system-ui, sans-serif; margin: 1.5rem; color: #222; max-width: 80rem; }
+  button, input, select { font-family: inherit; }
   h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
   .tok { font-family: inherit; }
   .muted { color: #666; font-size: 0.9rem; }

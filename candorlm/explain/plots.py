@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from candorlm.explain.fonts import use_cjk_font
+from candorlm.fonts import use_cjk_font
 
 
 def _figure(width: float, height: float):  # -> matplotlib.figure.Figure

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from candorlm.errors import CandorError
 from candorlm.io.files import read_json, write_json
+from candorlm.ledger.meter import mfu_figure
 from candorlm.rundir import RunDir, open_run
 
 VERSION = 1
@@ -44,13 +45,12 @@ def total(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     if memories:
         out["peak_memory"] = dict(last["peak_memory"], value=max(memories))
     busy, tokens, flops = _value(out, "busy_time"), _value(out, "tokens"), _value(out, "flops")
-    peak = _value(last, "peak_flops_per_s")
+    peak = last.get("peak_flops_per_s")
     if busy:
         out["tokens_per_s"] = {"value": round(tokens / busy, 1), "unit": "tokens/s", "method": f"{how}: tokens / busy time"}
         out["achieved_flops_per_s"] = {"value": round(flops / busy), "unit": "FLOP/s", "method": f"{how}: flops / busy time"}
-        if peak:
-            out["mfu"] = {"value": round(flops / busy / peak, 6), "unit": "fraction",
-                          "method": "achieved FLOP/s / peak FLOP/s (the last session's peak)"}
+        if isinstance(peak, dict) and peak.get("value"):
+            out["mfu"] = mfu_figure(flops / busy, peak, "achieved FLOP/s / peak FLOP/s (the last session's peak)")
     return out
 
 
@@ -101,7 +101,7 @@ def _fmt(key: str, item: dict[str, Any]) -> str:
     if unit == "bytes":
         return f"{value / 2**20:,.0f} MiB"
     if unit == "fraction":
-        return f"{value:.1%}"
+        return f"at most {value:.1%}" if item.get("bound") == "upper" else f"{value:.1%}"
     if unit in ("FLOP", "FLOP/s"):
         return f"{value:.3g} {unit}"
     if unit == "kWh":

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from candorlm.ledger.energy import EnergyMeter, start_energy_meter
-from candorlm.ledger.hardware import device_name, measured_peak_flops
+from candorlm.ledger.hardware import BUSY_REASON, device_name, measured_peak
 
 # A round world-average figure: the IEA's 2019 global average (475 g CO2 per kWh), the one
 # codecarbon also falls back to. Set your grid's with ledger.grid_kg_co2_per_kwh.
@@ -51,13 +51,30 @@ class Prices:
                                          f"(IEA 2019; set ledger.grid_kg_co2_per_kwh)")
 
 
-def peak_flops(precision: str, device: torch.device, override_tflops: float | None = None) -> tuple[float, str]:
-    """The MFU denominator: the measured matmul peak (cached per machine), or a given figure."""
+def peak_figure(precision: str, device: torch.device, override_tflops: float | None = None) -> dict[str, Any]:
+    """The MFU denominator as a ledger figure: the measured matmul peak (cached per machine), or a
+    given one. `probe` says which: "quiet" (a probe on a quiet machine is among the readings),
+    "busy" (every probe ran beside other work: understated) or "given"; `probe_key` lets a later
+    report probe the same device again."""
     if override_tflops:
-        return override_tflops * 1e12, f"given peak {override_tflops} TFLOP/s (--peak-tflops)"
-    return measured_peak_flops(precision, device), (
-        f"measured {precision} matmul peak of {device_name(device)} at {torch.get_num_threads()} threads "
-        f"(candorlm.ledger.hardware probe, cached)")
+        return dict(figure(override_tflops * 1e12, "FLOP/s", f"given peak {override_tflops} TFLOP/s (--peak-tflops)"),
+                    probe="given")
+    peak = measured_peak(precision, device)
+    how = ("a probe on a quiet CPU is among the readings" if peak.quiet
+           else "every probe ran while other work used the CPU: understated")
+    return dict(figure(round(peak.flops), "FLOP/s", f"measured {precision} matmul peak of {device_name(device)} at "
+                       f"{torch.get_num_threads()} threads (candorlm.ledger.hardware probe, cached; {how})"),
+                probe=peak.status(), probe_key=peak.key)
+
+
+def mfu_figure(achieved_flops_per_s: float, peak: dict[str, Any], how: str = "achieved FLOP/s / peak FLOP/s") -> dict[str, Any]:
+    """MFU against a peak figure; an upper bound ("bound": "upper", and why) when that peak was
+    probed only beside other work."""
+    value = round(achieved_flops_per_s / peak["value"], 6) if peak.get("value") else None
+    out = figure(value, "fraction", how)
+    if peak.get("probe") == "busy":
+        out.update(bound="upper", method=f"{how}; at most this: {BUSY_REASON}")
+    return out
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
@@ -85,6 +102,7 @@ class Meter:
         self.energy_node_wide = False  # the energy reading covers the whole machine (RAPL), not this process
         self._energy: EnergyMeter | None = None
         self._start = 0.0
+        self._peak: dict[str, Any] | None = None
 
     def start(self) -> "Meter":
         if self.device.type == "cuda":
@@ -97,11 +115,14 @@ class Meter:
         self.tokens += tokens
         self.flops += flops
 
-    def peak(self) -> tuple[float, str]:
-        return peak_flops(self.precision, self.device, self.peak_tflops)
+    def peak(self) -> dict[str, Any]:
+        """The peak figure (probed at most once per process; TrainingMeter asks before the work starts)."""
+        if self._peak is None:
+            self._peak = peak_figure(self.precision, self.device, self.peak_tflops)
+        return self._peak
 
     def mfu(self, flops_per_s: float) -> float:
-        return flops_per_s / self.peak()[0]
+        return flops_per_s / self.peak()["value"]
 
     def finish(self, flops_method: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ledger entry for the work: every figure with its unit and method."""
@@ -109,7 +130,7 @@ class Meter:
         busy = self.busy_s or wall
         reading = self._energy.stop() if self._energy else None
         self.energy_node_wide = bool(reading and reading.node_wide)
-        peak, peak_method = self.peak()
+        peak = self.peak()
         memory, memory_method = peak_memory_bytes(self.device)
         price, price_method = self.prices.hourly(self.device)
         grid, grid_method = self.prices.grid()
@@ -124,8 +145,8 @@ class Meter:
             "tokens_per_s": figure(round(self.tokens / busy, 1) if busy > 0 else 0.0, "tokens/s", "tokens / busy time"),
             "flops": figure(float(self.flops), "FLOP", flops_method),
             "achieved_flops_per_s": figure(round(achieved), "FLOP/s", "flops / busy time"),
-            "peak_flops_per_s": figure(round(peak), "FLOP/s", peak_method),
-            "mfu": figure(round(achieved / peak, 6) if peak else None, "fraction", "achieved FLOP/s / peak FLOP/s"),
+            "peak_flops_per_s": peak,
+            "mfu": mfu_figure(achieved, peak),
             "peak_memory": figure(memory, "bytes", memory_method),
         }
         if reading is not None:

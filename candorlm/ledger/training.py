@@ -18,7 +18,7 @@ import torch
 from candorlm.config import RunConfig
 from candorlm.ledger.book import record
 from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
-from candorlm.ledger.meter import Meter, Prices, figure
+from candorlm.ledger.meter import Meter, Prices, figure, mfu_figure
 
 _SHARED = ("energy", "co2", "cost")
 
@@ -51,8 +51,9 @@ class TrainingMeter:
         self.eval_tokens = 0
 
     def start(self) -> "TrainingMeter":
+        # The peak is probed before the clock starts and before this run loads the CPU itself.
+        self._peak = self.meter.peak()["value"]
         self.meter.start()
-        self._peak = self.meter.peak()[0]
         return self
 
     def mfu(self, tokens_per_s: float) -> float:
@@ -142,7 +143,9 @@ class TrainingMeter:
                                      f"tokens of all {n} processes / busy time")
         out["achieved_flops_per_s"] = figure(round(flops / busy), "FLOP/s", f"flops of all {n} processes / busy time")
         summed("peak_flops_per_s", round(peak), "FLOP/s", f"x {n} devices")
-        out["mfu"] = figure(round(flops / busy / peak, 6), "fraction", "achieved FLOP/s / peak FLOP/s of all devices")
+        out["peak_flops_per_s"].update({k: session["peak_flops_per_s"][k] for k in ("probe", "probe_key")
+                                        if k in session["peak_flops_per_s"]}, devices=n)
+        out["mfu"] = mfu_figure(flops / busy, out["peak_flops_per_s"], "achieved FLOP/s / peak FLOP/s of all devices")
         summed("peak_memory", int(memory), "bytes", f"the largest of {n} processes")
         out["eval_time"] = figure(round(eval_s, 3), "s", f"wall time of periodic evaluation, the longest of {n} processes")
         out["save_time"] = figure(round(save_s, 3), "s", f"wall time of checkpoint saving, the longest of {n} processes")
@@ -161,7 +164,6 @@ class TrainingMeter:
         share = self.eval_s / wall if wall > 0 else 0.0
         # With several processes every rank scores the same validation windows.
         flops = self.eval_tokens * self.eval_fpt * self.ranks.size
-        peak = session["peak_flops_per_s"]["value"]
         out: dict[str, Any] = {
             "steps": steps,
             "wall_time": figure(round(self.eval_s, 3), "s", "time.perf_counter around each evaluation"),
@@ -172,7 +174,7 @@ class TrainingMeter:
                             + (f" x {self.ranks.size} processes (each scores the same windows)" if self.ranks.size > 1 else "")),
             "achieved_flops_per_s": figure(round(flops / max(self.eval_s, 1e-9)), "FLOP/s", "flops / wall time"),
             "peak_flops_per_s": session["peak_flops_per_s"],
-            "mfu": figure(round(flops / max(self.eval_s, 1e-9) / peak, 6), "fraction", "achieved FLOP/s / peak FLOP/s"),
+            "mfu": mfu_figure(flops / max(self.eval_s, 1e-9), session["peak_flops_per_s"]),
             "peak_memory": session["peak_memory"],
         }
         for key in _SHARED:
@@ -187,8 +189,10 @@ def ledger_summary(total: dict[str, Any]) -> str:
     def v(key: str) -> Any:
         return total.get(key, {}).get("value")
 
+    bound = total.get("mfu", {}).get("bound") == "upper"
+    mfu = f"MFU at most {v('mfu'):.1%} (peak probed only beside other work)" if bound else f"MFU {v('mfu'):.1%}"
     parts = [f"{v('wall_time'):,.0f} s", f"{v('tokens_per_s'):,.0f} tokens/s", f"{v('flops'):.3g} FLOP",
-             f"MFU {v('mfu'):.1%}", f"peak memory {v('peak_memory') / 2**20:,.0f} MiB"]
+             mfu, f"peak memory {v('peak_memory') / 2**20:,.0f} MiB"]
     if v("energy") is not None:
         parts.append(f"{v('energy') * 1000:.3g} Wh")
         parts.append(f"{v('co2') * 1000:.3g} g CO2e")

@@ -44,9 +44,7 @@ def report(run_dir: str | Path) -> dict[str, Any]:
     """Write RUN/report.html, report.json and report.md; returns report.json's content."""
     run = open_run(run_dir)
     config = run.read_config()
-    sections = [collect.cost_section(run, config), collect.compute_section(run),
-                collect.interpretability_section(run), collect.privacy_section(run, config),
-                collect.generalization_section(run)]
+    sections = collect.sections(run, config)
     folder = run.path / "report"
     folder.mkdir(exist_ok=True)
     images: dict[tuple[str, str], Path] = {}

@@ -1,5 +1,5 @@
 """The report's own figures: the loss curve and the domain chart (PNG, Chinese labels rendered
-through explain's CJK font fallback)."""
+through the bundled CJK font, candorlm.fonts)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from candorlm.explain.fonts import use_cjk_font
+    from candorlm.fonts import use_cjk_font
 
     use_cjk_font()
     return plt

@@ -6,10 +6,15 @@ report.json, in words:
 - `model`: arch, parameters, d_model, n_layers, n_heads, vocab_size, seq_len, tokenizer;
 - `sections`: exactly five, in order cost, compute, interpretability, privacy, generalization.
   Each has `id`, `title`, `status` (ok: all its data is there; partial: some is missing;
-  missing: none is), `summary` (one line), `figures` (name, value, unit, source file, optional
-  method), `tables` (title, columns, rows of cells), `images` (key, title, the PNG's path or
-  null for a figure drawn by the report itself), `missing` (what is absent and the command that
-  produces it), and optionally `data` (the source numbers a table was made from).
+  missing: none is), `summary` (one line), `figures` (name, value, unit, source file; optional
+  method, a one-sentence `note` on what it means, and `bound`: "upper" when the value is only an
+  upper bound, as MFU against a peak probed beside other work), `tables` (title, columns, rows of
+  cells; optional `units`, one per column, and a `note` saying what the table shows and what
+  follows), `images` (key, title, the PNG's path or null for a figure drawn by the report itself,
+  and a `caption` sentence), `missing` (what is absent and the command that produces it), and
+  optionally `data` (the source numbers a table was made from).
+
+Values keep canonical units (fraction, kWh, FLOP, s); the page shows them as people read them.
 """
 
 from __future__ import annotations
@@ -68,16 +73,19 @@ SCHEMA: dict[str, Any] = {
                     "additionalProperties": False,
                     "properties": {"name": {"type": "string"}, "value": {"type": ["number", "integer", "string", "array", "null"]},
                                    "unit": {"type": "string"}, "source": {"type": "string"},
-                                   "method": {"type": "string"}}}},
+                                   "method": {"type": "string"}, "note": {"type": "string"},
+                                   "bound": {"enum": ["upper", "lower"]}}}},
                 "tables": {"type": "array", "items": {
                     "type": "object", "required": ["title", "columns", "rows"], "additionalProperties": False,
                     "properties": {"title": {"type": "string"},
                                    "columns": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                                   "rows": {"type": "array", "items": {"type": "array", "items": _cell}}}}},
+                                   "units": {"type": "array", "items": {"type": "string"}},
+                                   "rows": {"type": "array", "items": {"type": "array", "items": _cell}},
+                                   "note": {"type": "string"}}}},
                 "images": {"type": "array", "items": {
                     "type": "object", "required": ["key", "title", "path"], "additionalProperties": False,
                     "properties": {"key": {"type": "string"}, "title": {"type": "string"},
-                                   "path": {"type": ["string", "null"]}}}},
+                                   "path": {"type": ["string", "null"]}, "caption": {"type": "string"}}}},
                 "missing": {"type": "array", "items": {
                     "type": "object", "required": ["what", "command"], "additionalProperties": False,
                     "properties": {"what": {"type": "string"}, "command": {"type": "string", "minLength": 1}}}},

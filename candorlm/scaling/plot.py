@@ -24,7 +24,7 @@ def sweep_png(doc: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    from candorlm.explain.fonts import use_cjk_font
+    from candorlm.fonts import use_cjk_font
 
     use_cjk_font()
     rows = doc["sizes"]

@@ -6,6 +6,8 @@ Every other code block of the README and the docs pages is checked by tests/docs
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
@@ -19,6 +21,7 @@ def test_readme_is_short_and_starts_with_the_two_commands():
     assert text.index(first_block.group(0)) < text.index("\n## "), "the two commands come first"
 
 
+@pytest.mark.slow  # trains a model
 def test_textbook_example_runs_and_learns(capsys):
     pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
     found = [(page, m) for page in pages

@@ -30,6 +30,8 @@ class UsageCounter(Protocol):
 
 
 class LanguageModel:
+    """A trained model with its tokenizer, ready to generate: `candorlm.load(RUN)` makes one."""
+
     def __init__(self, model: DecoderLM, tokenizer: Tokenizer, config: RunConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer

@@ -49,9 +49,12 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
             canary_seed: int = 0) -> ShardMeta:
     """Prepare a corpus for training: `out/` gets tokenizer.json, token shards and meta.json.
 
-    scrub: replace personal data on the way in (candorlm.privacy.scrub; report in
-    scrub_report.json). canaries: plant that many random secrets per repeat count
-    (candorlm.privacy.canaries; list in canaries.json). A SHA256SUMS manifest is written last.
+    - scrub: replace personal data on the way in (candorlm.privacy.scrub; report in
+      scrub_report.json).
+    - canaries: plant that many random secrets per repeat count (candorlm.privacy.canaries;
+      list in canaries.json).
+
+    A SHA256SUMS manifest is written last.
 
     Everything is written to a temporary sibling directory first and renamed into place at
     the end, so a failure or Ctrl-C never leaves a half-written data directory behind.

@@ -1,10 +1,10 @@
 """Attention maps per layer and head, and head summaries: which heads look at the previous
-token, at the first token, or do induction ([A][B] ... [A] -> attend to [B]).
+token, at the first token, or do induction (`[A][B] ... [A]` -> attend to `[B]`).
 
 Scores are mean attention weights, between 0 and 1:
 - previous-token score: mean over positions t >= 1 of pattern[t, t-1];
 - first-token score: mean over positions t >= 1 of pattern[t, 0];
-- induction score: on sequences <bos> r_1..r_n r_1..r_n of random tokens, the mean over the
+- induction score: on sequences `<bos>` r_1..r_n r_1..r_n of random tokens, the mean over the
   second half of the weight from r_i's second occurrence onto r_{i+1}'s first occurrence
   (Olsson et al. 2022). Random tokens carry no meaning, so only an induction mechanism can
   score high.
@@ -64,7 +64,7 @@ def first_token_scores(patterns: torch.Tensor) -> torch.Tensor:
 
 
 def repeated_random_tokens(n: int, batch: int, vocab: list[int], bos: int | None, seed: int = 0) -> torch.Tensor:
-    """(batch, [1 +] 2n): [<bos>] r_1..r_n r_1..r_n, tokens drawn uniformly from `vocab`."""
+    """(batch, [1 +] 2n): `[<bos>]` r_1..r_n r_1..r_n, tokens drawn uniformly from `vocab`."""
     g = torch.Generator().manual_seed(seed)
     pool = torch.tensor(vocab)
     half = pool[torch.randint(len(pool), (batch, n), generator=g)]
@@ -75,7 +75,7 @@ def repeated_random_tokens(n: int, batch: int, vocab: list[int], bos: int | None
 
 
 def induction_scores_from(patterns: torch.Tensor, n: int, offset: int) -> torch.Tensor:
-    """(layer, head) from patterns of repeated sequences with `offset` leading tokens (<bos>)."""
+    """(layer, head) from patterns of repeated sequences with `offset` leading tokens (`<bos>`)."""
     q = torch.arange(offset + n, offset + 2 * n)  # second occurrences
     return patterns[..., q, q - n + 1].mean(dim=(1, 3))
 
@@ -93,7 +93,7 @@ def induction_scores(model: nn.Module, vocab: list[int], bos: int | None, n: int
 def seq2seq_induction_scores(model: nn.Module, source_vocab: list[int], target_vocab: list[int], bos: int,
                              n: int = 20, batch: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     """(layer, head) induction scores of an encoder-decoder's encoder and decoder self-attention:
-    repeated random sequences (<bos> r r) as the source and, drawn afresh, as the decoder input."""
+    repeated random sequences (`<bos>` r r) as the source and, drawn afresh, as the decoder input."""
     device = next(model.parameters()).device
     src = repeated_random_tokens(n, batch, source_vocab, bos, seed).to(device)
     dec = repeated_random_tokens(n, batch, target_vocab, bos, seed + 1).to(device)
@@ -125,7 +125,7 @@ class HeadSummary:
 
 
 def induction_length(model: nn.Module) -> int:
-    """n of the repeated random sequences <bos> r_1..r_n r_1..r_n that fit the model."""
+    """n of the repeated random sequences `<bos>` r_1..r_n r_1..r_n that fit the model."""
     return min(20, (model.cfg.max_seq_len - 1) // 2) if hasattr(model, "cfg") else 20
 
 

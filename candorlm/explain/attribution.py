@@ -5,7 +5,7 @@ on a function of the embeddings, which the model reads through its embedding hoo
 The attributed quantity f is the log-probability of the target tokens given the prompt
 (teacher-forced for a target of several tokens; an encoder's target at its masked positions; an
 encoder-decoder's given the source). The input attributed to is the decoder's or encoder's
-sequence, or an encoder-decoder's source. The integrated-gradients baseline keeps <bos>, the
+sequence, or an encoder-decoder's source. The integrated-gradients baseline keeps `<bos>`, the
 target's own tokens, an encoder's <|mask|> tokens and a source's <eos>, and puts the `<|pad|>`
 embedding at every other prompt position: "the same input with the prompt's content removed".
 The path integral uses Gauss-Legendre quadrature with `n_steps` points. Completeness
@@ -52,7 +52,7 @@ def target_log_prob(model: nn.Module, ids: torch.Tensor, example: Example) -> to
 
 def baseline_ids(example: Example, pad_id: int, keep_first: bool = True) -> list[int]:
     """The input with `pad_id` at every content position of the prompt (see Example.frame).
-    keep_first=False also blanks a leading <bos>."""
+    keep_first=False also blanks a leading `<bos>`."""
     ids = list(example.ids)
     content = example.content_positions
     if not keep_first and 0 in example.frame:

@@ -4,7 +4,7 @@ and measure how far the target's probability falls, against removing k tokens at
 attribution that does no better than random is reported as such.
 
 Tokens are removed from the sequence (not masked), so what remains is an ordinary shorter
-prompt; <bos> is never removed, nor an encoder's <|mask|> or an encoder-decoder's <eos>.
+prompt; `<bos>` is never removed, nor an encoder's `<|mask|>` or an encoder-decoder's `<eos>`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _target_probs(model: nn.Module, variants: list[Example], batch_size: int = 6
 def deletion_test(model: nn.Module, example: Example, scores: list[float], k: int, has_bos: bool = True,
                   draws: int = 200, seed: int = 0) -> Deletion | None:
     """Deletion test for one example; None when the prompt has no more than k removable tokens.
-    Removable: the prompt's content positions (never <bos>, an encoder's <|mask|>, a source's <eos>)."""
+    Removable: the prompt's content positions (never `<bos>`, an encoder's `<|mask|>`, a source's `<eos>`)."""
     first = 1 if has_bos else 0
     candidates = [i for i in example.content_positions if i >= first]
     if len(candidates) <= k:

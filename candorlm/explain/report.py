@@ -56,7 +56,7 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
     (one `<|mask|>` appended per target token when the prompt has none); an encoder-decoder's
     output (the target) for the prompt as its source.
 
-    Writes attention-*.png, head-scores*.png, lens.png, attribution.png, patching-*.png,
+    Writes `attention-*.png`, `head-scores*.png`, lens.png, attribution.png, `patching-*.png`,
     explain.html and explain.json into `out` (default RUN/explain), and RUN/evals/explain.json.
     Returns the JSON document.
 

@@ -34,6 +34,7 @@ import torch
 from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.io.files import read_json, write_json
+from candorlm.io.sealed import Key
 from candorlm.lm import LanguageModel
 from candorlm.privacy.canaries import FILE_NAME as CANARIES_FILE
 from candorlm.privacy.canaries import CanarySet, fill, random_digits
@@ -275,7 +276,7 @@ def _all_matches(pattern: re.Pattern[str], text: str, values: list[str]) -> set[
 
 def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int = 200, candidates: int = 2000,
           generations: int = 50, generation_tokens: int = 64, prefix_tokens: int = 32, suffix_tokens: int = 50,
-          seed: int = 0, key=None) -> dict[str, Any]:
+          seed: int = 0, key: Key | None = None) -> dict[str, Any]:
     """Run the four measurements and write RUN/evals/privacy.json (returned as a dict).
 
     Args:

@@ -18,7 +18,7 @@ def finetune(run: str | Path | None, **kwargs: Any) -> dict[str, Any]:
 
 
 def evaluate_task(run: str | Path, task: str, data: str | None = None, **options: Any) -> dict[str, Any]:
-    """Score a fine-tuned run on its task's test split; writes RUN/evals/<task>.json."""
+    """Score a fine-tuned run on its task's test split; writes `RUN/evals/<task>.json`."""
     return get_task(task).evaluate(run, data=data, **options)
 
 

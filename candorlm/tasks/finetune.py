@@ -43,7 +43,7 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
              device: str = "auto", threads: int | None = None, overrides: list[str] | None = None, overwrite: bool = False,
              evaluate: bool = True, **options: Any) -> dict[str, Any]:
     """Fine-tune `run` (a run directory; None: a fresh `preset` model of `arch`) on `task` with
-    `data`, and write the run directory `out`. Returns the test evaluation (evals/<task>.json).
+    `data`, and write the run directory `out`. Returns the test evaluation (`evals/<task>.json`).
 
         candorlm.tasks.finetune("runs/pd", task="sentiment", data="builtin:reviews", out="runs/pd-sentiment")
 

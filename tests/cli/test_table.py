@@ -210,8 +210,8 @@ def test_extras_match_pyproject():
         names = [req.split(">")[0].split("=")[0].split("[")[0].split(";")[0].strip().lower()
                  for req in optional[extra]]
         assert sorted(module_of.get(n, n) for n in names) == sorted(modules), extra
-    assert set(extras.EXTRAS) | {"all", "test"} == set(optional)
-    assert "candorlm[all]" in optional["test"]
+    assert set(extras.EXTRAS) | {"all", "docs", "test"} == set(optional)  # docs: the site, no command needs it
+    assert optional["test"][0] == "candorlm[all,docs]"
     assert all(e in optional["all"][0] for e in extras.EXTRAS)
     assert len([d for d in declared["dependencies"] if "python_version" not in d]) <= 10
 

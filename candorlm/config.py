@@ -45,7 +45,9 @@ class ModelConfig(_Strict):
     n_heads: int = 4
     n_kv_heads: int | None = None  # None: n_heads (plain multi-head attention); fewer: GQA
     d_ff: int | None = None  # None: derived from d_model and the MLP kind
-    mlp: Literal["swiglu", "gelu", "relu"] = "swiglu"
+    mlp: Literal["swiglu", "gelu", "relu", "relu2"] = "swiglu"  # relu2: ReLU squared (modded-nanoGPT)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotary positions
+    zero_init_out: bool = False  # residual output projections (o_proj, down_proj) start at zero
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
@@ -123,8 +125,11 @@ class TrainConfig(_Strict):
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1
     seq_len: int | None = None  # None: model.max_seq_len
-    optimizer: Literal["adamw", "adam"] = "adamw"
+    # muon: torch.optim.Muon for the blocks' matrices, AdamW for embeddings, head and gains (training/optim.py)
+    optimizer: Literal["adamw", "adam", "muon"] = "adamw"
     lr: float = 3e-3
+    muon_lr: float | None = None  # Muon's learning rate (RMS-matched to AdamW's); None: lr
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, then a linear decay (the last 30%)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1

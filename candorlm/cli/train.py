@@ -64,11 +64,12 @@ def train(
     settings = {k: v for k, v in dict(max_steps=max_steps, save_every=save_every, eval_every=eval_every, seed=seed,
                                       dp_epsilon=dp_epsilon, dp_delta=dp_delta,
                                       dp_max_grad_norm=dp_max_grad_norm).items() if v is not None}
+    planned: list[str] = []
     if auto_size:
-        preset = _auto_size(preset, options)
+        preset, planned = _auto_size(preset, options)
     if preset is None and options["config"] is None:
         preset = "tiny"
-    overrides = list(options.pop("overrides") or [])
+    overrides = planned + list(options.pop("overrides") or [])  # what the user sets wins
     if peak_tflops is not None:
         overrides.append(f"ledger.peak_tflops={peak_tflops}")
     if strategy is not None:
@@ -87,7 +88,7 @@ def train(
                   f"{summary}. Weights: {result.run_dir / 'model.safetensors'}")
 
 
-def _auto_size(preset: str | None, options: dict[str, Any]) -> str:
+def _auto_size(preset: str | None, options: dict[str, Any]) -> tuple[str, list[str]]:
     from candorlm.errors import CandorError
     from candorlm.progress import console
     from candorlm.scaling.plan import plan as run_plan
@@ -103,7 +104,7 @@ def _auto_size(preset: str | None, options: dict[str, Any]) -> str:
     console.print(f"--auto-size: {best['preset']} ({best['parameters']:,} parameters, about {best['tokens']:,} tokens "
                   f"in {options['time']}; predicted val bits/byte {best['val_bpb']}, confidence "
                   f"{doc['confidence']:.0%}, from {doc['sweep']})", highlight=False)
-    return best["preset"]
+    return best["preset"], [f"train.{k}={v}" for k, v in doc["train"].items()]
 
 
 @needs("report")

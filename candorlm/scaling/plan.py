@@ -168,6 +168,9 @@ def plan(time: str, data: str | Path | None = None, sweep: str | Path | None = N
     tps = probe_throughput(doc) if probe else {r["preset"]: r["tokens_per_s"] for r in doc["sizes"]}
     out = choose(doc, seconds, tps)
     out["sweep"] = str(sweep)
+    # the sweep's batch and window: the fit holds for runs that train as it did
+    best_row = next(r for r in doc["sizes"] if r["preset"] == out["best"])
+    out["train"] = {"batch_size": doc["batch_size"], "seq_len": int(best_row["tokens"] / doc["steps"] / doc["batch_size"])}
     out["throughput"] = "measured now: 4 training steps per size" if probe else "the sweep's own tokens/s"
     out["method"] = ("per size, L = a * tokens^-alpha fitted to the sweep's validation curve; tokens = tokens/s x "
                      "(time - final evaluation); one-sigma prediction interval in ln L; confidence: chance the "

@@ -39,10 +39,23 @@ FORWARD_SHARE = 1 / 3  # an evaluation token costs about a third of a training t
 NO_LIMIT = 1 << 62  # the step count a time-budgeted run starts with; the budget sets the real one
 
 
+WSD_DECAY_SHARE = 0.3  # warmup-stable-decay: the last 30% of the time decays linearly
+
+
 def cosine(progress: float, min_ratio: float) -> float:
     """The decay factor at `progress` in [0, 1]: 1 at the start, `min_ratio` at the end."""
     p = min(1.0, max(0.0, progress))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def wsd(progress: float, min_ratio: float) -> float:
+    """Warmup-stable-decay's factor: 1 until the last WSD_DECAY_SHARE, then linear to `min_ratio`."""
+    p = min(1.0, max(0.0, progress))
+    into = max(0.0, p - (1 - WSD_DECAY_SHARE)) / WSD_DECAY_SHARE
+    return 1 - (1 - min_ratio) * into
+
+
+DECAYS = {"cosine": cosine, "wsd": wsd}
 
 
 def spent_before(run_dir: Path) -> float:
@@ -73,6 +86,7 @@ class TimeBudget:
         eval_steps: What the final evaluation costs, in training steps (an estimate, until
             a periodic evaluation is seen).
         spent: Seconds of this budget used by earlier sessions of the same run (a resume).
+        schedule: The decay's shape over the time: "cosine" or "wsd".
         clock: Seconds, monotonic; `time.perf_counter` unless a test gives a fake one.
     """
 
@@ -83,6 +97,7 @@ class TimeBudget:
     eval_steps: float = 0.0
     spent: float = 0.0
     clock: Clock = time.perf_counter
+    schedule: str = "cosine"  # the decay's shape: cosine, or wsd (warmup, stable, decay)
     warmup: int = 0  # sized after MEASURE_STEPS steps; max_warmup until then
     step_s: float | None = None  # the typical step's seconds, once measured
     extra_s: float = 0.0  # the longest time seen beyond a typical step (an evaluation, a checkpoint)
@@ -102,7 +117,8 @@ class TimeBudget:
             raise ValueError("the config has no train.time")
         eval_steps = t.eval_tokens / max(tokens_per_step, 1) * FORWARD_SHARE if t.eval_tokens else 0.0
         return cls(seconds=parse_duration(t.time), peak_lr=t.lr, min_lr_ratio=t.min_lr_ratio,
-                   max_warmup=max(1, t.warmup_steps), eval_steps=eval_steps, spent=spent, clock=clock)
+                   max_warmup=max(1, t.warmup_steps), eval_steps=eval_steps, spent=spent, clock=clock,
+                   schedule=t.schedule)
 
     # ------------------------------------------------------------ the clock
     def begin(self, step: int = 0) -> None:
@@ -132,7 +148,7 @@ class TimeBudget:
         warm = min(1.0, (step + 1) / max(1, self.warmup or self.max_warmup))
         end = self.end()
         progress = self.elapsed() / end if end > 0 else 1.0
-        return self.peak_lr * warm * cosine(progress, self.min_lr_ratio)
+        return self.peak_lr * warm * DECAYS[self.schedule](progress, self.min_lr_ratio)
 
     def after_step(self, step: int) -> bool:
         """Note that step `step` (the count of steps done) finished now; True when training should stop."""

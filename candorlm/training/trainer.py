@@ -35,7 +35,7 @@ from candorlm.model import build_model, lm_loss
 from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.shards import BatchSampler, ShardSet
-from candorlm.training.budget import NO_LIMIT, TimeBudget, budget_for
+from candorlm.training.budget import DECAYS, NO_LIMIT, TimeBudget, budget_for
 from candorlm.training.distributed import World
 from candorlm.training.objectives import make_objective
 
@@ -54,12 +54,12 @@ class TrainResult:
     rank: int = 0  # of the process that returns this result, under torchrun
 
 
-def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float) -> float:
-    """Linear warmup to `peak`, then cosine decay to `peak * min_ratio` at `max_steps`."""
+def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float, schedule: str = "cosine") -> float:
+    """Linear warmup to `peak`, then a decay (cosine, or warmup-stable-decay's) to `peak * min_ratio` at `max_steps`."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * DECAYS[schedule](progress, min_ratio)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -258,7 +258,7 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.config.train
         lr = self.budget.lr(self.step) if self.budget else lr_at(self.step, t.lr, self.warmup, self.max_steps,
-                                                                 t.min_lr_ratio)
+                                                                 t.min_lr_ratio, t.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.dp is not None:

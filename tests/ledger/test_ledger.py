@@ -111,8 +111,8 @@ def test_chinchilla_optimum():
 
 def test_shape_for_params_is_close():
     cfg = shape_for_params(125e6)
-    from candorlm.ledger.estimate import _param_count
-    assert abs(_param_count(cfg) - 125e6) / 125e6 < 0.25
+    from candorlm.ledger.memory import param_count
+    assert abs(param_count(cfg) - 125e6) / 125e6 < 0.25
 
 
 @pytest.mark.slow

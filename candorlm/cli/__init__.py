@@ -35,6 +35,7 @@ COMMANDS: Table = {
     "estimate": "insight:estimate",
     "ledger": "insight:ledger",
     "sweep": "train:sweep",
+    "plan": "train:plan",
     "report": "insight:report",
     "scrub": "privacy:scrub",
     "keygen": "privacy:keygen",

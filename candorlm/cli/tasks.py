@@ -18,7 +18,7 @@ PANEL = "Tasks and evaluation"
 
 
 @needs("tasks")
-@options_from("candorlm.tasks.finetune:finetune", skip=("evaluate",))
+@options_from("candorlm.tasks.finetune:finetune", flags={"evaluate": "--test/--no-test", "time_budget": "--time"})
 @options_from("candorlm.tasks.translate:evaluate", only=("beam_size",), help_prefix="translate: test evaluation's ")
 def finetune(
     run: Optional[Path] = typer.Argument(None, help="Pretrained run to start from (omit to start from scratch)."),
@@ -37,6 +37,10 @@ def finetune(
     Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --out runs/pd-sentiment
 
     Example: candorlm finetune --task translate --data builtin:pinyin --arch seq2seq --out runs/pinyin
+
+    Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --time 5m --eval-limit 500 --out runs/s5
+
+    It says how long it will take before it starts, and shows a bar with the time left.
     """
     from candorlm.progress import console
     from candorlm.tasks.finetune import finetune as run_finetune

@@ -28,7 +28,7 @@ from candorlm.errors import CandorError
 from candorlm.io.files import write_json
 from candorlm.model import SequenceClassifier
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
-from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split_records
+from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split_records, spread
 from candorlm.tokenizer import Tokenizer, train_tokenizer
 from candorlm.progress import batched
 
@@ -180,7 +180,7 @@ def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | P
         run: A run fine-tuned with --task sentiment.
         data: Task data (None: the data it was fine-tuned on).
         compare: Other fine-tuned runs to score on the same split.
-        limit: Score only the first N test examples (the baselines too).
+        limit: Score only N test examples, evenly spaced over the split (the baselines too).
     """
     rd, _, info, _, _, _ = load_task_run(run)
     if info.get("task") != "sentiment":
@@ -188,8 +188,7 @@ def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | P
     data = data or info["data"]
     records, labels = load_records(data, info["labels"])
     splits = split_records(records, key="text")
-    if limit:
-        splits["test"] = splits["test"][:limit]
+    splits["test"] = spread(splits["test"], limit)
     models = [_score_run(r, splits["test"], labels) for r in [run, *compare]]
     result = {
         "task": "sentiment",

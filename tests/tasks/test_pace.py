@@ -126,3 +126,12 @@ def test_max_steps_time_eval_limit_and_no_test(tmp_path, reviews_file, caplog): 
         finetune(None, out=tmp_path / "bad", max_steps=0, **common)
     with pytest.raises(CandorError, match="duration"):
         finetune(None, out=tmp_path / "bad2", time_budget="soon", **common)
+
+
+def test_an_eval_limit_samples_across_the_split_not_its_start():
+    from candorlm.tasks.data import Record, spread
+
+    records = [Record({"label": "neg" if i < 50 else "pos"}, str(i)) for i in range(100)]  # sorted by label
+    picked = spread(records, 10)
+    assert len(picked) == 10 and {r["label"] for r in picked} == {"neg", "pos"}
+    assert spread(records, None) is records and spread(records, 500) is records

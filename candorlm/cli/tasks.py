@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -18,7 +16,7 @@ PANEL = "Tasks and evaluation"
 
 
 @needs("tasks")
-@options_from("candorlm.tasks.finetune:finetune", skip=("evaluate",))
+@options_from("candorlm.tasks.finetune:finetune", flags={"evaluate": "--test/--no-test", "time_budget": "--time"})
 @options_from("candorlm.tasks.translate:evaluate", only=("beam_size",), help_prefix="translate: test evaluation's ")
 def finetune(
     run: Optional[Path] = typer.Argument(None, help="Pretrained run to start from (omit to start from scratch)."),
@@ -37,6 +35,10 @@ def finetune(
     Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --out runs/pd-sentiment
 
     Example: candorlm finetune --task translate --data builtin:pinyin --arch seq2seq --out runs/pinyin
+
+    Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --time 5m --eval-limit 500 --out runs/s5
+
+    It says how long it will take before it starts, and shows a bar with the time left.
     """
     from candorlm.progress import console
     from candorlm.tasks.finetune import finetune as run_finetune
@@ -49,8 +51,12 @@ def finetune(
     with reading_with(key_file, no_verify):
         result = run_finetune(run, **options, **task_options)
     out = options["out"]
+    if not result:
+        console.print(f"wrote {out}; no test evaluation (--no-test): score it with `candorlm eval {out} "
+                      f"--task {options['task']}`")
+        return
     console.print(f"wrote {out}; test results in {out / 'evals' / (options['task'] + '.json')}")
-    print_task_result(result)
+    print_task_result(result, str(out))
 
 
 @options_from("candorlm.tasks.sentiment:evaluate", only=("compare",), help_prefix="sentiment: ")
@@ -104,9 +110,28 @@ def evaluate(
         result = evaluate_task(run, task, data=data, compare=options["compare"], beam_size=options["beam_size"],
                                length_penalty=options["length_penalty"], limit=limit)
     console.print(f"wrote {run / 'evals' / (task + '.json')}")
-    print_task_result(result)
+    print_task_result(result, str(run))
 
 
-def print_task_result(result: dict) -> None:
-    shown = {k: v for k, v in result.items() if k not in ("examples", "command")}
-    sys.stdout.write(json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
+def print_task_result(result: dict, where: str = "") -> None:
+    """The test scores as a small table, the model against its baselines, and one sentence on
+    what follows (the full record is in evals/<task>.json)."""
+    if not result:
+        return
+    from rich.table import Table
+
+    from candorlm.progress import stdout_console
+    from candorlm.report.tasks import task_table
+    from candorlm.report.units import show
+
+    t = task_table(where, result)
+    table = Table(title=t["title"])
+    units = t.get("units") or [""] * len(t["columns"])
+    for i, column in enumerate(t["columns"]):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in t["rows"]:
+        table.add_row(*[str(row[0]), *[show(v, u) if v is not None else "–" for v, u in zip(row[1:], units[1:])]])
+    console = stdout_console()
+    console.print(table)
+    if t.get("note"):
+        console.print(t["note"], highlight=False)

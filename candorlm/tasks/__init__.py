@@ -18,7 +18,13 @@ def finetune(run: str | Path | None, **kwargs: Any) -> dict[str, Any]:
 
 
 def evaluate_task(run: str | Path, task: str, data: str | None = None, **options: Any) -> dict[str, Any]:
-    """Score a fine-tuned run on its task's test split; writes `RUN/evals/<task>.json`."""
+    """Score a fine-tuned run on its task's test split; writes `RUN/evals/<task>.json`. Says first
+    how long that will take, at the pace its dev evaluations kept during fine-tuning."""
+    import logging
+
+    from candorlm.tasks.pace import eval_forecast
+
+    logging.getLogger("candorlm").info("%s", eval_forecast(run, options.get("limit")))
     return get_task(task).evaluate(run, data=data, **options)
 
 

@@ -41,6 +41,7 @@ from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_jsonl_records, split_of
 from candorlm.tokenizer import CHAT_ROLES, Tokenizer, train_tokenizer
+from candorlm.progress import batched
 
 default_arch = "decoder"
 BUILTIN = "builtin:chat"
@@ -222,8 +223,7 @@ def replies(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
     model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in batched(order, batch_size):
         session = DecoderSession(model, [prompts[i] for i in idx], pad_id=tok.pad_id, max_new_tokens=max_new_tokens)
         for i, ids in zip(idx, greedy_search(session, eos_id=stop, max_new_tokens=max_new_tokens, suppress_ids=suppress)):
             out[i] = tok.decode(ids).strip()

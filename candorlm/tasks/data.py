@@ -123,3 +123,12 @@ def split_records(records: list[Record], key: str | None = None) -> dict[str, li
         k = rec[key] if key else json.dumps(rec.fields, ensure_ascii=False, sort_keys=True)
         out[split_of(str(k))].append(rec)
     return out
+
+
+def spread(records: list[Record], limit: int | None) -> list[Record]:
+    """`limit` records evenly spaced over `records` (all of them when `limit` is None or larger): a
+    data file may be sorted (by label, by source), so its first N would not be a fair sample."""
+    if not limit or limit >= len(records):
+        return records
+    step = len(records) / limit
+    return [records[int(i * step)] for i in range(limit)]

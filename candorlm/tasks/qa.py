@@ -47,6 +47,7 @@ from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_jsonl_records, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
+from candorlm.progress import batched
 
 default_arch = "decoder"
 BUILTIN = "builtin:qa"
@@ -203,8 +204,7 @@ def answer(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_n
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batched(order, batch_size):
             rows = [prompts[i] for i in idx]
             if seq2seq:
                 session = Seq2SeqSession(model, rows, bos_id=tok.bos_id, pad_id=tok.pad_id, max_new_tokens=max_new_tokens)

@@ -45,6 +45,7 @@ from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_pairs, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
+from candorlm.progress import batched
 
 default_arch = "seq2seq"
 BUILTIN = "builtin:pinyin"
@@ -200,8 +201,7 @@ def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *,
     out = [""] * len(sources)
     suppress = sorted(i for i in tgt.special_ids if i != tgt.eos_id)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batched(order, batch_size):
             rows = [sources[i] for i in idx]
             budget = max_new_tokens or min(model.cfg.max_seq_len - 1, 2 * max(len(r) for r in rows) + 8)
             session = Seq2SeqSession(model, rows, bos_id=tgt.bos_id, pad_id=src_pad, max_new_tokens=budget,

@@ -49,6 +49,7 @@ from candorlm.tasks.qa_hard import hard_question
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_jsonl_records, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
+from candorlm.progress import batched
 
 default_arch = "decoder"
 BUILTIN = "builtin:qa"
@@ -260,8 +261,7 @@ def answer(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_n
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batched(order, batch_size):
             rows = [prompts[i] for i in idx]
             if seq2seq:
                 session = Seq2SeqSession(model, rows, bos_id=tok.bos_id, pad_id=tok.pad_id, max_new_tokens=max_new_tokens)
@@ -275,6 +275,18 @@ def answer(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_n
     finally:
         model.train(was_training)
     return out
+
+
+def predict_answers(model: nn.Module, tok: Tokenizer, config: Any, info: dict[str, Any],
+                    pairs: Sequence[tuple[str, str]], max_answer: int | None = None) -> list[str]:
+    """The answers of a fine-tuned qa run (its model, tokenizer, config and task.json) to
+    (context, question) pairs; what `evaluate` scores and `candorlm predict` prints."""
+    max_answer = max_answer or info.get("max_answer", 32)
+    if info.get("head") == "span":  # an extractive reader: the best span of each context
+        return qa_span.answer(model, tok, [{"context": c, "question": q} for c, q in pairs], max_answer)
+    seq2seq = config.model.arch == "seq2seq"
+    room = config.model.max_seq_len - (0 if seq2seq else max_answer + 1)
+    return answer(model, tok, [encode_prompt(tok, c, q, room, seq2seq) for c, q in pairs], max_answer)
 
 
 # ---------------------------------------------------------------- metrics and baselines
@@ -363,7 +375,7 @@ def evaluate(run: str | Path, data: str | None = None, limit: int | None = None,
     data = data or info["data"]
     splits, rule = load_splits(data)
     test = splits["test"][:limit] if limit else splits["test"]
-    preds = predict(model, tok, info, [r.fields for r in test])
+    preds = predict_answers(model, tok, config, info, [(r["context"], r["question"]) for r in test])
     golds = [r["answer"] for r in test]
     by_type: dict[str, dict[str, float]] = {}
     for word in sorted({question_word(r["question"]) for r in test}):
@@ -383,16 +395,6 @@ def evaluate(run: str | Path, data: str | None = None, limit: int | None = None,
     }
     write_json(eval_path(rd, "qa"), result)
     return result
-
-
-def predict(model: nn.Module, tok: Tokenizer, info: dict[str, Any], items: Sequence[dict[str, str]]) -> list[str]:
-    """Answers of a fine-tuned QA model (task.json `info`) to {"context", "question"} items."""
-    max_answer = info.get("max_answer", 32)
-    if info.get("head") == "span":
-        return qa_span.answer(model, tok, items, max_answer)
-    seq2seq = model.cfg.arch == "seq2seq"
-    room = model.cfg.max_seq_len - (0 if seq2seq else max_answer + 1)
-    return answer(model, tok, [encode_prompt(tok, r["context"], r["question"], room, seq2seq) for r in items], max_answer)
 
 
 def eval_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 the context's exact characters, a tiny reader that learns, and a hard set string matching fails."""
 
 import json
+import re
 
 import pytest
 import torch
 
 from candorlm.model import SpanReader, best_spans, build_model
 from candorlm.config import ModelConfig
+from candorlm.errors import CandorError
 from candorlm.tasks import evaluate_task, finetune
 from candorlm.tasks.qa import align_and_copy, builtin_splits, hard_splits, scores
 from candorlm.tasks.qa_hard import hard_question
@@ -120,3 +122,14 @@ def test_tiny_reader_learns_a_trivial_set(tmp_path, arch):
     assert result["model"]["exact_match"] >= 0.9, result["model"]
     again = evaluate_task(tmp_path / "run", "qa")  # loads the reader back from the run directory
     assert again["model"] == result["model"]
+
+
+@pytest.mark.parametrize("head, arch, message", [("bogus", "encoder", "unknown qa head 'bogus'. Valid: generate, span."),
+                                                 ("generate", "encoder", "(an encoder reads with --head span)"),
+                                                 ("span", "seq2seq", "the span reader needs an encoder or a decoder")])
+def test_a_wrong_head_is_one_clear_error_and_writes_nothing(tmp_path, head, arch, message):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _trivial_rows(40)), encoding="utf-8")
+    with pytest.raises(CandorError, match=re.escape(message)):
+        finetune(None, task="qa", data=str(data), out=tmp_path / "run", head=head, arch=arch)
+    assert not (tmp_path / "run").exists()

@@ -31,6 +31,7 @@ COMMANDS: Table = {
     "demo": "train:demo",
     "finetune": "tasks:finetune",
     "eval": "tasks:evaluate",
+    "predict": "tasks:predict",
     "explain": "insight:explain",
     "estimate": "insight:estimate",
     "ledger": "insight:ledger",

@@ -40,6 +40,7 @@ from candorlm.errors import CandorError
 from candorlm.ledger.energy import CPU_WATTS_PER_CORE
 from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
 from candorlm.ledger.hardware import device_name, measured_peak_flops
+from candorlm.ledger.launches import KERNEL_LAUNCH_S, MAX_OPERATORS_PER_LAYER, launch_floor_s
 from candorlm.ledger.memory import memory_breakdown, param_count, peak_rss_bytes, runtime_baseline
 from candorlm.ledger.meter import DEFAULT_GRID_KG_PER_KWH, DEFAULT_PRICE_PER_HOUR
 from candorlm.tokenizer import DEFAULT_VOCAB_SIZE
@@ -194,6 +195,7 @@ class Estimate:
     co2_kg: float
     notes: list[str] = field(default_factory=list)
     compute_optimal: dict[str, Any] | None = None
+    mfu_basis: str = "assumed"  # given | measured (this CPU) | assumed (a GPU's typical MFU) | launch-bound (derived)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -253,6 +255,7 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
     fpt = train_flops_per_token(cfg, seq)
     flops = float(fpt) * tokens
     peak = hw.peak_flops[precision]
+    mfu_basis = "given" if mfu is not None else "measured" if hw.measured else "assumed"
     if mfu is not None:
         mfu_method = f"given MFU {mfu:.0%}"
     elif hw.measured:
@@ -265,8 +268,8 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
         mfu_method = (f"measured: median of {calibration_steps} real training steps of this model on this CPU "
                       f"({t.batch_size} x {seq} tokens, {precision}), {step_s:.3f} s per step")
     else:
-        mfu = GPU_ASSUMED_MFU
-        mfu_method = f"assumed MFU {GPU_ASSUMED_MFU:.0%} (typical of well-tuned training; give --mfu)"
+        mfu, mfu_method, mfu_basis = gpu_mfu(cfg, t.batch_size, seq, float(fpt) * tokens_per_step, peak,
+                                             t.grad_accum)
     train_seconds = flops / (peak * mfu)
     # Periodic evaluation (and the one at the end): forward passes over eval_tokens, at the same MFU.
     n_evals = n_steps // t.eval_every + (0 if n_steps % t.eval_every == 0 else 1)
@@ -295,11 +298,37 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
         hardware=hw.name, hardware_source=hw.source, model=cfg.model_dump(), params=param_count(cfg),
         precision=precision, batch_size=batch, seq_len=seq, tokens=int(tokens), steps=n_steps, flops=flops + eval_flops,
         train_flops=flops, eval_flops=eval_flops, train_seconds=train_seconds, eval_seconds=eval_seconds,
-        flops_per_token=fpt, peak_flops_per_s=peak, mfu=mfu, mfu_method=mfu_method, seconds=seconds, memory=memory,
+        flops_per_token=fpt, peak_flops_per_s=peak, mfu=mfu, mfu_method=mfu_method, mfu_basis=mfu_basis,
+        seconds=seconds, memory=memory,
         peak_memory_bytes=int(peak_memory), device_memory_bytes=int(hw.memory_bytes), fits=peak_memory <= hw.memory_bytes,
         watts=hw.watts, energy_kwh=energy, price_per_hour=price, currency=currency, cost=seconds / 3600 * price,
         grid_kg_co2_per_kwh=grid, co2_kg=energy * grid, notes=notes,
     )
+
+
+def gpu_mfu(cfg: ModelConfig, micro_batch: int, seq: int, step_flops: float, peak: float,
+            grad_accum: int = 1) -> tuple[float, str, str]:
+    """(MFU, how it was had, basis) on a GPU profile: the assumed typical MFU, unless launching the
+    step's kernels takes longer than its FLOPs at that MFU; then the MFU those launches allow."""
+    assumed = (f"assumed MFU {GPU_ASSUMED_MFU:.0%} (typical of well-tuned training of large models; give --mfu "
+               f"with a figure measured on the GPU)")
+    flop_s = step_flops / (peak * GPU_ASSUMED_MFU)
+    if MAX_OPERATORS_PER_LAYER * (cfg.n_layers + (cfg.n_encoder_layers or 0) + 2) * KERNEL_LAUNCH_S * grad_accum < flop_s:
+        return GPU_ASSUMED_MFU, assumed, "assumed"  # a large model: its launches cannot matter (no need to count)
+    floor = launch_floor_s(cfg, micro_batch, seq)
+    if floor is None:
+        return GPU_ASSUMED_MFU, assumed, "assumed"
+    per_micro, ops = floor
+    launch_s = per_micro * grad_accum
+    launches = (f"{ops:,} operators per step (counted by tracing this model's training step) x "
+                f"{KERNEL_LAUNCH_S * 1e6:.0f} µs per kernel launch (assumed, eager PyTorch on CUDA) = "
+                f"{launch_s * 1e3:.2f} ms per step")
+    if launch_s <= flop_s:
+        return GPU_ASSUMED_MFU, f"{assumed}; kernel launches take less: {launches}", "assumed"
+    mfu = step_flops / (peak * launch_s)
+    return mfu, (f"derived, launch-bound: {launches}, longer than the step's FLOPs take at an assumed "
+                 f"{GPU_ASSUMED_MFU:.0%} MFU ({flop_s * 1e3:.3f} ms), so the launches set the time and MFU is at "
+                 f"most {mfu:.1%}; time is a lower bound, measure on the GPU to know"), "launch-bound"
 
 
 def _eval_tokens(config: RunConfig, tokens_per_step: int) -> int:

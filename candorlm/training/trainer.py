@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from candorlm.checkpoint.retention import latest_checkpoint
+from candorlm.checkpoint.run import refuse_encrypted_resume
 from candorlm.checkpoint.sharded import export_weights, load_any_checkpoint, save_any_checkpoint
 from candorlm.checkpoint.state import set_rng_state
 from candorlm.config import RunConfig, build_config, parse_override, resolve
@@ -176,6 +177,7 @@ class Trainer:
         if resume:
             if not self.run.exists():
                 raise CandorError(f"--resume: {path} holds no run to resume (no config.toml)")
+            refuse_encrypted_resume(path)  # tampering named first; plain checkpoints never go into an encrypted run
             previous = self.run.read_config()
             if previous.model != config.model:
                 raise CandorError(f"--resume: {path} was trained with a different model config; "

@@ -39,6 +39,7 @@ from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.budget import DECAYS, NO_LIMIT, TimeBudget, budget_for
 from candorlm.training.distributed import World
 from candorlm.training.objectives import make_objective
+from candorlm.training.optim import build_optimizer
 
 log = logging.getLogger("candorlm")
 
@@ -61,21 +62,6 @@ def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float,
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return peak * DECAYS[schedule](progress, min_ratio)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW (or Adam) with weight decay on matrices only; fused kernels where torch has them."""
-    t = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    weight_decay = t.weight_decay if t.optimizer == "adamw" else 0.0
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
-        return torch.optim.AdamW(groups, **kwargs)
 
 
 def peak_rss_bytes() -> int:

@@ -88,7 +88,8 @@ class Pace:
         self.t, self.budget_s, self.clock = t, budget_s, clock
         self.warmup_fraction = warmup_fraction
         self.max_steps = t.max_steps
-        self.warmup = t.warmup_steps if budget_s is None else 1
+        # with a budget, the steps are not known until the first are timed: warm up over those meanwhile
+        self.warmup = t.warmup_steps if budget_s is None else 1 + FIRST_STEPS
         self.step_s: float | None = None
         self.eval_s = 0.0  # all dev evaluations
         self.eval_examples = 0
@@ -131,12 +132,13 @@ class Pace:
         if step == 1 + FIRST_STEPS or (step < 1 + FIRST_STEPS and step == self.max_steps):
             self.step_s = (now - self._first) / max(1, step - 1)
             if self.budget_s is None:
-                extra = self._dev_size * self.step_s / max(1, self.t.batch_size) * FORWARD_SHARE
-                log.info("%s", after_first_steps(step, now - self._start, self.max_steps, extra))
+                if step < self.max_steps:
+                    extra = self._dev_size * self.step_s / max(1, self.t.batch_size) * FORWARD_SHARE
+                    log.info("%s", after_first_steps(step, now - self._start, self.max_steps, extra))
                 return False
             left = max(0.0, self.budget_s - self.elapsed() - self._reserve())
             self.max_steps = step + int(left / self.step_s)
-            self.warmup = max(1, round(self.warmup_fraction * self.max_steps))
+            self.warmup = max(1, min(round(self.warmup_fraction * self.max_steps), self.max_steps))
             log.info("time budget %s: the first steps took %.2f s each, so about %s steps fit (warmup %d)",
                      say_duration(self.budget_s), self.step_s, f"{self.max_steps:,}", self.warmup)
             return True

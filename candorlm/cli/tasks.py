@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -60,6 +61,7 @@ def finetune(
 
 
 @options_from("candorlm.tasks.sentiment:evaluate", only=("compare",), help_prefix="sentiment: ")
+@options_from("candorlm.tasks.chat:evaluate", only=("baseline_runs", "no_repeat_ngram"), help_prefix="chat: ")
 @options_from("candorlm.tasks.translate:evaluate", only=("beam_size", "length_penalty"), help_prefix="translate: ")
 @options_from("candorlm.generalization.domains:evaluate_domains", only=("max_docs", "max_chars", "seed"),
               help_prefix="--domains: ")
@@ -82,6 +84,8 @@ def evaluate(
     with --domains, measure how a language model generalizes (RUN/evals/domains.json).
 
     Example: candorlm eval runs/pd-sentiment --task sentiment --compare runs/bert-sentiment
+
+    Example: candorlm eval runs/pd-chat --task chat --baseline-runs runs/sent --baseline-runs runs/qa
 
     Example: candorlm eval runs/pd --domains builtin:reviews builtin:python-docs notes.txt
     """
@@ -108,9 +112,44 @@ def evaluate(
 
     with reading_with(key_file, no_verify):
         result = evaluate_task(run, task, data=data, compare=options["compare"], beam_size=options["beam_size"],
-                               length_penalty=options["length_penalty"], limit=limit)
+                               length_penalty=options["length_penalty"], limit=limit,
+                               baseline_runs=options["baseline_runs"], no_repeat_ngram=options["no_repeat_ngram"])
     console.print(f"wrote {run / 'evals' / (task + '.json')}")
     print_task_result(result, str(run))
+
+
+@needs("tasks")
+def predict(
+    run: Path = typer.Argument(..., help="A run fine-tuned with `candorlm finetune` (sentiment, translate, qa, chat)."),
+    input: List[str] = typer.Option(..., "--input", help="Text to predict on, a JSON object ({\"context\", "
+                                    "\"question\"} for qa; {\"messages\"} for chat), or a file: .jsonl with one "
+                                    "string or object per line, any other file one text per line. Repeatable."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON lines to this file instead "
+                                          "of stdout."),
+    system: Optional[str] = typer.Option(None, help="chat: system message for every input."),
+    beam_size: int = typer.Option(4, help="translate: beam width (1 = greedy)."),
+    key_file: KeyFile = None, no_verify: NoVerify = False,
+) -> None:
+    """Use a fine-tuned run on new input: one JSON line per input, {"input": ..., and the
+    prediction}: sentiment {"label", "probability", "probabilities"}, translate {"translation"},
+    qa {"answer"}, chat {"reply"}.
+
+    Example: candorlm predict runs/sent --input 这个手机很好用
+
+    Example: candorlm predict runs/qa --input questions.jsonl --output answers.jsonl
+    """
+    from candorlm.io.files import atomic_write_text
+    from candorlm.progress import console
+    from candorlm.tasks.predict import predict_lines, read_inputs
+
+    with reading_with(key_file, no_verify):
+        inputs = [x for spec in input for x in read_inputs(spec)]
+        lines = "".join(line + "\n" for line in predict_lines(run, inputs, system=system, beam_size=beam_size))
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        atomic_write_text(output, lines)
+        console.print(f"wrote {len(inputs)} predictions to {output}")
 
 
 def print_task_result(result: dict, where: str = "") -> None:

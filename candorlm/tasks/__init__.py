@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from candorlm import keep_functions
 from candorlm.tasks.registry import TASKS, get_task
 
 
@@ -28,4 +29,13 @@ def evaluate_task(run: str | Path, task: str, data: str | None = None, **options
     return get_task(task).evaluate(run, data=data, **options)
 
 
-__all__ = ["TASKS", "evaluate_task", "finetune", "get_task"]
+def load_task(run: str | Path, verify: bool | None = None) -> Any:
+    """See `candorlm.tasks.predict.load_task`."""
+    from candorlm.tasks.predict import load_task as _load_task
+
+    return _load_task(run, verify=verify)
+
+
+__all__ = ["TASKS", "evaluate_task", "finetune", "get_task", "load_task"]
+
+keep_functions(__name__, ["finetune"])  # candorlm.tasks.finetune is this function, whatever is imported

@@ -220,6 +220,16 @@ def answer(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_n
     return out
 
 
+def predict_answers(model: nn.Module, tok: Tokenizer, config: Any, info: dict[str, Any],
+                    pairs: Sequence[tuple[str, str]], max_answer: int | None = None) -> list[str]:
+    """The answers of a fine-tuned qa run (its model, tokenizer, config and task.json) to
+    (context, question) pairs; what `evaluate` scores and `candorlm predict` prints."""
+    seq2seq = config.model.arch == "seq2seq"
+    max_answer = max_answer or info.get("max_answer", 32)
+    room = config.model.max_seq_len - (0 if seq2seq else max_answer + 1)
+    return answer(model, tok, [encode_prompt(tok, c, q, room, seq2seq) for c, q in pairs], max_answer)
+
+
 # ---------------------------------------------------------------- metrics and baselines
 
 _PUNCT = re.compile(r"[\s" + re.escape("，。！？、；：“”‘’（）《》「」『』—…·,.!?;:'\"()[]-") + r"]")
@@ -301,10 +311,7 @@ def evaluate(run: str | Path, data: str | None = None, limit: int | None = None,
     data = data or info["data"]
     splits, rule = load_splits(data)
     test = splits["test"][:limit] if limit else splits["test"]
-    seq2seq = config.model.arch == "seq2seq"
-    max_answer = info.get("max_answer", 32)
-    room = config.model.max_seq_len - (0 if seq2seq else max_answer + 1)
-    preds = answer(model, tok, [encode_prompt(tok, r["context"], r["question"], room, seq2seq) for r in test], max_answer)
+    preds = predict_answers(model, tok, config, info, [(r["context"], r["question"]) for r in test])
     golds = [r["answer"] for r in test]
     by_type: dict[str, dict[str, float]] = {}
     for word in sorted({question_word(r["question"]) for r in test}):

@@ -123,7 +123,7 @@ def load_records(data: str) -> tuple[dict[str, list[Record]], str]:
 # ---------------------------------------------------------------- model and training
 
 
-def _encode_source(tok: Tokenizer, text: str, max_len: int) -> list[int]:
+def encode_source(tok: Tokenizer, text: str, max_len: int) -> list[int]:
     return tok.encode(text)[:max_len - 1] + [tok.eos_id]
 
 
@@ -159,7 +159,7 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab
     max_len = cfg.max_seq_len
 
     def examples(split: str) -> list[tuple[list[int], list[int], Record]]:
-        return [(_encode_source(src, r["source"], max_len), _encode_target(tgt_tok, r["target"], max_len - 1), r)
+        return [(encode_source(src, r["source"], max_len), _encode_target(tgt_tok, r["target"], max_len - 1), r)
                 for r in splits[split]]
 
     info = {"split_rule": rule, "test_size": len(splits["test"]), "shared_vocab": src_tok is None,
@@ -333,7 +333,7 @@ def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, lengt
     test = splits["test"][:limit] if limit else splits["test"]
     src_tok = src or tgt
     max_len = config.model.max_seq_len
-    sources = [_encode_source(src_tok, r["source"], max_len) for r in test]
+    sources = [encode_source(src_tok, r["source"], max_len) for r in test]
     hyps = translate(model, tgt, sources, beam_size=beam_size, length_penalty=length_penalty, src_pad=src_tok.pad_id)
     refs = [r["target"] for r in test]
     greedy = translate(model, tgt, sources, beam_size=1, src_pad=src_tok.pad_id) if beam_size > 1 else hyps

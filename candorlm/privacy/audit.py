@@ -35,9 +35,9 @@ from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.io.files import read_json, write_json
 from candorlm.io.sealed import Key
-from candorlm.ledger.forecast import forecast_flops
+from candorlm.forecast import forecast_flops
 from candorlm.lm import LanguageModel
-from candorlm.privacy.audit_cost import audit_flops
+from candorlm.privacy.audit_cost import audit_flops, flops_per_token
 from candorlm.privacy.canaries import FILE_NAME as CANARIES_FILE
 from candorlm.privacy.canaries import CanarySet, fill, random_digits
 from candorlm.privacy.pii import PIIDetector
@@ -360,15 +360,12 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
 
 def _work(lm: LanguageModel, canaries: CanarySet | None, candidates: int, docs: list[np.ndarray], prefix: int,
           suffix: int, generations: int, generation_tokens: int) -> list[float]:
-    """The audit's four parts in FLOPs ([] when the model has no FLOP formula)."""
-    try:
-        n_canaries = len(canaries.canaries) if canaries else 0
-        canary_tokens = len(lm.tokenizer.encode(canaries.canaries[0].text)) + 1 if n_canaries else 0
-        pool = min(candidates, 10 ** canaries.format.count("#")) if canaries else 0
-        return audit_flops(lm.model.cfg, n_canaries, canary_tokens, pool, [len(d) for d in docs], prefix, suffix,
-                           generations, generation_tokens)
-    except CandorError:
-        return []
+    """The audit's four parts in FLOPs (about 2 x matrix parameters per token)."""
+    n_canaries = len(canaries.canaries) if canaries else 0
+    canary_tokens = len(lm.tokenizer.encode(canaries.canaries[0].text)) + 1 if canaries and n_canaries else 0
+    pool = min(candidates, 10 ** canaries.format.count("#")) if canaries else 0
+    return audit_flops(flops_per_token(lm.model), lm.model.cfg.max_seq_len, n_canaries, canary_tokens, pool,
+                       [len(d) for d in docs], prefix, suffix, generations, generation_tokens)
 
 
 def _unique(docs: list[np.ndarray]) -> list[np.ndarray]:

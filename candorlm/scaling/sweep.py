@@ -26,7 +26,7 @@ from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
 from candorlm.io.files import read_json, write_json
 from candorlm.io.outputs import claim_dir, write_marker
-from candorlm.ledger.forecast import say_duration
+from candorlm.forecast import say_duration
 from candorlm.lm import LanguageModel
 from candorlm.progress import console
 from candorlm.scaling.fit import fit_power_law

@@ -46,14 +46,15 @@ def test_canaries_are_trained_on_and_spread():
 
 
 def test_audit_work_is_weighed_in_flops():
-    from candorlm.config import ModelConfig
-    from candorlm.privacy.audit_cost import audit_flops
+    import torch
 
-    cfg = ModelConfig(vocab_size=2000, d_model=32, n_layers=2, n_heads=2, max_seq_len=64)
-    base = audit_flops(cfg, 6, 12, 300, [40] * 20, 16, 8, 2, 32)
-    assert all(part > 0 for part in base)
-    assert audit_flops(cfg, 0, 0, 300, [40] * 20, 16, 8, 2, 32)[0] == 0  # no canaries planted: no exposure work
-    more = audit_flops(cfg, 6, 12, 3000, [40] * 40, 16, 8, 4, 32)
+    from candorlm.privacy.audit_cost import audit_flops, flops_per_token
+
+    assert flops_per_token(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))) == 24  # 2 x 12
+    base = audit_flops(1e6, 64, 6, 12, 300, [40] * 20, 16, 8, 2, 32)
+    assert all(part > 0 for part in base) and base[2] == 1e6 * 40 * 20
+    assert audit_flops(1e6, 64, 0, 0, 300, [40] * 20, 16, 8, 2, 32)[0] == 0  # no canaries planted: no exposure work
+    more = audit_flops(1e6, 64, 6, 12, 3000, [40] * 40, 16, 8, 4, 32)
     assert more[0] > 9 * base[0] and more[2] == 2 * base[2] and more[3] == 2 * base[3]
 
 

@@ -250,6 +250,28 @@ def test_training_refuses_a_tampered_encrypted_data_directory(tmp_path, data_dir
             ShardSet(enc)
 
 
+def test_a_passphrase_tree_round_trips_and_verify_checks_its_keyed_manifest(tmp_path):
+    from candorlm.privacy.integrity import verify
+
+    src = tmp_path / "notes"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("人民日报 " * 50)
+    (src / "sub" / "b.txt").write_text("second file")
+    key = Key.from_passphrase("correct horse battery staple", scrypt_log2n=12)
+    encrypt_path(src, tmp_path / "notes.enc", key)
+    same = Key.from_passphrase("correct horse battery staple")  # the cost is read from the files
+    decrypt_path(tmp_path / "notes.enc", tmp_path / "back", same)
+    assert (tmp_path / "back" / "sub" / "b.txt").read_text() == "second file"
+    assert verify(tmp_path / "notes.enc", key=same).ok
+    _swap(tmp_path / "notes.enc" / "a.txt", tmp_path / "notes.enc" / "sub" / "b.txt")
+    _plain_sha256sums(tmp_path / "notes.enc")  # SHA256SUMS agrees; the keyed manifest does not
+    assert verify(tmp_path / "notes.enc").ok  # without the key, only SHA256SUMS can be checked
+    with pytest.raises(CandorError, match="swapped"):
+        verify(tmp_path / "notes.enc", key=same)
+    with pytest.raises(DecryptionError, match="wrong key"):
+        decrypt_path(tmp_path / "notes.enc", tmp_path / "x", Key.from_passphrase("wrong horse"))
+
+
 # ---------------------------------------------------------------- the previous format
 
 

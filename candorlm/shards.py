@@ -28,6 +28,7 @@ import torch
 from candorlm.corpus import Document, document_hash
 from candorlm.errors import CandorError
 from candorlm.io.sealed import is_encrypted, read_bytes, read_text
+from candorlm.io.sealedtree import open_tree, tree_format
 from candorlm.progress import progress_bar
 from candorlm.tokenizer import Tokenizer
 
@@ -205,6 +206,8 @@ class ShardSet:
         if not meta_file.is_file():
             raise CandorError(f"{self.path} is not a prepared data directory (no meta.json). "
                               f"Make one with: candorlm prepare CORPUS --out {self.path}")
+        if tree_format(self.path) != "plain":  # encrypted: its keyed manifest vouches for every shard first
+            open_tree(self.path).check_all()
         raw = json.loads(read_text(meta_file))
         self.meta = ShardMeta(**raw)
         self.tokenizer = Tokenizer.load(self.path / "tokenizer.json")

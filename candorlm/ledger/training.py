@@ -87,11 +87,13 @@ class TrainingMeter:
         last log step, and `--resume` then keeps what the checkpoint it resumes from holds."""
         self._record(run_dir, step, resumed, final=False)
 
-    def finish(self, run_dir: Path, step: int, resumed: bool) -> dict[str, Any]:
-        """Close the session, write it into run_dir/ledger.json; returns the train total."""
-        return self._record(run_dir, step, resumed, final=True)
+    def finish(self, run_dir: Path, step: int, resumed: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Close the session, write it into run_dir/ledger.json; returns the train total. `extra`:
+        more figures of the session (a time budget's budget against actual)."""
+        return self._record(run_dir, step, resumed, final=True, extra=extra)
 
-    def _record(self, run_dir: Path, step: int, resumed: bool, final: bool) -> dict[str, Any]:
+    def _record(self, run_dir: Path, step: int, resumed: bool, final: bool,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         tokens = (step - self.first_step) * self.tokens_per_step
         m = self.meter
         m.tokens, m.flops = tokens, float(tokens * self.train_fpt)  # set, not added: this runs at every log step
@@ -100,15 +102,16 @@ class TrainingMeter:
         flops_method = (f"analytic: {self.train_fpt:,} FLOP per training token (candorlm.ledger.flops: 6 x matmul "
                         f"weights + attention at sequence length {self.seq_len}) x tokens trained")
         steps = figure([self.first_step, step], "steps", "optimizer steps of this session (from, to)")
-        extra = {
+        figures = {
             "steps": steps,
             "parameters": figure(self.n_params, "parameters", "model.num_params()"),
             "eval_time": figure(round(self.eval_s, 3), "s", "wall time of periodic evaluation, within wall time"),
             "save_time": figure(round(self.save_s, 3), "s", "wall time of checkpoint saving, within wall time"),
             "session": figure(self.session_id, "", "this session's id: its record is rewritten at each log interval "
                               "while it trains" + ("" if final else "; it has not finished (yet, or it was killed)")),
+            **(extra or {}),
         }
-        session = m.finish(flops_method, extra) if final else m.snapshot(flops_method, extra)
+        session = m.finish(flops_method, figures) if final else m.snapshot(flops_method, figures)
         if self.ranks.size > 1:
             session, wall = self._sum_ranks(session)
         else:

@@ -83,16 +83,18 @@ def _run_to_end(case: Case, again: bool) -> None:
     case.durations.append(time.monotonic() - began)
 
 
-def _interrupt(case: Case, sig: signal.Signals, at: float) -> int:
+def _interrupt(case: Case, sig: signal.Signals, at: float) -> tuple[int, bool]:
+    """Run the command and send `sig` after `at` seconds; (its pid, whether it was still running)."""
     proc = start(*(case.again_args() if case.again_args else case.args(True)), cwd=case.root)
     deadline = time.monotonic() + at
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    if proc.poll() is None:
+    running = proc.poll() is None
+    if running:
         proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
-    return proc.pid
+    return proc.pid, running
 
 
 def _chaos(case: Case, uninterrupted_first: bool = True) -> None:
@@ -105,13 +107,13 @@ def _chaos(case: Case, uninterrupted_first: bool = True) -> None:
     rng.shuffle(signals)
     survived = SURVIVED.setdefault(case.name, {"SIGKILL": 0, "SIGTERM": 0})
     for sig in signals:
-        pid = _interrupt(case, sig, rng.uniform(0.2, 1.0) * took)
+        pid, hit = _interrupt(case, sig, rng.uniform(0.2, 1.0) * took)
         assert _hashes(case.inputs) == before, f"{case.name}: an input changed after {sig.name}"
         if sig == signal.SIGTERM:  # it cleaned up after itself (its temporaries carry its pid)
             assert [p for p in _temps(case.root) if f"-{pid}-" in p.name] == [], case.name
         if uninterrupted_first:  # the output it was replacing is there, or set aside for the next command
             assert case.out.exists() or any("-old-" in p.name for p in _temps(case.root)), case.name
-        survived[sig.name] += 1
+        survived[sig.name] += hit  # (a command that ended before the moment was not interrupted)
     _run_to_end(case, again=True)
     assert _temps(case.root) == [], f"{case.name}: temporaries left after the final run"
     assert _hashes(case.inputs) == before

@@ -18,14 +18,13 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from candorlm.corpus import Document, document_hash
+from candorlm.corpus import Document, batched, document_hash
 from candorlm.errors import CandorError
 from candorlm.io.sealed import is_encrypted, read_bytes, read_text
 from candorlm.io.sealedtree import open_tree, tree_format
@@ -169,9 +168,7 @@ def _encode_in_worker(texts: list[str]) -> list[list[int]]:
 
 
 def _batched(items: Iterable[Document], n: int) -> Iterator[list[Document]]:
-    it = iter(items)
-    while batch := list(islice(it, n)):
-        yield batch
+    return batched(items, n)  # bounded by characters too: long documents come in small batches
 
 
 def save_meta(meta: ShardMeta, out: Path) -> None:

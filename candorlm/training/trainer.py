@@ -342,6 +342,7 @@ class Trainer:
                                tokens_seen=self.step * tokens_per_step, elapsed_s=round(now - start, 3),
                                peak_rss_mb=round(peak_rss_bytes() / 2**20, 1), mfu=round(meter.mfu(tps), 6))
                     bar.update(status=f"loss {row['loss']:.3f}  {tps:,.0f} tok/s")
+                    meter.log(self.run.path, self.step, resumed=self.resume_from is not None)  # survives kill -9
                 if self.step % t.eval_every == 0 or self.step == self.max_steps:
                     with meter.evaluating():
                         ev = self.evaluate()

@@ -110,8 +110,10 @@ class DecoderSession:
 
 @torch.no_grad()
 def greedy_search(session: Session, *, eos_id: int, max_new_tokens: int,
-                  suppress_ids: Sequence[int] = ()) -> list[list[int]]:
-    """The most likely next token at every step, for every row; outputs stop before <|eos|>."""
+                  suppress_ids: Sequence[int] = (), no_repeat_ngram: int = 0) -> list[list[int]]:
+    """The most likely next token at every step, for every row; outputs stop before <|eos|>.
+    With `no_repeat_ngram` n > 0, no n-gram of tokens occurs twice in one row's output (the
+    prompt is not counted, so an answer may still copy its context)."""
     out: list[list[int]] = [[] for _ in range(session.rows)]
     done = [False] * session.rows
     logits = session.start()
@@ -119,6 +121,11 @@ def greedy_search(session: Session, *, eos_id: int, max_new_tokens: int,
         logits = logits.float()
         if suppress_ids:
             logits[:, list(suppress_ids)] = float("-inf")
+        if no_repeat_ngram > 0:
+            for i, row in enumerate(out):
+                banned = repeated_ngram_ends(row, no_repeat_ngram)
+                if banned and not done[i]:
+                    logits[i, banned] = float("-inf")
         tokens = logits.argmax(-1)
         for i, t in enumerate(tokens.tolist()):
             if not done[i]:
@@ -130,6 +137,14 @@ def greedy_search(session: Session, *, eos_id: int, max_new_tokens: int,
         tokens = torch.where(torch.tensor(done, device=tokens.device), torch.full_like(tokens, eos_id), tokens)
         logits = session.advance(tokens)
     return out
+
+
+def repeated_ngram_ends(tokens: Sequence[int], n: int) -> list[int]:
+    """The tokens that would complete an n-gram already in `tokens` (HF's no_repeat_ngram_size)."""
+    if n <= 0 or len(tokens) < n - 1:
+        return []
+    prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
+    return sorted({tokens[j + n - 1] for j in range(len(tokens) - n + 1) if tuple(tokens[j:j + n - 1]) == prefix})
 
 
 @torch.no_grad()

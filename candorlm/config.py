@@ -7,6 +7,8 @@ Unknown keys and bad values are `CandorError`s that list what is valid.
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -44,7 +46,9 @@ class ModelConfig(_Strict):
     n_heads: int = 4
     n_kv_heads: int | None = None  # None: n_heads (plain multi-head attention); fewer: GQA
     d_ff: int | None = None  # None: derived from d_model and the MLP kind
-    mlp: Literal["swiglu", "gelu", "relu"] = "swiglu"
+    mlp: Literal["swiglu", "gelu", "relu", "relu2"] = "swiglu"  # relu2: ReLU squared (modded-nanoGPT)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotary positions
+    zero_init_out: bool = False  # residual output projections (o_proj, down_proj) start at zero
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
@@ -95,14 +99,38 @@ class DataConfig(_Strict):
     path: str = ""  # a directory written by `candorlm prepare`
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in a duration: `90s`, `5m`, `1h`, `1h30m`, or a plain number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smh]?)", text)
+        if not text or "".join(n + u for n, u in parts) != text or (len(parts) > 1 and not all(u for _, u in parts)):
+            raise ValueError(f"a duration is a number with s, m or h (90s, 5m, 1h, 1h30m), got {value!r}")
+        seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
+    if not seconds > 0 or math.isinf(seconds):
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
 class TrainConfig(_Strict):
     max_steps: int = 1000
+    # A time budget (90s, 5m, 1h): train until it is spent, the schedule sized to it
+    # (candorlm/training/budget.py); max_steps and epochs are then ignored. None: train for max_steps.
+    time: str | float | None = None
     epochs: float | None = None  # when set, max_steps is derived from the number of training windows
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1
     seq_len: int | None = None  # None: model.max_seq_len
-    optimizer: Literal["adamw", "adam"] = "adamw"
+    # muon: torch.optim.Muon for the blocks' matrices, AdamW for embeddings, head and gains (training/optim.py)
+    optimizer: Literal["adamw", "adam", "muon"] = "adamw"
     lr: float = 3e-3
+    muon_lr: float | None = None  # Muon's learning rate (RMS-matched to AdamW's); None: lr
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, then a linear decay (the last 30%)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -133,6 +161,14 @@ class TrainConfig(_Strict):
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.time is not None:
+            try:
+                parse_duration(self.time)
+            except ValueError as exc:
+                raise ValueError(f"train.time: {exc}") from None
+            if self.dp_epsilon is not None:
+                raise ValueError("train.time and train.dp_epsilon do not go together: DP-SGD's privacy accounting "
+                                 "needs the number of steps before training starts; give max_steps instead")
         if self.keep_checkpoints < 1:
             raise ValueError("train.keep_checkpoints must be at least 1")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:

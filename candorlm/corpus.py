@@ -1,7 +1,10 @@
 """Corpora as streams of documents: text files, directories, JSONL, and built-in corpora.
 
-Nothing here loads a whole corpus into memory: files are decoded line by line, and a
-document is at most `MAX_DOC_CHARS` characters (longer runs are cut at line boundaries).
+Nothing here loads a whole corpus, or a whole line, into memory: files are decoded in pieces of
+at most `MAX_LINE_CHARS` characters, and a document is at most `MAX_DOC_CHARS` characters
+(longer runs are cut at line boundaries; a single longer line is cut where the document is full,
+and the report counts such lines). A JSONL record is one line and is parsed whole, so a line over
+`MAX_JSONL_LINE_CHARS` is an error; a record's text is cut into documents like a long line.
 
 Encodings: UTF-8 (with or without BOM), UTF-16 and UTF-32 (with a BOM, or without one when
 the text has ASCII in it: its NUL bytes then fall in the pattern of one byte order), and
@@ -28,13 +31,16 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TextIO
 
 from candorlm.errors import CandorError
 
 log = logging.getLogger("candorlm")
 
 MAX_DOC_CHARS = 100_000
+# The reader's unit: a line longer than this is read in pieces, so memory does not grow with it.
+MAX_LINE_CHARS = 10_000
+MAX_JSONL_LINE_CHARS = 8_000_000
 TEXT_SUFFIXES = {".txt", ".md", ".jsonl"}
 BUILTINS = ("peoples-daily", "reviews", "python-docs")
 _SNIFF_BYTES = 1 << 16
@@ -55,6 +61,7 @@ class CorpusReport:
     skipped: dict[str, str] = field(default_factory=dict)
     documents: int = 0
     chars: int = 0
+    cut_lines: dict[str, int] = field(default_factory=dict)  # per file: lines longer than a document, cut
 
 
 # ---------------------------------------------------------------- encodings
@@ -137,41 +144,68 @@ def _looks_like_text(text: str) -> bool:
 # ---------------------------------------------------------------- readers
 
 
-def read_text_file(path: Path, encoding: str | None = None) -> Iterator[Document]:
-    """Documents of a text file: blocks separated by blank lines, cut at MAX_DOC_CHARS."""
+def _pieces(f: TextIO) -> Iterator[tuple[str, bool]]:
+    """The lines of `f` in pieces of at most MAX_LINE_CHARS characters, each with whether it
+    ends its line. Never more than one piece is held, whatever the line's length."""
+    while True:
+        piece = f.readline(MAX_LINE_CHARS)
+        if not piece:
+            return
+        yield piece, piece.endswith("\n") or len(piece) < MAX_LINE_CHARS
+
+
+def read_text_file(path: Path, encoding: str | None = None, report: CorpusReport | None = None) -> Iterator[Document]:
+    """Documents of a text file: blocks separated by blank lines, cut at MAX_DOC_CHARS (inside a
+    line when one line is longer: `report.cut_lines` counts those lines, and a warning says so)."""
     encoding = encoding or detect_encoding(path)
     buf: list[str] = []
     size = 0
     lineno = 0
+    cut = cut_at = 0
+    line_start = True  # the next piece starts a line (the previous one ended its line)
     try:
         with open(path, encoding=encoding, errors="strict", newline=None) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
+            for piece, ends_line in _pieces(f):
+                if line_start:
+                    lineno += 1
+                whole_line, line_start = line_start and ends_line, ends_line
+                if whole_line and not piece.strip():
                     if buf:
                         yield Document("".join(buf).strip("\n"), f"{path}:{lineno}")
                         buf, size = [], 0
                     continue
-                buf.append(line)
-                size += len(line)
+                buf.append(piece)
+                size += len(piece)
                 if size >= MAX_DOC_CHARS:
+                    if not ends_line and cut_at != lineno:  # a cut inside this line, counted once
+                        cut, cut_at = cut + 1, lineno
                     yield Document("".join(buf).strip("\n"), f"{path}:{lineno}")
                     buf, size = [], 0
     except UnicodeDecodeError as exc:
         raise CandorError(
-            f"{path}: line {lineno + 1} is not valid {encoding} ({exc.reason}). The file mixes encodings "
-            f"or is damaged; convert it to UTF-8 (for example with iconv) and try again."
+            f"{path}: line {lineno + (1 if line_start else 0)} is not valid {encoding} ({exc.reason}). The file mixes "
+            f"encodings or is damaged; convert it to UTF-8 (for example with iconv) and try again."
         ) from None
     if buf:
         yield Document("".join(buf).strip("\n"), f"{path}:{lineno}")
+    if cut:
+        log.warning("%s: %d line%s longer than %s characters cut into documents of at most that size",
+                    path, cut, "s" if cut > 1 else "", f"{MAX_DOC_CHARS:,}")
+        if report is not None:
+            report.cut_lines[str(path)] = cut
 
 
 def read_jsonl(path: Path, text_field: str = "text", label_field: str | None = "label") -> Iterator[Document]:
-    """One document per JSON line, its text in `text_field`."""
+    """One document per JSON line, its text in `text_field` (a text longer than MAX_DOC_CHARS is
+    cut into several documents); a line longer than MAX_JSONL_LINE_CHARS is an error."""
     encoding = detect_encoding(path)
     with open(path, encoding=encoding, errors="strict") as f:
         lineno = 0
         try:
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in enumerate(iter(lambda: f.readline(MAX_JSONL_LINE_CHARS + 1), ""), 1):
+                if len(line) > MAX_JSONL_LINE_CHARS:
+                    raise CandorError(f"{path}:{lineno}: the line is longer than {MAX_JSONL_LINE_CHARS:,} characters; "
+                                      f"candorlm reads a JSON line whole, so split that record into several lines.")
                 if not line.strip():
                     continue
                 try:
@@ -188,7 +222,8 @@ def read_jsonl(path: Path, text_field: str = "text", label_field: str | None = "
                 if not isinstance(text, str):
                     raise CandorError(f"{path}:{lineno}: field '{text_field}' is {type(text).__name__}, not a string")
                 label = record.get(label_field) if label_field else None
-                yield Document(text, f"{path}:{lineno}", None if label is None else str(label))
+                for i in range(0, max(len(text), 1), MAX_DOC_CHARS):
+                    yield Document(text[i:i + MAX_DOC_CHARS], f"{path}:{lineno}", None if label is None else str(label))
         except UnicodeDecodeError as exc:
             raise CandorError(f"{path}: line {lineno + 1} is not valid {encoding} ({exc.reason}).") from None
 
@@ -390,7 +425,7 @@ class Corpus:
         if path.suffix.lower() == ".jsonl":
             yield from read_jsonl(path, self.text_field)
         else:
-            yield from read_text_file(path, encoding)
+            yield from read_text_file(path, encoding, self.report)
 
 
 def document_hash(text: str) -> int:

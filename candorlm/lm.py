@@ -48,8 +48,11 @@ class LanguageModel:
         config = run.config
         kind = "sentiment classifier" if run.task == "sentiment" else f"{config.model.arch} model"
         if config.model.arch != "decoder" or run.task == "sentiment":
-            raise CandorError(f"{run.path} holds a {kind}; text generation needs a decoder language model. "
-                              f"Evaluate it with `candorlm eval {run.path} --task ...`.")
+            use = (f"Use it with `candorlm predict {run.path} --input TEXT` (Python: candorlm.load_task), "
+                   f"score it with `candorlm eval {run.path} --task {run.task}`." if run.task else
+                   f"Fine-tune it for a task (`candorlm finetune {run.path} --task ...`).")
+            raise CandorError(f"{run.path} holds a {run.task + ' ' if run.task and run.task != 'sentiment' else ''}"
+                              f"{kind}; text generation needs a decoder language model. {use}")
         return cls(run.build_model(device), run.tokenizer, config)
 
     def encode_prompt(self, text: str) -> list[int]:

@@ -10,11 +10,19 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence, TypeVar
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 # Rich cuts what it prints to 80 columns when it cannot measure a terminal; a table printed into a
 # pipe, a file or a CI log would lose its right side. There, lines are left whole instead.
@@ -58,14 +66,41 @@ class _Bar:
             self._progress.update(self._task, **fields)
 
 
+T = TypeVar("T")
+_active: list[Progress] = []  # the live display, while one is shown (Rich allows one at a time)
+
+
 @contextmanager
 def progress_bar(description: str, total: float | None = None, unit: str = "") -> Iterator[_Bar]:
+    """A bar with elapsed time and time left. Inside another bar (an evaluation within fine-tuning)
+    it is a second line of the same display, removed when done."""
     if not enabled():
         yield _Bar(None, None)
         return
+    if _active:
+        outer = _active[-1]
+        task = outer.add_task(description, total=total, status="")
+        try:
+            yield _Bar(outer, task)
+        finally:
+            outer.remove_task(task)
+        return
     count = DownloadColumn() if unit == "B" else MofNCompleteColumn()
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), count,
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, status="")
-        yield _Bar(progress, task)
+        _active.append(progress)
+        try:
+            yield _Bar(progress, task)
+        finally:
+            _active.pop()
+
+
+def batched(items: Sequence[T], size: int, description: str = "scoring") -> Iterator[Sequence[T]]:
+    """`items` in slices of `size`, under a bar that counts items and shows the time left."""
+    with progress_bar(description, total=len(items)) as bar:
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
+            yield chunk
+            bar.advance(len(chunk))

@@ -4,6 +4,10 @@ single-file or FSDP-sharded), and checks what it reads before trusting it:
 
 - every file it reads against the run's SHA256SUMS (a checkpoint's files against the sha256 in
   its state.json), so a flipped byte, a swapped or rolled-back file is refused before use;
+- an encrypted run (`candorlm encrypt RUN -o RUN.enc`) against its keyed manifest instead: no
+  file missing or added, each file it reads listed, encrypted and the one the run was encrypted
+  with; SHA256SUMS, which anyone can rewrite, decides nothing there. Format 1 encrypted runs
+  (no keyed manifest) are refused with the command that encrypts them again;
 - the tokenizer against the model: a vocabulary larger than the model's embedding is refused.
 
 Either failure is one CandorError saying what to do. The weights are hashed in a thread while
@@ -35,12 +39,16 @@ from candorlm.device import pick_device
 from candorlm.errors import CandorError
 from candorlm.io.manifest import MANIFEST_NAME, check_files, read_manifest
 from candorlm.io.sealed import Key, read_text, use_key
+from candorlm.io.sealedtree import SealedTree, open_tree, tree_format
 from candorlm.model import SequenceClassifier, build_model
 from candorlm.rundir import RunDir, open_run
 from candorlm.tokenizer import Tokenizer
 
 SOURCE_TOKENIZER = "source_tokenizer.json"
 TASK_FILE = "task.json"
+# What candorlm writes into a run after the fact (eval, explain, report) and no loader reads: a file
+# there is no reason to refuse an encrypted run (`candorlm decrypt` still refuses a plain one).
+LATER_OUTPUTS = ("evals", "explain", "report", "report.html", "report.json", "report.md")
 _unverified: list[bool] = []
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candorlm-verify")
 
@@ -107,8 +115,9 @@ def load_run(path: str | Path, *, key: Key | None = None, verify: bool | None = 
     verify = not _unverified if verify is None else verify
     with use_key(key):
         run = open_run(path)
-        weights = _find_weights(run, verify)
-        pending = _verify(run, weights) if verify else None
+        tree = _sealed(run, verify)
+        weights = _find_weights(run, verify and tree is None)
+        pending = _verify(run, weights, tree) if verify else None
         config = run.read_config()
         task_file = run.path / TASK_FILE
         info = json.loads(read_text(task_file)) if task_file.is_file() else {}
@@ -129,10 +138,32 @@ def _find_weights(run: RunDir, verify: bool) -> Path | None:
     return latest_checkpoint(run.checkpoints)
 
 
-def _verify(run: RunDir, weights: Path | None) -> Future | None:
+def _sealed(run: RunDir, verify: bool) -> SealedTree | None:
+    """An encrypted run's keyed manifest, authenticated, with no file missing or added (None: a
+    plain run, or verify=False). Format 1 and a removed manifest are refused either way."""
+    state = tree_format(run.path)
+    if state == "plain":
+        return None
+    if state != "sealed" or verify:
+        tree = open_tree(run.path)  # says what is wrong with an old or orphaned tree
+        tree.check_listing(ignore=LATER_OUTPUTS)
+        return tree
+    return None
+
+
+def _verify(run: RunDir, weights: Path | None, tree: SealedTree | None = None) -> Future | None:
     """Check the small files now; return the weights' check, running beside the load that follows."""
     names = ["config.toml", "tokenizer.json", SOURCE_TOKENIZER, "special_tokens_map.json", TASK_FILE]
     files = [run.path / n for n in names if (run.path / n).is_file()]
+    if tree is not None:  # encrypted: the keyed manifest, never the plain SHA256SUMS
+        tree.check(files)
+        if weights is not None and weights.is_file():
+            tree.check([weights], hash=False)  # listed and encrypted: say so at once
+            return _HASHER.submit(tree.check, [weights])
+        if weights is not None:
+            tree.check(sorted(p for p in weights.rglob("*") if p.is_file()))
+            verified_state(weights)
+        return None
     if weights is not None and weights.is_file():  # a finished run: everything against SHA256SUMS
         check_files(run.path, files, what="run")
         check_files(run.path, [weights], what="run", hash=False)  # listed at all: say so at once
@@ -152,6 +183,21 @@ def _check_finite(model: nn.Module, weights: Path) -> None:
             raise CandorError(f"{weights} holds non-finite weights (NaN or inf, first in {name}): the training that "
                               f"wrote them diverged. Train again with a lower learning rate (train.lr) or with "
                               f"gradient clipping (train.grad_clip), or resume from an earlier checkpoint")
+
+
+def refuse_encrypted_resume(path: Path) -> None:
+    """`train --resume` writes checkpoints in plain text, so never into an encrypted run: it is
+    checked against its keyed manifest (so tampering is named as such), then refused with the
+    commands that resume a decrypted copy."""
+    if tree_format(path) == "plain":
+        return
+    from candorlm.io.sealed import active_key
+
+    open_tree(path).check_all()
+    flag = getattr(active_key(), "flag", "") or "--key-file KEY"
+    raise CandorError(f"--resume: {path} is encrypted, and resuming would write plain checkpoints into it; resume "
+                      f"a decrypted copy instead: `candorlm decrypt {path} -o {path}.plain {flag}`, train with "
+                      f"--out {path}.plain --resume, then `candorlm encrypt {path}.plain -o NEW {flag}`")
 
 
 def _check_vocabulary(run: RunDir, cfg: ModelConfig, target: Tokenizer, source: Tokenizer | None) -> None:

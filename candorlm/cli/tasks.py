@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -18,7 +17,7 @@ PANEL = "Tasks and evaluation"
 
 
 @needs("tasks")
-@options_from("candorlm.tasks.finetune:finetune", skip=("evaluate",))
+@options_from("candorlm.tasks.finetune:finetune", flags={"evaluate": "--test/--no-test", "time_budget": "--time"})
 @options_from("candorlm.tasks.translate:evaluate", only=("beam_size",), help_prefix="translate: test evaluation's ")
 def finetune(
     run: Optional[Path] = typer.Argument(None, help="Pretrained run to start from (omit to start from scratch)."),
@@ -37,6 +36,10 @@ def finetune(
     Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --out runs/pd-sentiment
 
     Example: candorlm finetune --task translate --data builtin:pinyin --arch seq2seq --out runs/pinyin
+
+    Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --time 5m --eval-limit 500 --out runs/s5
+
+    It says how long it will take before it starts, and shows a bar with the time left.
     """
     from candorlm.progress import console
     from candorlm.tasks.finetune import finetune as run_finetune
@@ -49,11 +52,16 @@ def finetune(
     with reading_with(key_file, no_verify):
         result = run_finetune(run, **options, **task_options)
     out = options["out"]
+    if not result:
+        console.print(f"wrote {out}; no test evaluation (--no-test): score it with `candorlm eval {out} "
+                      f"--task {options['task']}`")
+        return
     console.print(f"wrote {out}; test results in {out / 'evals' / (options['task'] + '.json')}")
-    print_task_result(result)
+    print_task_result(result, str(out))
 
 
 @options_from("candorlm.tasks.sentiment:evaluate", only=("compare",), help_prefix="sentiment: ")
+@options_from("candorlm.tasks.chat:evaluate", only=("baseline_runs", "no_repeat_ngram"), help_prefix="chat: ")
 @options_from("candorlm.tasks.translate:evaluate", only=("beam_size", "length_penalty"), help_prefix="translate: ")
 @options_from("candorlm.generalization.domains:evaluate_domains", only=("max_docs", "max_chars", "seed"),
               help_prefix="--domains: ")
@@ -76,6 +84,8 @@ def evaluate(
     with --domains, measure how a language model generalizes (RUN/evals/domains.json).
 
     Example: candorlm eval runs/pd-sentiment --task sentiment --compare runs/bert-sentiment
+
+    Example: candorlm eval runs/pd-chat --task chat --baseline-runs runs/sent --baseline-runs runs/qa
 
     Example: candorlm eval runs/pd --domains builtin:reviews builtin:python-docs notes.txt
     """
@@ -102,11 +112,65 @@ def evaluate(
 
     with reading_with(key_file, no_verify):
         result = evaluate_task(run, task, data=data, compare=options["compare"], beam_size=options["beam_size"],
-                               length_penalty=options["length_penalty"], limit=limit)
+                               length_penalty=options["length_penalty"], limit=limit,
+                               baseline_runs=options["baseline_runs"], no_repeat_ngram=options["no_repeat_ngram"])
     console.print(f"wrote {run / 'evals' / (task + '.json')}")
-    print_task_result(result)
+    print_task_result(result, str(run))
 
 
-def print_task_result(result: dict) -> None:
-    shown = {k: v for k, v in result.items() if k not in ("examples", "command")}
-    sys.stdout.write(json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
+@needs("tasks")
+def predict(
+    run: Path = typer.Argument(..., help="A run fine-tuned with `candorlm finetune` (sentiment, translate, qa, chat)."),
+    input: List[str] = typer.Option(..., "--input", help="Text to predict on, a JSON object ({\"context\", "
+                                    "\"question\"} for qa; {\"messages\"} for chat), or a file: .jsonl with one "
+                                    "string or object per line, any other file one text per line. Repeatable."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON lines to this file instead "
+                                          "of stdout."),
+    system: Optional[str] = typer.Option(None, help="chat: system message for every input."),
+    beam_size: int = typer.Option(4, help="translate: beam width (1 = greedy)."),
+    key_file: KeyFile = None, no_verify: NoVerify = False,
+) -> None:
+    """Use a fine-tuned run on new input: one JSON line per input, {"input": ..., and the
+    prediction}: sentiment {"label", "probability", "probabilities"}, translate {"translation"},
+    qa {"answer"}, chat {"reply"}.
+
+    Example: candorlm predict runs/sent --input 这个手机很好用
+
+    Example: candorlm predict runs/qa --input questions.jsonl --output answers.jsonl
+    """
+    from candorlm.io.files import atomic_write_text
+    from candorlm.progress import console
+    from candorlm.tasks.predict import predict_lines, read_inputs
+
+    with reading_with(key_file, no_verify):
+        inputs = [x for spec in input for x in read_inputs(spec)]
+        lines = "".join(line + "\n" for line in predict_lines(run, inputs, system=system, beam_size=beam_size))
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        atomic_write_text(output, lines)
+        console.print(f"wrote {len(inputs)} predictions to {output}")
+
+
+def print_task_result(result: dict, where: str = "") -> None:
+    """The test scores as a small table, the model against its baselines, and one sentence on
+    what follows (the full record is in evals/<task>.json)."""
+    if not result:
+        return
+    from rich.table import Table
+
+    from candorlm.progress import stdout_console
+    from candorlm.report.tasks import task_table
+    from candorlm.report.units import show
+
+    t = task_table(where, result)
+    table = Table(title=t["title"])
+    units = t.get("units") or [""] * len(t["columns"])
+    for i, column in enumerate(t["columns"]):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in t["rows"]:
+        table.add_row(*[str(row[0]), *[show(v, u) if v is not None else "–" for v, u in zip(row[1:], units[1:])]])
+    console = stdout_console()
+    console.print(table)
+    if t.get("note"):
+        console.print(t["note"], highlight=False)

@@ -31,12 +31,18 @@ def train(
                                         "one per GPU, or CPU processes sharing the cores."),
     strategy: Optional[str] = typer.Option(None, help="With several processes: ddp (each holds the whole model) or "
                                            "fsdp (parameters, gradients and optimizer state sharded)."),
+    auto_size: bool = typer.Option(False, "--auto-size", help="With --time: train the size that `candorlm plan` "
+                                   "predicts gives the lowest loss in that time on this machine."),
     key_file: KeyFile = None,
     **options: Any,
 ) -> None:
     """Train a language model; writes config, checkpoints, metrics.jsonl and model.safetensors to --out.
 
     Example: candorlm train --data data/pd --preset tiny --out runs/pd --max-steps 500
+
+    Example: candorlm train --data data/pd --out runs/pd --time 5m   (the schedule sized to five minutes)
+
+    Example: candorlm train --data data/pd --out runs/pd --time 10m --auto-size   (the size `candorlm plan` picks)
 
     Example: candorlm train --data data/pd --arch encoder --preset tiny --out runs/pd-bert
 
@@ -58,9 +64,12 @@ def train(
     settings = {k: v for k, v in dict(max_steps=max_steps, save_every=save_every, eval_every=eval_every, seed=seed,
                                       dp_epsilon=dp_epsilon, dp_delta=dp_delta,
                                       dp_max_grad_norm=dp_max_grad_norm).items() if v is not None}
+    planned: list[str] = []
+    if auto_size:
+        preset, planned = _auto_size(preset, options)
     if preset is None and options["config"] is None:
         preset = "tiny"
-    overrides = list(options.pop("overrides") or [])
+    overrides = planned + list(options.pop("overrides") or [])  # what the user sets wins
     if peak_tflops is not None:
         overrides.append(f"ledger.peak_tflops={peak_tflops}")
     if strategy is not None:
@@ -77,6 +86,25 @@ def train(
         raise typer.Exit(130)
     console.print(f"trained {result.steps} steps in {result.wall_s:.0f} s ({result.tokens_per_s:,.0f} tokens/s); "
                   f"{summary}. Weights: {result.run_dir / 'model.safetensors'}")
+
+
+def _auto_size(preset: str | None, options: dict[str, Any]) -> tuple[str, list[str]]:
+    from candorlm.errors import CandorError
+    from candorlm.progress import console
+    from candorlm.scaling.plan import plan as run_plan
+
+    if options.get("time") is None:
+        raise CandorError("--auto-size chooses the size for a time budget: give --time too (e.g. --time 10m)")
+    if preset is not None:
+        raise CandorError("--auto-size chooses the preset: drop --preset, or drop --auto-size")
+    if options.get("data") is None:
+        raise CandorError("--auto-size plans with a sweep of the training data: give --data")
+    doc = run_plan(options["time"], data=options["data"])
+    best = doc["candidates"][0]
+    console.print(f"--auto-size: {best['preset']} ({best['parameters']:,} parameters, about {best['tokens']:,} tokens "
+                  f"in {options['time']}; predicted val bits/byte {best['val_bpb']}, confidence "
+                  f"{doc['confidence']:.0%}, from {doc['sweep']})", highlight=False)
+    return best["preset"], [f"train.{k}={v}" for k, v in doc["train"].items()]
 
 
 @needs("report")
@@ -117,3 +145,34 @@ def demo(**options: Any) -> None:
     from candorlm.demo import run_demo
 
     run_demo(**options)
+
+
+@options_from("candorlm.scaling.plan:plan", flags={"time": "--time", "data": "--data"})
+def plan(key_file: KeyFile = None, **options: Any) -> None:
+    """Predict which model size gives the lowest validation loss in a time budget on this machine,
+    from a scaling sweep of your data and each size's throughput measured now, and how sure that is.
+
+    Example: candorlm plan --time 10m --data data/pd
+
+    Example: candorlm plan --time 1h --sweep sweeps/pd
+
+    Then: candorlm train --data data/pd --time 10m --auto-size
+    """
+    from rich.table import Table
+
+    from candorlm.progress import console, stdout_console
+    from candorlm.scaling.plan import plan as run_plan
+
+    with reading_with(key_file):
+        doc = run_plan(**options)
+    table = Table(title=f"plan for {options['time']} of training (sweep: {doc['sweep']})")
+    for col in ("preset", "parameters", "tokens/s", "tokens in the time", "val bits/byte (1 sigma)", "extrapolation"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+    for r in doc["candidates"]:
+        bpb = f"{r['val_bpb']:.3f} ({r['val_bpb_interval'][0]:.3f}-{r['val_bpb_interval'][1]:.3f})" \
+            if r["val_bpb"] is not None else "-"
+        table.add_row(r["preset"], f"{r['parameters']:,}", f"{r['tokens_per_s']:,.0f}", f"{r['tokens']:,}", bpb,
+                      f"x{r['beyond_measured']:.1f}" if r["beyond_measured"] > 1 else "within")
+    stdout_console().print(table)
+    console.print(f"best: {doc['best']} (confidence {doc['confidence']:.0%} that the runner-up is not better; "
+                  f"throughput {doc['throughput']})", highlight=False)

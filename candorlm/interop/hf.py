@@ -103,6 +103,9 @@ def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
     cfg = lm.model.cfg
     if cfg.mlp != "swiglu":
         raise CandorError(f"only SwiGLU models export to the Llama format; this one uses mlp = '{cfg.mlp}'")
+    if cfg.qk_norm:
+        raise CandorError("this model normalizes queries and keys (model.qk_norm), which LlamaForCausalLM cannot "
+                          "express; its weights stay in RUN/model.safetensors (candorlm's format)")
     with swapped_into_place(out) as tmp:
         _write_hf(lm, tmp)
         write_marker(tmp, "hf-export", "candorlm export", source=str(run_dir))

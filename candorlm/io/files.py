@@ -207,6 +207,20 @@ def read_json(path: Path) -> Any:
         raise CandorError(f"{path} is not valid JSON ({exc}); the file is damaged") from None
 
 
+def require_private(path: Path, what: str = "file") -> None:
+    """Refuse a secret file (a key file, serve's keys.json) that group or others may read or change,
+    as ssh does with a private key: one line with the chmod that fixes it."""
+    if os.name != "posix":  # Windows has no mode bits to judge; its ACLs are the user's to set
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        import shlex
+
+        who = "group and others" if mode & 0o070 and mode & 0o007 else "others" if mode & 0o007 else "its group"
+        raise CandorError(f"{what} {path} can be read or changed by {who} (mode {mode:03o}); make it private with "
+                          f"`chmod 600 {shlex.quote(str(path))}` and try again")
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks (files of any size)."""
     h = hashlib.sha256()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,8 +38,10 @@ from candorlm.config import ModelConfig, RunConfig, resolve
 from candorlm.device import autocast, cpu_has_bf16, keep_freed_memory
 from candorlm.errors import CandorError
 from candorlm.ledger.energy import CPU_WATTS_PER_CORE
-from candorlm.ledger.flops import forward_flops_per_token, matmul_params, train_flops_per_token
+from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
 from candorlm.ledger.hardware import device_name, measured_peak_flops
+from candorlm.ledger.launches import KERNEL_LAUNCH_S, MAX_OPERATORS_PER_LAYER, launch_floor_s
+from candorlm.ledger.memory import memory_breakdown, param_count, peak_rss_bytes, runtime_baseline
 from candorlm.ledger.meter import DEFAULT_GRID_KG_PER_KWH, DEFAULT_PRICE_PER_HOUR
 from candorlm.tokenizer import DEFAULT_VOCAB_SIZE
 
@@ -91,83 +92,6 @@ def hardware(name: str) -> Hardware:
     if name not in GPUS:
         raise CandorError(f"unknown hardware '{name}'. Valid: {', '.join(HARDWARE_NAMES)}.")
     return GPUS[name]
-
-
-# ------------------------------------------------------------------ memory
-def activation_bytes_per_token(cfg: ModelConfig, precision: str) -> int:
-    """Bytes autograd keeps per token for the backward pass, all layers, in candorlm's decoder.
-
-    Per layer, fp32: each RMSNorm keeps its input, its normalised output and the weighted output
-    (3 x 4d), attention keeps q, k, v and its output (4 bytes each) and o_proj's input; the
-    SwiGLU MLP keeps gate, silu(gate), up and their product (4 x 4f). Under bf16 autocast the
-    weighted norm output is not kept but each linear keeps its own bf16 copy of its input, and
-    attention and MLP tensors are 2 bytes."""
-    d, f = cfg.d_model, cfg.ff_dim
-    h, kv = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    mlp_tensors = 4 if cfg.mlp == "swiglu" else 2
-    if precision == "bf16":
-        attn = 8 * d + 3 * 2 * d + 2 * (2 * h + 2 * kv) + 2 * h + 4 * cfg.n_heads
-        mlp = 8 * d + (2 if cfg.mlp == "swiglu" else 1) * 2 * d + mlp_tensors * 2 * f
-    else:
-        attn = 12 * d + 4 * (2 * h + 2 * kv) + 4 * h + 4 * cfg.n_heads
-        mlp = 12 * d + mlp_tensors * 4 * f
-    final_norm = 8 * d
-    output_grad = (2 if precision == "bf16" else 4) * d  # the loss keeps d(loss)/d(hidden)
-    return cfg.n_layers * (attn + mlp) + final_norm + output_grad
-
-
-def memory_breakdown(cfg: ModelConfig, batch: int, seq_len: int, precision: str, runtime_bytes: int,
-                     runtime_method: str) -> dict[str, dict[str, Any]]:
-    from candorlm.model.loss import CHUNK_TOKENS
-
-    params = _param_count(cfg)
-    tokens = batch * seq_len
-    acts = activation_bytes_per_token(cfg, precision) * tokens
-    # The output layer's working set: one chunk of logits in fp32 (logits, log-probs) and its
-    # gradient in the compute dtype, plus the fp32 gradient of the output weight.
-    chunk = min(CHUNK_TOKENS, tokens) * cfg.vocab_size * (8 + (2 if precision == "bf16" else 4))
-    out_weight_grad = 4 * cfg.vocab_size * cfg.d_model
-    casts = 2 * matmul_params(cfg) if precision == "bf16" else 0
-    # During the backward pass one layer's activation gradients exist next to the saved tensors.
-    backward_peak = activation_bytes_per_token(cfg, precision) // max(cfg.n_layers, 1) * tokens
-    return {
-        "weights": {"bytes": 4 * params, "how": f"4 bytes x {params:,} parameters (fp32)"},
-        "gradients": {"bytes": 4 * params, "how": "4 bytes x parameters"},
-        "optimizer_state": {"bytes": 8 * params, "how": "AdamW: two fp32 moments per parameter"},
-        "activations": {"bytes": acts + chunk + out_weight_grad + casts + backward_peak,
-                        "how": f"{activation_bytes_per_token(cfg, precision):,} bytes per token saved for backward x "
-                               f"{tokens:,} tokens, one layer's gradients, the output layer's chunk"
-                               + (", bf16 weight copies" if casts else "")},
-        "runtime": {"bytes": runtime_bytes, "how": runtime_method},
-    }
-
-
-def _param_count(cfg: ModelConfig) -> int:
-    d, L = cfg.d_model, cfg.n_layers
-    attn = d * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.kv_heads)
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.ff_dim
-    emb = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
-    return L * (attn + mlp + 2 * d) + d + emb
-
-
-def process_rss_bytes() -> int:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def runtime_baseline() -> tuple[int, str]:
-    """What a training process holds before its model: measured here after loading what it loads."""
-    import candorlm.training.trainer  # noqa: F401  (the trainer and everything it imports)
-    try:
-        import codecarbon  # noqa: F401  (the energy meter loads it when a run starts)
-    except ImportError:
-        pass
-    return process_rss_bytes(), "measured: resident memory of this process with torch, the trainer and the energy meter loaded"
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ------------------------------------------------------------------ time
@@ -222,9 +146,9 @@ def shape_for_params(params: float, vocab_size: int = 32000) -> ModelConfig:
     for d in range(64, 16385, 64):
         cfg = ModelConfig(vocab_size=vocab_size, d_model=d, n_layers=max(1, d // 64), n_heads=max(1, d // 64),
                           max_seq_len=2048 if d >= 512 else 512)
-        if best is None or abs(_param_count(cfg) - params) < abs(_param_count(best) - params):
+        if best is None or abs(param_count(cfg) - params) < abs(param_count(best) - params):
             best = cfg
-        if _param_count(cfg) > params:
+        if param_count(cfg) > params:
             break
     assert best is not None
     return best
@@ -271,6 +195,7 @@ class Estimate:
     co2_kg: float
     notes: list[str] = field(default_factory=list)
     compute_optimal: dict[str, Any] | None = None
+    mfu_basis: str = "assumed"  # given | measured (this CPU) | assumed (a GPU's typical MFU) | launch-bound (derived)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -330,6 +255,7 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
     fpt = train_flops_per_token(cfg, seq)
     flops = float(fpt) * tokens
     peak = hw.peak_flops[precision]
+    mfu_basis = "given" if mfu is not None else "measured" if hw.measured else "assumed"
     if mfu is not None:
         mfu_method = f"given MFU {mfu:.0%}"
     elif hw.measured:
@@ -342,8 +268,8 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
         mfu_method = (f"measured: median of {calibration_steps} real training steps of this model on this CPU "
                       f"({t.batch_size} x {seq} tokens, {precision}), {step_s:.3f} s per step")
     else:
-        mfu = GPU_ASSUMED_MFU
-        mfu_method = f"assumed MFU {GPU_ASSUMED_MFU:.0%} (typical of well-tuned training; give --mfu)"
+        mfu, mfu_method, mfu_basis = gpu_mfu(cfg, t.batch_size, seq, float(fpt) * tokens_per_step, peak,
+                                             t.grad_accum)
     train_seconds = flops / (peak * mfu)
     # Periodic evaluation (and the one at the end): forward passes over eval_tokens, at the same MFU.
     n_evals = n_steps // t.eval_every + (0 if n_steps % t.eval_every == 0 else 1)
@@ -369,14 +295,40 @@ def estimate(config: RunConfig | None = None, *, preset: str | None = None, para
     if not hw.measured and precision == "fp32":
         notes.append("fp32 on a GPU: the peak is the plain fp32 one (TF32 would be faster)")
     return Estimate(
-        hardware=hw.name, hardware_source=hw.source, model=cfg.model_dump(), params=_param_count(cfg),
+        hardware=hw.name, hardware_source=hw.source, model=cfg.model_dump(), params=param_count(cfg),
         precision=precision, batch_size=batch, seq_len=seq, tokens=int(tokens), steps=n_steps, flops=flops + eval_flops,
         train_flops=flops, eval_flops=eval_flops, train_seconds=train_seconds, eval_seconds=eval_seconds,
-        flops_per_token=fpt, peak_flops_per_s=peak, mfu=mfu, mfu_method=mfu_method, seconds=seconds, memory=memory,
+        flops_per_token=fpt, peak_flops_per_s=peak, mfu=mfu, mfu_method=mfu_method, mfu_basis=mfu_basis,
+        seconds=seconds, memory=memory,
         peak_memory_bytes=int(peak_memory), device_memory_bytes=int(hw.memory_bytes), fits=peak_memory <= hw.memory_bytes,
         watts=hw.watts, energy_kwh=energy, price_per_hour=price, currency=currency, cost=seconds / 3600 * price,
         grid_kg_co2_per_kwh=grid, co2_kg=energy * grid, notes=notes,
     )
+
+
+def gpu_mfu(cfg: ModelConfig, micro_batch: int, seq: int, step_flops: float, peak: float,
+            grad_accum: int = 1) -> tuple[float, str, str]:
+    """(MFU, how it was had, basis) on a GPU profile: the assumed typical MFU, unless launching the
+    step's kernels takes longer than its FLOPs at that MFU; then the MFU those launches allow."""
+    assumed = (f"assumed MFU {GPU_ASSUMED_MFU:.0%} (typical of well-tuned training of large models; give --mfu "
+               f"with a figure measured on the GPU)")
+    flop_s = step_flops / (peak * GPU_ASSUMED_MFU)
+    if MAX_OPERATORS_PER_LAYER * (cfg.n_layers + (cfg.n_encoder_layers or 0) + 2) * KERNEL_LAUNCH_S * grad_accum < flop_s:
+        return GPU_ASSUMED_MFU, assumed, "assumed"  # a large model: its launches cannot matter (no need to count)
+    floor = launch_floor_s(cfg, micro_batch, seq)
+    if floor is None:
+        return GPU_ASSUMED_MFU, assumed, "assumed"
+    per_micro, ops = floor
+    launch_s = per_micro * grad_accum
+    launches = (f"{ops:,} operators per step (counted by tracing this model's training step) x "
+                f"{KERNEL_LAUNCH_S * 1e6:.0f} µs per kernel launch (assumed, eager PyTorch on CUDA) = "
+                f"{launch_s * 1e3:.2f} ms per step")
+    if launch_s <= flop_s:
+        return GPU_ASSUMED_MFU, f"{assumed}; kernel launches take less: {launches}", "assumed"
+    mfu = step_flops / (peak * launch_s)
+    return mfu, (f"derived, launch-bound: {launches}, longer than the step's FLOPs take at an assumed "
+                 f"{GPU_ASSUMED_MFU:.0%} MFU ({flop_s * 1e3:.3f} ms), so the launches set the time and MFU is at "
+                 f"most {mfu:.1%}; time is a lower bound, measure on the GPU to know"), "launch-bound"
 
 
 def _eval_tokens(config: RunConfig, tokens_per_step: int) -> int:

@@ -35,9 +35,11 @@ def print_estimate(est: Estimate, console: Console | None = None) -> None:
     table.add_row("training FLOPs", f"{est.train_flops:.3g}", f"{est.flops_per_token:,} per token (6 N + attention)")
     table.add_row("evaluation FLOPs", f"{est.eval_flops:.3g}", "forward passes over the validation tokens")
     table.add_row("peak", f"{est.peak_flops_per_s / 1e12:,.2f} TFLOP/s", f"{est.precision}; {est.hardware_source}")
-    table.add_row("MFU", f"{est.mfu:.1%}", est.mfu_method)
-    table.add_row("time", _duration(est.seconds), f"FLOPs / (peak x MFU): training {_duration(est.train_seconds)}, "
-                  f"evaluation {_duration(est.eval_seconds)}")
+    table.add_row(f"MFU ({est.mfu_basis})", f"{est.mfu:.1%}", est.mfu_method)
+    bound = est.mfu_basis == "launch-bound"
+    table.add_row("time", ("at least " if bound else "") + _duration(est.seconds),
+                  f"FLOPs / (peak x MFU): training {_duration(est.train_seconds)}, evaluation "
+                  f"{_duration(est.eval_seconds)}" + ("; kernel launches set it (see MFU)" if bound else ""))
     for part, info in est.memory.items():
         table.add_row(f"memory: {part.replace('_', ' ')}", _bytes(info["bytes"]), info["how"])
     fits = "fits" if est.fits else "does NOT fit"

@@ -88,8 +88,9 @@ class TrainingMeter:
         finally:
             self.save_s += time.perf_counter() - start
 
-    def finish(self, run_dir: Path, step: int, resumed: bool) -> dict[str, Any]:
-        """Close the session, write it into run_dir/ledger.json; returns the train total."""
+    def finish(self, run_dir: Path, step: int, resumed: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Close the session, write it into run_dir/ledger.json; returns the train total. `extra`:
+        more figures of the session (a time budget's budget against actual)."""
         tokens = (step - self.first_step) * self.tokens_per_step
         m = self.meter
         m.count(tokens, tokens * self.train_fpt)
@@ -103,6 +104,7 @@ class TrainingMeter:
             "parameters": figure(self.n_params, "parameters", "model.num_params()"),
             "eval_time": figure(round(self.eval_s, 3), "s", "wall time of periodic evaluation, within wall time"),
             "save_time": figure(round(self.save_s, 3), "s", "wall time of checkpoint saving, within wall time"),
+            **(extra or {}),
         })
         if self.ranks.size > 1:
             session, wall = self._sum_ranks(session)

@@ -137,6 +137,9 @@ class AttentionHeads(nn.Module):
         self.hook_attn_scores = HookPoint()  # (B, H, T, S), -inf where masked; attached, attention runs explicitly
         self.hook_pattern = HookPoint()  # (B, H, T, S); attached, attention runs explicitly
         self.hook_z = HookPoint()  # (B, T, H, D)
+        if cfg.qk_norm:  # registered last: checkpoints without it keep their parameter order
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def heads(self, x: torch.Tensor, proj: nn.Linear, n_heads: int, hook: HookPoint) -> torch.Tensor:
         """(B, T, C) through `proj`, split into heads: (B, n_heads, T, D); `hook` sees (B, T, n_heads, D)."""
@@ -161,8 +164,11 @@ class Attention(AttentionHeads):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
                 cache: KVCache | None = None) -> torch.Tensor:
-        q = apply_rope(self.heads(x, self.q_proj, self.n_heads, self.hook_q), *rope)  # (B, H, T, D)
-        k = apply_rope(self.heads(x, self.k_proj, self.n_kv_heads, self.hook_k), *rope)  # (B, Hkv, T, D)
+        q = self.heads(x, self.q_proj, self.n_heads, self.hook_q)  # (B, H, T, D)
+        k = self.heads(x, self.k_proj, self.n_kv_heads, self.hook_k)  # (B, Hkv, T, D)
+        if hasattr(self, "q_norm"):  # QK-norm: bounded attention logits whatever the weights' scale
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         v = self.heads(x, self.v_proj, self.n_kv_heads, self.hook_v)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): the cached positions, then these
@@ -201,7 +207,7 @@ class CrossAttention(AttentionHeads):
 
 
 class MLP(nn.Module):
-    """The feed-forward network: SwiGLU (default), or the classic two-layer ReLU/GELU MLP."""
+    """The feed-forward network: SwiGLU (default), or the classic two-layer ReLU/GELU/ReLU² MLP."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -214,6 +220,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.kind == "relu2":
+            return self.down_proj(F.relu(self.up_proj(x)).square())
         act = F.relu if self.kind == "relu" else F.gelu
         return self.down_proj(act(self.up_proj(x)))
 

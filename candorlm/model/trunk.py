@@ -50,7 +50,8 @@ class Trunk(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.hook_embed, self.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
-        init_weights(self, cfg.init_std, cfg.n_layers + (encoder.cfg.n_layers if encoder is not None else 0))
+        init_weights(self, cfg.init_std, cfg.n_layers + (encoder.cfg.n_layers if encoder is not None else 0),
+                     zero_out=cfg.zero_init_out)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, each counted once (a tied output layer is the embedding); non_embedding:
@@ -87,12 +88,16 @@ class Trunk(nn.Module):
         return self.hook_norm(self.norm(x))
 
 
-def init_weights(model: nn.Module, init_std: float, n_layers: int) -> None:
+def init_weights(model: nn.Module, init_std: float, n_layers: int, zero_out: bool = False) -> None:
     """Normal(0, init_std) for linear and embedding weights; GPT-2's depth scaling for the output
-    projection of each residual branch (o_proj, down_proj): std / sqrt(2 * n_layers)."""
+    projection of each residual branch (o_proj, down_proj): std / sqrt(2 * n_layers), or zero
+    with `zero_out` (each block starts as the identity, as in modded-nanoGPT)."""
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=init_std)
     for name, p in model.named_parameters():
         if name.endswith(("o_proj.weight", "down_proj.weight")):
-            nn.init.normal_(p, mean=0.0, std=init_std / math.sqrt(2 * n_layers))
+            if zero_out:
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, mean=0.0, std=init_std / math.sqrt(2 * n_layers))

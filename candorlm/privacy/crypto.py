@@ -7,18 +7,22 @@ layer, `candorlm.io.sealed`; this module builds on them.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Callable
 
 from candorlm.errors import CandorError
-from candorlm.io.files import TEMP_TAG, swapped_into_place
+from candorlm.io.files import swapped_into_place
 from candorlm.io.manifest import MANIFEST_NAME, verify_manifest, write_manifest
-from candorlm.io.outputs import FILES_RECORD, MARKER, claim_dir, claim_file, read_marker, record_file, write_marker
-from candorlm.io.sealed import Key, decrypt_file, encrypt_file, is_encrypted
+from candorlm.io.outputs import claim_dir, claim_file, read_marker, record_file, write_marker
+from candorlm.io.sealed import (TREE_MANIFEST, Key, decrypt_file, encrypt_file, is_encrypted, member_name,
+                                old_format, plain_in_tree, read_header, tree_root)
+from candorlm.io.sealedtree import open_tree, tree_files, tree_format, write_tree_manifest
 from candorlm.rundir import looks_like_old_run
+
+log = logging.getLogger("candorlm")
 
 
 def generate_key() -> bytes:
@@ -32,16 +36,15 @@ def write_key_file(path: str | Path, overwrite: bool = False) -> Path:
         raise CandorError(f"{path} already exists; refusing to overwrite a key (data encrypted with it would be lost)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file (--overwrite) keeps its mode otherwise
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(generate_key().hex() + "\n")
     return path
 
 
-def _files(root: Path) -> list[Path]:
-    """What a tree's copy carries: every file but its manifest, candorlm's marker and records,
-    and candorlm's temporaries (the copy gets its own)."""
-    skip = {MANIFEST_NAME, MARKER, FILES_RECORD}
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name not in skip and TEMP_TAG not in p.name)
+# What a tree's copy carries: every file but its manifests, candorlm's marker and records, and
+# candorlm's temporaries (the copy gets its own).
+_files = tree_files
 
 
 def _legacy(kind: str) -> Callable[[Path], bool] | None:
@@ -57,8 +60,9 @@ def _legacy(kind: str) -> Callable[[Path], bool] | None:
 
 def _transform_tree(src: Path, out: Path, overwrite: bool, one: Callable[[Path, Path], int],
                     on_file: Callable[[int], None] | None, kind: str, file_kind: str, command: str,
-                    **marker: str) -> list[Path]:
-    """Write `one(file, target)` for every file of src into the tree (or file) `out`, of `kind`."""
+                    seal: Key | None = None, plain_sums: bool = True, **marker: str) -> list[Path]:
+    """Write `one(file, target)` for every file of src into the tree (or file) `out`, of `kind`
+    (seal: write the new tree's keyed manifest with this key; plain_sums: check src's SHA256SUMS)."""
     if src.resolve() == out.resolve():
         raise CandorError("the output must differ from the input (write to a new path, then replace the old one)")
     if src.is_file():
@@ -71,7 +75,7 @@ def _transform_tree(src: Path, out: Path, overwrite: bool, one: Callable[[Path, 
     if not src.is_dir():
         raise CandorError(f"not found: {src}")
     claim_dir(out, kind, overwrite=overwrite, inputs=[src], legacy=_legacy(kind))
-    if (src / MANIFEST_NAME).is_file():
+    if plain_sums and (src / MANIFEST_NAME).is_file():
         verify_manifest(src, check_extra=False)  # never carry damage silently into the copy
     with swapped_into_place(out, purpose=command.split()[-1]) as tmp:
         written = []
@@ -81,6 +85,8 @@ def _transform_tree(src: Path, out: Path, overwrite: bool, one: Callable[[Path, 
             written.append(out / file.relative_to(src))
             if on_file:
                 on_file(file.stat().st_size)
+        if seal is not None:
+            write_tree_manifest(tmp, seal)  # before SHA256SUMS, which lists it too (for keyless backups)
         write_manifest(tmp)
         write_marker(tmp, kind, command, **marker)
     return written
@@ -89,30 +95,53 @@ def _transform_tree(src: Path, out: Path, overwrite: bool, one: Callable[[Path, 
 def encrypt_path(src: str | Path, out: str | Path, key: Key, overwrite: bool = False,
                  on_file: Callable[[int], None] | None = None) -> list[Path]:
     """Encrypt a file, or every file of a directory tree (corpus, data directory, run directory)
-    into a mirror tree with the same names and a fresh SHA256SUMS of the encrypted files, which
-    anyone can verify without the key."""
+    into a mirror tree with the same names: each file bound to its path in the tree, a keyed
+    manifest (CANDORLM-SEALED.json) that vouches for the whole set, and a fresh SHA256SUMS of
+    the encrypted files, which anyone can check without the key (a backup's copy, say)."""
     src, out = Path(src), Path(out)
     if src.is_dir():
         already = [f for f in _files(src) if is_encrypted(f)]
-        if already:
-            raise CandorError(f"{already[0]} is already encrypted; decrypt {src} first or encrypt only plain files")
+        if already or (src / TREE_MANIFEST).is_file():
+            first = already[0] if already else src / TREE_MANIFEST
+            raise CandorError(f"{first} is already encrypted; decrypt {src} first or encrypt only plain files")
+
+    def one(a: Path, b: Path) -> int:
+        return encrypt_file(a, b, key, member=None if src.is_file() else a.relative_to(src).as_posix())
+
     of = (read_marker(src) or {}).get("kind") if src.is_dir() else None
-    return _transform_tree(src, out, overwrite, lambda a, b: encrypt_file(a, b, key), on_file, "encrypted",
-                           "encrypted", "candorlm encrypt", **({"of": of} if of else {}))
+    return _transform_tree(src, out, overwrite, one, on_file, "encrypted", "encrypted", "candorlm encrypt",
+                           seal=None if src.is_file() else key, **({"of": of} if of else {}))
 
 
 def decrypt_path(src: str | Path, out: str | Path, key: Key, overwrite: bool = False,
                  on_file: Callable[[int], None] | None = None) -> list[Path]:
-    """Decrypt a file or a tree encrypted by `encrypt_path`; plain files in the tree are copied."""
-    def one(a: Path, b: Path) -> int:
-        if is_encrypted(a):
-            return decrypt_file(a, b, key)
-        b.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(a, b)  # inside the tree being built: it appears only with the whole tree
-        return a.stat().st_size
+    """Decrypt a file or a tree encrypted by `encrypt_path`. A tree is first checked whole against
+    its keyed manifest (an added, missing, swapped, renamed, rolled-back or plain file is refused);
+    format 1 (before keyed manifests) is decrypted with a warning saying how to encrypt it again."""
+    src, out = Path(src), Path(out)
+    old = False
+    if src.is_file():
+        header = read_header(src)
+        if header is None:
+            raise CandorError(f"{src} is not encrypted (it does not start with candorlm's encryption header)")
+        old = header.version == 1
+        root = tree_root(src)
+        if root is not None:  # one member of a tree: checked against the tree's manifest too
+            open_tree(root, key).check([src])
+    elif src.is_dir():
+        state = tree_format(src)
+        old = state == "old"
+        if state == "plain":
+            raise CandorError(f"{src} holds no encrypted file: there is nothing to decrypt")
+        if not old:
+            open_tree(src, key).check_all()  # before one byte of plaintext is written
 
-    src = Path(src)
-    if src.is_file() and not is_encrypted(src):
-        raise CandorError(f"{src} is not encrypted (it does not start with candorlm's encryption header)")
+    def one(a: Path, b: Path) -> int:
+        if not is_encrypted(a):
+            raise plain_in_tree(a, src)
+        return decrypt_file(a, b, key, member=member_name(a))
+
+    if old:
+        log.warning("warning: %s", old_format(src, key, plain=out))
     kind = ((read_marker(src) or {}).get("of") if src.is_dir() else None) or "decrypted"
-    return _transform_tree(src, Path(out), overwrite, one, on_file, kind, "decrypted", "candorlm decrypt")
+    return _transform_tree(src, out, overwrite, one, on_file, kind, "decrypted", "candorlm decrypt", plain_sums=old)

@@ -50,6 +50,7 @@ def verify(path: str | Path, key=None, on_file: Callable[[int], None] | None = N
     keeping) every encrypted file in it, which authenticates each chunk. A single encrypted
     file is authenticated alone."""
     from candorlm.io.sealed import authenticate, is_encrypted
+    from candorlm.io.sealedtree import open_tree, tree_format
 
     path = Path(path)
     if path.is_file():
@@ -62,6 +63,8 @@ def verify(path: str | Path, key=None, on_file: Callable[[int], None] | None = N
     if not path.is_dir():
         raise CandorError(f"not found: {path}")
     report = verify_manifest(path, on_file=on_file)
+    if key is not None and tree_format(path) != "plain":  # the keyed manifest decides, not SHA256SUMS
+        open_tree(path, key).check_all()
     if key is not None:
         for file in manifest_files(path):
             if is_encrypted(file):

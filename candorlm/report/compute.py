@@ -15,9 +15,6 @@ from candorlm.report.units import duration, percent, show, si, sig
 from candorlm.rundir import RunDir
 
 GPU_PROFILES = ("a100", "h100")
-# Launching one GPU kernel costs the host several microseconds (more through eager PyTorch): a
-# matrix product that the GPU finishes faster than that leaves it waiting, whatever its peak.
-KERNEL_LAUNCH_S = 5e-6
 
 
 def _ledger_total(run: RunDir) -> dict[str, Any] | None:
@@ -53,9 +50,10 @@ def cost_section(run: RunDir, config: RunConfig) -> dict[str, Any]:
         tokens = int(value(train, "tokens"))
         for hw in GPU_PROFILES:
             est = estimate(config, tokens=tokens, hardware_name=hw)
-            rows.append([f"{hw.upper()}, at {est.mfu:.0%} MFU (assumed)", est.seconds, est.energy_kwh, est.cost,
-                         est.co2_kg, f"candorlm estimate --hardware {hw}: {est.mfu_method}"])
-        note = gpu_note(config, est.peak_flops_per_s, est.mfu, value(train, "parameters"))
+            basis = "at most, kernel launches bound it" if est.mfu_basis == "launch-bound" else est.mfu_basis
+            rows.append([f"{hw.upper()}, at {est.mfu:.1%} MFU ({basis})", est.seconds, est.energy_kwh, est.cost,
+                         est.co2_kg, f"candorlm estimate --hardware {hw}"])
+        note = gpu_note(est, value(train, "parameters"))
     except (CandorError, ValueError, TypeError) as exc:  # the estimate is an extra: its absence is reported
         missing(s, f"GPU-profile estimate ({exc})", f"candorlm estimate --config {run.config} --hardware h100")
     s["tables"].append(table("the same training run: measured here, and estimated on two GPUs",
@@ -65,24 +63,15 @@ def cost_section(run: RunDir, config: RunConfig) -> dict[str, Any]:
     return finish(s)
 
 
-def gpu_note(config: RunConfig, peak: float, mfu: float, parameters: int | None) -> str:
-    """What the GPU rows rest on, and whether it holds for this model: the largest matrix
-    product of a step (the output head) against the cost of launching it."""
-    m = config.model
-    tokens = config.train.batch_size * config.seq_len
-    biggest = 2 * tokens * m.d_model * max(m.vocab_size, 4 * m.d_model)
-    at_peak = biggest / peak
+def gpu_note(est: Any, parameters: int | None) -> str:
+    """What the GPU rows rest on (the estimate's own account of its MFU), and what to make of them."""
     base = (f"The GPU rows are not measurements: they divide this run's FLOPs by the GPU's datasheet peak "
-            f"({si(peak, 'FLOP/s')}, bf16) times an assumed {mfu:.0%} MFU, the share of peak that well-tuned "
-            f"training of large models reaches.")
+            f"({si(est.peak_flops_per_s, 'FLOP/s')}, bf16) times an MFU.")
     size = f"{parameters:,} parameters" if parameters else "this size"
-    if at_peak < 10 * KERNEL_LAUNCH_S:
-        return (f"{base} A model of {size} cannot get near it: its largest matrix product per step "
-                f"({tokens:,} × {m.d_model} by {m.d_model} × {max(m.vocab_size, 4 * m.d_model):,}, "
-                f"{si(biggest, 'FLOP')}) takes {duration(at_peak)} at that peak, against several µs to launch a GPU "
-                f"kernel, so launches, not arithmetic, set its speed. Read these rows as a lower bound on time, "
-                f"energy and money, likely short by a large factor; measure on the GPU to know.")
-    return f"{base} It is an assumption, not a measurement: give --mfu to `candorlm estimate` with your own figure."
+    if est.mfu_basis == "launch-bound":
+        return (f"{base} For a model of {size} that MFU is not the 40% well-tuned training of large models "
+                f"reaches: {est.mfu_method}. Read these rows as a lower bound on time, energy and money.")
+    return f"{base} Here it is an {est.mfu_method}."
 
 
 def compute_section(run: RunDir) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from candorlm.errors import CandorError
-from candorlm.io.files import atomic_write_text
+from candorlm.io.files import atomic_write_text, require_private
 
 log = logging.getLogger(__name__)
 SCOPES = ("generate", "explain", "admin")
@@ -86,6 +86,7 @@ def read_keys(path: str | Path) -> list[KeyRecord]:
     path = Path(path)
     if not path.exists():
         return []
+    require_private(path, "keys file")  # like an ssh key: another user could add a key of their own
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if raw.get("version") != FORMAT_VERSION:

@@ -18,29 +18,30 @@ product review is positive (好评) or negative (差评). Conversations keep the
 splits (by article, by review text), so no test paragraph or review is trained on; every
 other conversation has a system message.
 
-Metrics on the test conversations: the assistant tokens' mean loss (nats per token, and
-perplexity), and the exact match of each assistant reply written greedily after the true
-history, by kind of turn; the starting run, scored the same way, is the baseline.
+Metrics on the test conversations (candorlm/tasks/chat_eval.py): the assistant tokens' mean
+loss, and per kind of turn the share of right replies (sentiment: the label; reading: exact
+match and char-F1), with and without a system message, and the share of degenerate replies;
+the starting run and the single-task models are the baselines.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from candorlm.beam import DecoderSession, greedy_search, right_pad
+from candorlm.beam import right_pad
 from candorlm.corpus import document_hash, review_records
 from candorlm.errors import CandorError
 from candorlm.io.files import write_json
 from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
-from candorlm.tasks.data import Record, read_jsonl_records, split_of
-from candorlm.tokenizer import CHAT_ROLES, Tokenizer, train_tokenizer
+from candorlm.tasks.chat_eval import MAX_REPLY_TOKENS, NO_REPEAT_NGRAM, replies, score_turns, turns
+from candorlm.tasks.data import Record, check_messages, read_jsonl_records, split_of
+from candorlm.tokenizer import Tokenizer, train_tokenizer
 
 default_arch = "decoder"
 BUILTIN = "builtin:chat"
@@ -51,26 +52,6 @@ READING_QUESTION = "阅读下面这段话，回答问题。\n"
 
 
 # ---------------------------------------------------------------- data
-
-
-def check_messages(rec: Record) -> list[dict[str, str]]:
-    """The messages of a conversation record, checked: a list of {role, content} with known roles
-    and string contents, and at least one assistant turn."""
-    messages = rec["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise CandorError(f"{rec.where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise CandorError(f"{rec.where}: message {i} must be an object with 'role' and 'content', got {m!r}")
-        if m["role"] not in CHAT_ROLES:
-            raise CandorError(f"{rec.where}: message {i} has the unknown role {m['role']!r}; "
-                              f"roles are {', '.join(CHAT_ROLES)}")
-        if not isinstance(m["content"], str):
-            raise CandorError(f"{rec.where}: message {i} has content of type {type(m['content']).__name__}, "
-                              f"expected a string")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise CandorError(f"{rec.where}: the conversation has no assistant turn, so there is nothing to learn from it")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def builtin_conversations() -> dict[str, list[Record]]:
@@ -85,20 +66,25 @@ def builtin_conversations() -> dict[str, list[Record]]:
         if len(qs) > 1:
             messages += [{"role": "user", "content": f"再问：{qs[1]['question']}"},
                          {"role": "assistant", "content": qs[1]["answer"]}]
-        splits[split_of(article)].append(_record(messages, "reading", f"{BUILTIN}#qa{i}", first["context"]))
+        sources = [{"context": q["context"], "question": q["question"]} for q in qs[:2]]
+        splits[split_of(article)].append(_record(messages, "reading", f"{BUILTIN}#qa{i}", first["context"], sources))
     for i, (text, label) in enumerate(review_records()):
         if i % 3:  # a third of the reviews: about as many conversations as the reading ones
             continue
         messages = [{"role": "user", "content": SENTIMENT_QUESTION + text},
                     {"role": "assistant", "content": "好评" if label == "pos" else "差评"}]
-        splits[split_of(text)].append(_record(messages, "sentiment", f"{BUILTIN}#review{i}", text))
+        splits[split_of(text)].append(_record(messages, "sentiment", f"{BUILTIN}#review{i}", text, [{"text": text}]))
     return splits
 
 
-def _record(messages: list[dict[str, str]], kind: str, where: str, key: str) -> Record:
+def _record(messages: list[dict[str, str]], kind: str, where: str, key: str,
+            sources: list[dict[str, str]]) -> Record:
+    """A conversation; half of them (by a hash of `key`) open with the system message, so the
+    model learns to answer both skills with and without it. `sources` are each assistant turn's
+    input to the single-task models (the chat evaluation's baselines)."""
     if document_hash(key) % 2:
         messages = [{"role": "system", "content": SYSTEM_PROMPT}] + messages
-    return Record({"messages": messages, "kind": kind}, where)
+    return Record({"messages": messages, "kind": kind, "sources": sources}, where)
 
 
 def load_splits(data: str) -> tuple[dict[str, list[Record]], str]:
@@ -197,58 +183,57 @@ def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> d
     return {"score": -value, "assistant_loss": value}
 
 
-# ---------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------- evaluation (scoring: candorlm/tasks/chat_eval.py)
 
 
-def reply_prompts(tok: Tokenizer, records: Sequence[Record], max_len: int,
-                  budget: int) -> list[tuple[list[int], str, str]]:
-    """(prompt ids, gold reply, kind) for every assistant turn, with the true history before it."""
-    out = []
-    for r in records:
-        for i, m in enumerate(r["messages"]):
-            if m["role"] != "assistant":
-                continue
-            ids, _ = tok.encode_chat(r["messages"][:i], add_generation_prompt=True)
-            if len(ids) + budget <= max_len:
-                out.append((ids, m["content"], f"{r['kind']}, turn {sum(x['role'] == 'assistant' for x in r['messages'][:i]) + 1}"))
-    return out
-
-
-@torch.no_grad()
-def replies(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 24,
-            batch_size: int = 32) -> list[str]:
-    stop = tok.ids["end"]
-    suppress = sorted(i for i in tok.special_ids if i not in (stop, tok.eos_id))
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [""] * len(prompts)
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        session = DecoderSession(model, [prompts[i] for i in idx], pad_id=tok.pad_id, max_new_tokens=max_new_tokens)
-        for i, ids in zip(idx, greedy_search(session, eos_id=stop, max_new_tokens=max_new_tokens, suppress_ids=suppress)):
-            out[i] = tok.decode(ids).strip()
-    return out
-
-
-def _score_model(model: nn.Module, tok: Tokenizer, test: Sequence[Record], limit: int | None) -> dict[str, Any]:
+def score_chat_model(model: nn.Module, tok: Tokenizer, test: Sequence[Record], limit: int | None,
+                     no_repeat_ngram: int = NO_REPEAT_NGRAM) -> dict[str, Any]:
     max_len = model.cfg.max_seq_len
     examples = [(*ex, r) for r in test if (ex := sft_example(tok, r["messages"], max_len)) is not None]
     value = assistant_loss(model, examples, tok.pad_id)
-    turns = reply_prompts(tok, test, max_len, 24)[:limit] if limit else reply_prompts(tok, test, max_len, 24)
-    preds = replies(model, tok, [p for p, _, _ in turns])
-    by_kind: dict[str, list[bool]] = defaultdict(list)
-    for (_, gold, kind), pred in zip(turns, preds):
-        by_kind[kind].append(pred.strip().rstrip("。") == gold.strip().rstrip("。"))
-    return {"assistant_loss": round(value, 4), "assistant_perplexity": round(math.exp(value), 2),
-            "reply_exact_match": round(sum(sum(v) for v in by_kind.values()) / max(len(turns), 1), 4),
-            "turns": len(turns),
-            "by_kind": {k: {"n": len(v), "exact_match": round(sum(v) / len(v), 4)} for k, v in sorted(by_kind.items())},
-            "examples": [{"reply": p, "gold": g, "kind": k} for (_, g, k), p in list(zip(turns, preds))[:6]]}
+    items = turns(tok, test, max_len, MAX_REPLY_TOKENS, limit)
+    preds = replies(model, tok, [t["prompt"] for t in items], no_repeat_ngram=no_repeat_ngram)
+    return {"assistant_loss": round(value, 4), "assistant_perplexity": round(math.exp(min(value, 50.0)), 2),
+            **score_turns(preds, items),
+            "examples": [{"kind": t["kind"], "system": t["system"], "gold": t["gold"], "reply": p}
+                         for t, p in list(zip(items, preds))[:8]]}
 
 
-def evaluate(run: str | Path, data: str | None = None, limit: int | None = None, **_: Any) -> dict[str, Any]:
-    """Assistant-token loss and reply exact match on the test conversations, for the run and for
-    the run it started from; written to RUN/evals/chat.json."""
+def score_single_task(run: str | Path, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A sentiment classifier or a QA reader on the chat turns of its kind (from their sources)."""
+    from candorlm.tasks.predict import load_task
+
+    model = load_task(run)
+    kinds = {"sentiment": ("sentiment",), "qa": ("reading, first question", "reading, follow-up")}.get(model.task)
+    if kinds is None:
+        raise CandorError(f"{run}: a chat baseline is a sentiment or a qa run, not a {model.task} one")
+    mine = [t for t in items if t["kind"] in kinds and t["source"] is not None]
+    if not mine:
+        raise CandorError(f"{run}: the test conversations have no {model.task} turns with their source "
+                          f"(builtin:chat has them; a JSONL file does not)")
+    outputs = model.predict([t["source"] for t in mine])
+    preds = [o["label"] if model.task == "sentiment" else o["answer"] for o in outputs]
+    if model.task == "sentiment":
+        labels = {"pos": "好评", "neg": "差评"}
+        preds = [labels.get(p, p) for p in preds]
+    return {"run": str(model.run), "task": model.task, **score_turns(preds, mine)}
+
+
+def evaluate(run: str | Path, data: str | None = None, limit: int | None = None,
+             baseline_runs: Sequence[str | Path] = (), no_repeat_ngram: int = NO_REPEAT_NGRAM,
+             **_: Any) -> dict[str, Any]:
+    """Per kind of turn, the share of right replies (label accuracy for sentiment turns, exact
+    match and char-F1 for reading turns), with and without a system message, the degenerate
+    share and the assistant-token loss, for the run and the run it started from, and for the
+    single-task baselines given; written to RUN/evals/chat.json.
+
+    Args:
+        run: A run fine-tuned with --task chat.
+        data: Task data (None: the data it was fine-tuned on).
+        limit: Score only N turns, taken round-robin by kind of turn.
+        baseline_runs: Single-task runs scored on the same turns: a sentiment classifier, a QA reader.
+        no_repeat_ngram: Replies never repeat a token n-gram of this size (0: plain greedy).
+    """
     rd, config, info, model, tok, _ = load_task_run(run)
     if config.model.arch != "decoder" or info.get("task") not in ("chat", None):
         raise CandorError(f"{rd.path} is not a chat run (task.json: {info.get('task')!r})")
@@ -262,14 +247,22 @@ def evaluate(run: str | Path, data: str | None = None, limit: int | None = None,
         "task": "chat",
         "data": data,
         "split": {"rule": rule, **{k: len(v) for k, v in splits.items()}},
-        "model": {"run": str(rd.path), "init": info.get("init"), **_score_model(model, tok, test, limit)},
+        "decoding": {"search": "greedy", "stop": "<|end|>", "no_repeat_ngram": no_repeat_ngram,
+                     "max_new_tokens": MAX_REPLY_TOKENS},
+        "model": {"run": str(rd.path), "init": info.get("init"),
+                  **score_chat_model(model, tok, test, limit, no_repeat_ngram)},
     }
     base = info.get("base_run")
     if base and Path(base, "config.toml").is_file():
         _, _, _, base_model, base_tok, _ = load_task_run(base)
         result["baseline"] = {"name": "the run fine-tuning started from, with the same chat template",
-                              "run": base, **_score_model(base_model, base_tok, test, limit)}
-    result["command"] = f"candorlm eval {rd.path} --task chat --data {data}" + (f" --limit {limit}" if limit else "")
+                              "run": base, **score_chat_model(base_model, base_tok, test, limit, no_repeat_ngram)}
+    if baseline_runs:
+        items = turns(tok, test, config.model.max_seq_len, MAX_REPLY_TOKENS, limit)
+        result["single_task"] = [score_single_task(r, items) for r in baseline_runs]
+    result["command"] = " ".join([f"candorlm eval {rd.path} --task chat --data {data}",
+                                  *([f"--limit {limit}"] if limit else []),
+                                  *[f"--baseline-runs {r}" for r in baseline_runs]])
     write_json(eval_path(rd, "chat"), result)
     return result
 

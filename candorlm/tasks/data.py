@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from candorlm.corpus import detect_encoding, document_hash
 from candorlm.errors import CandorError
+from candorlm.tokenizer import CHAT_ROLES
 
 TEST_FRACTION = 0.1  # of all examples: the fixed test split
 DEV_FRACTION = 0.05  # of the training examples: held out to pick the best epoch
@@ -123,3 +124,35 @@ def split_records(records: list[Record], key: str | None = None) -> dict[str, li
         k = rec[key] if key else json.dumps(rec.fields, ensure_ascii=False, sort_keys=True)
         out[split_of(str(k))].append(rec)
     return out
+
+
+def spread(records: list[Record], limit: int | None) -> list[Record]:
+    """`limit` records evenly spaced over `records` (all of them when `limit` is None or larger): a
+    data file may be sorted (by label, by source), so its first N would not be a fair sample."""
+    if not limit or limit >= len(records):
+        return records
+    step = len(records) / limit
+    return [records[int(i * step)] for i in range(limit)]
+
+
+def check_messages(rec: Record, training: bool = True) -> list[dict[str, str]]:
+    """The messages of a conversation record, checked: a list of {role, content} with known roles
+    and string contents, and at least one assistant turn (training) or a last user turn (a
+    conversation to reply to)."""
+    messages = rec["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise CandorError(f"{rec.where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise CandorError(f"{rec.where}: message {i} must be an object with 'role' and 'content', got {m!r}")
+        if m["role"] not in CHAT_ROLES:
+            raise CandorError(f"{rec.where}: message {i} has the unknown role {m['role']!r}; "
+                              f"roles are {', '.join(CHAT_ROLES)}")
+        if not isinstance(m["content"], str):
+            raise CandorError(f"{rec.where}: message {i} has content of type {type(m['content']).__name__}, "
+                              f"expected a string")
+    if not training and messages[-1]["role"] != "user":
+        raise CandorError(f"{rec.where}: the last message is the {messages[-1]['role']}'s; a reply follows a user message")
+    if training and not any(m["role"] == "assistant" for m in messages):
+        raise CandorError(f"{rec.where}: the conversation has no assistant turn, so there is nothing to learn from it")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]

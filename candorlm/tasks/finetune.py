@@ -32,7 +32,10 @@ from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.tasks.base import load_base
 from candorlm.tasks.registry import get_task
-from candorlm.training.trainer import build_optimizer, lr_at
+from candorlm.errors import CandorError
+from candorlm.ledger.forecast import parse_duration, say_duration
+from candorlm.tasks.pace import BUDGET_STEPS, Pace, eval_forecast, train_forecast
+from candorlm.training.trainer import build_optimizer
 
 log = logging.getLogger("candorlm")
 
@@ -41,7 +44,8 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
              preset: str = "tiny", arch: str | None = None, epochs: float = 3.0, batch_size: int = 32,
              lr: float | None = None, warmup_fraction: float = 0.06, seed: int = 1337, precision: str = "auto",
              device: str = "auto", threads: int | None = None, overrides: list[str] | None = None, overwrite: bool = False,
-             evaluate: bool = True, **options: Any) -> dict[str, Any]:
+             evaluate: bool = True, max_steps: int | None = None, time_budget: str | None = None,
+             eval_limit: int | None = None, **options: Any) -> dict[str, Any]:
     """Fine-tune `run` (a run directory; None: a fresh `preset` model of `arch`) on `task` with
     `data`, and write the run directory `out`. Returns the test evaluation (`evals/<task>.json`).
 
@@ -67,6 +71,11 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
         overrides: Config values as section.key=value, e.g. model.dropout=0.1.
         overwrite: Replace the run in `out`.
         evaluate: Score the test split at the end (evals/<task>.json).
+        max_steps: Stop after N optimizer steps, the schedule sized to them (None: EPOCHS passes).
+        time_budget: Train for this long (90s, 5m, 1h): the first steps are timed, the schedule is
+            sized to the steps that fit and the learning rate decays by elapsed time; dev evaluation
+            counts against it, the test evaluation after it does not. Overrides epochs and max_steps.
+        eval_limit: Score only the first N test examples at the end (None: all).
         **options: The task's own options (see its `prepare`).
     """
     spec = get_task(task)
@@ -78,7 +87,14 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     model = prepared.model
     lr = lr if lr is not None else (1e-3 if base.weights is None else 5e-4)
     steps_per_epoch = math.ceil(len(prepared.train) / batch_size)
-    max_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    if max_steps is not None and max_steps < 1:
+        raise CandorError(f"--max-steps must be at least 1, got {max_steps}")
+    if eval_limit is not None and eval_limit < 1:
+        raise CandorError(f"--eval-limit must be at least 1, got {eval_limit}")
+    budget_s = parse_duration(time_budget) if time_budget is not None else None
+    max_steps = max_steps or max(1, math.ceil(epochs * steps_per_epoch))
+    if budget_s is not None:
+        max_steps = BUDGET_STEPS  # sized by the pace once the first steps are timed
     train_cfg = TrainConfig(max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                             warmup_steps=max(1, int(warmup_fraction * max_steps)), precision=precision,
                             device=device, threads=threads, weight_decay=0.01, beta2=0.98)
@@ -89,36 +105,50 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     model.to(dev)
     optimizer = build_optimizer(model, config)
     with swapped_into_place(out) as tmp:
-        log.info("fine-tuning for %s: %s parameters, %s; %d training, %d dev examples, %d steps, %s, %s threads",
+        log.info("fine-tuning for %s: %s parameters, %s; %d training, %d dev examples, %s, %s, %s threads",
                  task, f"{sum(p.numel() for p in model.parameters()):,}",
                  f"from {base.run}" + (" (weights re-initialised)" if scratch else "") if base.run else "from scratch",
-                 len(prepared.train), len(prepared.dev), max_steps, prec, threads)
-        history = _loop(spec, prepared, model, optimizer, train_cfg, dev, prec, tmp / "metrics.jsonl")
+                 len(prepared.train), len(prepared.dev),
+                 f"for {say_duration(budget_s)}" if budget_s else f"{max_steps:,} steps", prec, threads)
+        if budget_s is None:
+            log.info("%s", train_forecast(base.run, prepared, max_steps, batch_size))
+        pace = Pace(train_cfg, budget_s, warmup_fraction)
+        history = _loop(spec, prepared, model, optimizer, train_cfg, dev, prec, tmp / "metrics.jsonl", pace)
         model.cpu().eval()
-        _write_run(tmp, config, prepared, model, base, task, data, history, scratch)
+        if budget_s is not None:  # the steps the budget held, not the placeholder count
+            config = config.model_copy(update={"train": train_cfg.model_copy(
+                update={"max_steps": max(1, pace.steps_done), "warmup_steps": pace.warmup})})
+        _write_run(tmp, config, prepared, model, base, task, data, history, scratch, pace)
         write_manifest(tmp)  # SHA256SUMS: loading the run checks it
         write_marker(tmp, "run", "candorlm finetune", task=task)
     if not evaluate:
         return {}
-    return spec.evaluate(out, data=None, **spec.eval_options(options))
+    eval_options = spec.eval_options(options)
+    if eval_limit is not None:
+        eval_options["limit"] = eval_limit
+    log.info("%s", eval_forecast(out, eval_options.get("limit")))
+    return spec.evaluate(out, data=None, **eval_options)
 
 
 def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, t: TrainConfig,
-          device: torch.device, precision: str, metrics_path: Path) -> list[dict[str, Any]]:
+          device: torch.device, precision: str, metrics_path: Path, pace: Pace | None = None) -> list[dict[str, Any]]:
+    pace = pace or Pace(t)
     rng = np.random.default_rng(t.seed)
     step, best_score, best_state = 0, -math.inf, None
     history: list[dict[str, Any]] = []
     n = len(prepared.train)
     start = time.perf_counter()
-    with open(metrics_path, "w", encoding="utf-8") as metrics, progress_bar("fine-tuning", total=t.max_steps) as bar:
+    total = None if pace.budget_s else t.max_steps
+    with open(metrics_path, "w", encoding="utf-8") as metrics, progress_bar("fine-tuning", total=total) as bar:
         epoch = 0
-        while step < t.max_steps:
+        pace.begin(len(prepared.dev))
+        while step < pace.max_steps:
             order = rng.permutation(n)
             model.train()
             for i in range(0, n, t.batch_size):
-                if step >= t.max_steps:
+                if step >= pace.max_steps:
                     break
-                lr = lr_at(step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+                lr = pace.lr(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch = [prepared.train[j] for j in order[i:i + t.batch_size]]
@@ -130,15 +160,18 @@ def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.opt
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if pace.after_step(step):
+                    bar.update(total=pace.max_steps)
                 bar.advance(1)
-                if step % t.log_every == 0 or step == t.max_steps:
+                if step % t.log_every == 0 or step == pace.max_steps:
                     row = {"step": step, "epoch": epoch, "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm),
                            "elapsed_s": round(time.perf_counter() - start, 3)}
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
                     bar.update(status=f"loss {float(loss):.3f}")
             epoch += 1
-            scores = spec.dev_metrics(model, prepared, device)
+            with pace.evaluating(len(prepared.dev)):
+                scores = spec.dev_metrics(model, prepared, device)
             row = {"step": step, "epoch": epoch, **{f"dev_{k}": v for k, v in scores.items()},
                    "elapsed_s": round(time.perf_counter() - start, 3)}
             history.append(row)
@@ -154,7 +187,7 @@ def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.opt
 
 
 def _write_run(tmp: Path, config: RunConfig, prepared: Any, model: torch.nn.Module, base: Any, task: str, data: str,
-               history: list[dict[str, Any]], scratch: bool) -> None:
+               history: list[dict[str, Any]], scratch: bool, pace: Pace | None = None) -> None:
     rd = RunDir(tmp)
     atomic_write_text(rd.config, config.to_toml())
     prepared.tokenizer.save(rd.tokenizer)
@@ -170,4 +203,5 @@ def _write_run(tmp: Path, config: RunConfig, prepared: Any, model: torch.nn.Modu
         "best_epoch": best.get("epoch"),
         "splits": {k: len(getattr(prepared, k)) for k in ("train", "dev")},
         **prepared.info,
+        **({"timing": pace.record()} if pace is not None else {}),
     })

@@ -47,6 +47,7 @@ from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_jsonl_records, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
+from candorlm.progress import batched
 
 default_arch = "decoder"
 BUILTIN = "builtin:qa"
@@ -203,8 +204,7 @@ def answer(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_n
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [""] * len(prompts)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batched(order, batch_size):
             rows = [prompts[i] for i in idx]
             if seq2seq:
                 session = Seq2SeqSession(model, rows, bos_id=tok.bos_id, pad_id=tok.pad_id, max_new_tokens=max_new_tokens)
@@ -218,6 +218,16 @@ def answer(model: nn.Module, tok: Tokenizer, prompts: Sequence[list[int]], max_n
     finally:
         model.train(was_training)
     return out
+
+
+def predict_answers(model: nn.Module, tok: Tokenizer, config: Any, info: dict[str, Any],
+                    pairs: Sequence[tuple[str, str]], max_answer: int | None = None) -> list[str]:
+    """The answers of a fine-tuned qa run (its model, tokenizer, config and task.json) to
+    (context, question) pairs; what `evaluate` scores and `candorlm predict` prints."""
+    seq2seq = config.model.arch == "seq2seq"
+    max_answer = max_answer or info.get("max_answer", 32)
+    room = config.model.max_seq_len - (0 if seq2seq else max_answer + 1)
+    return answer(model, tok, [encode_prompt(tok, c, q, room, seq2seq) for c, q in pairs], max_answer)
 
 
 # ---------------------------------------------------------------- metrics and baselines
@@ -301,10 +311,7 @@ def evaluate(run: str | Path, data: str | None = None, limit: int | None = None,
     data = data or info["data"]
     splits, rule = load_splits(data)
     test = splits["test"][:limit] if limit else splits["test"]
-    seq2seq = config.model.arch == "seq2seq"
-    max_answer = info.get("max_answer", 32)
-    room = config.model.max_seq_len - (0 if seq2seq else max_answer + 1)
-    preds = answer(model, tok, [encode_prompt(tok, r["context"], r["question"], room, seq2seq) for r in test], max_answer)
+    preds = predict_answers(model, tok, config, info, [(r["context"], r["question"]) for r in test])
     golds = [r["answer"] for r in test]
     by_type: dict[str, dict[str, float]] = {}
     for word in sorted({question_word(r["question"]) for r in test}):

@@ -28,8 +28,9 @@ from candorlm.errors import CandorError
 from candorlm.io.files import write_json
 from candorlm.model import SequenceClassifier
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
-from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split_records
+from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split_records, spread
 from candorlm.tokenizer import Tokenizer, train_tokenizer
+from candorlm.progress import batched
 
 default_arch = "encoder"
 BUILTIN = "builtin:reviews"
@@ -113,8 +114,7 @@ def predict(model: nn.Module, rows: Sequence[list[int]], pad_id: int, batch_size
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     preds = [0] * len(rows)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batched(order, batch_size):
             ids, mask = right_pad([rows[i] for i in idx], pad_id)
             out = model(ids.to(device), mask.to(device)).argmax(-1).tolist()
             for i, p in zip(idx, out):
@@ -171,7 +171,8 @@ def _score_run(run: str | Path, test: Sequence[Record], labels: Sequence[str]) -
             **scores([index[r["label"]] for r in test], pred, len(labels))}
 
 
-def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | Path] = (), **_: Any) -> dict[str, Any]:
+def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | Path] = (), limit: int | None = None,
+             **_: Any) -> dict[str, Any]:
     """Accuracy and macro-F1 of `run` (and of each run in `compare`) on the test split, with both
     baselines; written to RUN/evals/sentiment.json.
 
@@ -179,6 +180,7 @@ def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | P
         run: A run fine-tuned with --task sentiment.
         data: Task data (None: the data it was fine-tuned on).
         compare: Other fine-tuned runs to score on the same split.
+        limit: Score only N test examples, evenly spaced over the split (the baselines too).
     """
     rd, _, info, _, _, _ = load_task_run(run)
     if info.get("task") != "sentiment":
@@ -186,6 +188,7 @@ def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | P
     data = data or info["data"]
     records, labels = load_records(data, info["labels"])
     splits = split_records(records, key="text")
+    splits["test"] = spread(splits["test"], limit)
     models = [_score_run(r, splits["test"], labels) for r in [run, *compare]]
     result = {
         "task": "sentiment",
@@ -195,7 +198,7 @@ def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | P
         "models": models,
         "baselines": baselines(splits["train"] + splits["dev"], splits["test"], labels),
         "command": " ".join(["candorlm eval", str(rd.path), "--task sentiment", "--data", data,
-                             *[f"--compare {c}" for c in compare]]),
+                             *[f"--compare {c}" for c in compare], *([f"--limit {limit}"] if limit else [])]),
     }
     write_json(eval_path(rd, "sentiment"), result)
     return result

@@ -45,6 +45,7 @@ from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_pairs, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
+from candorlm.progress import batched
 
 default_arch = "seq2seq"
 BUILTIN = "builtin:pinyin"
@@ -122,7 +123,7 @@ def load_records(data: str) -> tuple[dict[str, list[Record]], str]:
 # ---------------------------------------------------------------- model and training
 
 
-def _encode_source(tok: Tokenizer, text: str, max_len: int) -> list[int]:
+def encode_source(tok: Tokenizer, text: str, max_len: int) -> list[int]:
     return tok.encode(text)[:max_len - 1] + [tok.eos_id]
 
 
@@ -158,7 +159,7 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab
     max_len = cfg.max_seq_len
 
     def examples(split: str) -> list[tuple[list[int], list[int], Record]]:
-        return [(_encode_source(src, r["source"], max_len), _encode_target(tgt_tok, r["target"], max_len - 1), r)
+        return [(encode_source(src, r["source"], max_len), _encode_target(tgt_tok, r["target"], max_len - 1), r)
                 for r in splits[split]]
 
     info = {"split_rule": rule, "test_size": len(splits["test"]), "shared_vocab": src_tok is None,
@@ -200,8 +201,7 @@ def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *,
     out = [""] * len(sources)
     suppress = sorted(i for i in tgt.special_ids if i != tgt.eos_id)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batched(order, batch_size):
             rows = [sources[i] for i in idx]
             budget = max_new_tokens or min(model.cfg.max_seq_len - 1, 2 * max(len(r) for r in rows) + 8)
             session = Seq2SeqSession(model, rows, bos_id=tgt.bos_id, pad_id=src_pad, max_new_tokens=budget,
@@ -333,7 +333,7 @@ def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, lengt
     test = splits["test"][:limit] if limit else splits["test"]
     src_tok = src or tgt
     max_len = config.model.max_seq_len
-    sources = [_encode_source(src_tok, r["source"], max_len) for r in test]
+    sources = [encode_source(src_tok, r["source"], max_len) for r in test]
     hyps = translate(model, tgt, sources, beam_size=beam_size, length_penalty=length_penalty, src_pad=src_tok.pad_id)
     refs = [r["target"] for r in test]
     greedy = translate(model, tgt, sources, beam_size=1, src_pad=src_tok.pad_id) if beam_size > 1 else hyps

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from candorlm.checkpoint.retention import latest_checkpoint
+from candorlm.checkpoint.run import refuse_encrypted_resume
 from candorlm.checkpoint.sharded import export_weights, load_any_checkpoint, save_any_checkpoint
 from candorlm.checkpoint.state import set_rng_state
 from candorlm.config import RunConfig, build_config, parse_override, resolve
@@ -36,6 +37,7 @@ from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.agreement import CollectiveFailed
+from candorlm.training.budget import DECAYS, NO_LIMIT, TimeBudget, budget_for
 from candorlm.training.distributed import World, resumable
 from candorlm.training.health import Health
 from candorlm.training.objectives import make_objective
@@ -55,12 +57,12 @@ class TrainResult:
     rank: int = 0  # of the process that returns this result, under torchrun
 
 
-def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float) -> float:
-    """Linear warmup to `peak`, then cosine decay to `peak * min_ratio` at `max_steps`."""
+def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float, schedule: str = "cosine") -> float:
+    """Linear warmup to `peak`, then a decay (cosine, or warmup-stable-decay's) to `peak * min_ratio` at `max_steps`."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * DECAYS[schedule](progress, min_ratio)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -163,6 +165,9 @@ class Trainer:
                                     world_size=self.world.world_size)
         steps_per_epoch = self.sampler.steps_per_epoch(t.grad_accum)
         self.max_steps = math.ceil(t.epochs * steps_per_epoch) if t.epochs else t.max_steps
+        self.budget: TimeBudget | None = None  # train.time: set in _fit; it sets max_steps when time is up
+        if t.time is not None:
+            self.max_steps = NO_LIMIT
         self.warmup = min(t.warmup_steps, self.max_steps // 2)
         self.token_bytes = self.tokenizer.token_byte_lengths()
         self.step = 0
@@ -190,6 +195,7 @@ class Trainer:
         if resume:
             if not self.run.exists():
                 raise CandorError(f"--resume: {path} holds no run to resume (no config.toml)")
+            refuse_encrypted_resume(path)  # tampering named first; plain checkpoints never go into an encrypted run
             previous = self.run.read_config()
             if previous.model != config.model:
                 raise CandorError(f"--resume: {path} was trained with a different model config; "
@@ -259,7 +265,8 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.config.train
-        lr = lr_at(self.step, t.lr, self.warmup, self.max_steps, t.min_lr_ratio)
+        lr = self.budget.lr(self.step) if self.budget else lr_at(self.step, t.lr, self.warmup, self.max_steps,
+                                                                 t.min_lr_ratio, t.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.dp is not None:
@@ -326,8 +333,10 @@ class Trainer:
         self._write_run_files()
         t = self.config.train
         tokens_per_step = t.batch_size * t.grad_accum * self.config.seq_len * self.world.world_size
-        log.info("training %s parameters for %d steps (%d tokens/step, %s, %s threads)",
-                 f"{self.model.num_params():,}", self.max_steps, tokens_per_step, self.precision, self.threads)
+        self.budget = budget_for(self.config, tokens_per_step, self.run.path, self.resume_from is not None)
+        log.info("training %s parameters for %s (%d tokens/step, %s, %s threads)", f"{self.model.num_params():,}",
+                 f"{t.time}" if self.budget else f"{self.max_steps} steps", tokens_per_step, self.precision,
+                 self.threads)
         result = TrainResult(self.run.path, self.step, rank=self.world.rank)
         ranks = Ranks(size=self.world.world_size, is_main=self.world.is_main, node_leader=self.world.local_rank == 0,
                       reduce=self.agree.reduce if self.world.distributed else None)
@@ -341,18 +350,23 @@ class Trainer:
                 progress_bar("training", total=self.max_steps) as bar, \
                 open(self.run.metrics if self.world.is_main else os.devnull, "a", encoding="utf-8") as metrics:
             bar.advance(self.step)
+            if self.budget:
+                self.budget.begin(self.step)
             while self.step < self.max_steps:
                 loss, grad_norm = self.train_step()
                 health.observe(self.step, loss, grad_norm)
                 # The one collective of each step: every rank gets the same plan (agreement.py).
                 plan = self.agree.step(self.step, self.max_steps, log_every=t.log_every, eval_every=t.eval_every,
                                        save_every=t.save_every, stop=stop.requested,
+                                       out_of_time=bool(self.budget and self.budget.after_step(self.step)),
                                        diverged=health.on_host and health.bad())
                 if not health.on_host and (plan.log or plan.evaluate or plan.save):  # read the GPU only here
                     plan = replace(plan, diverged=self.agree.any(health.bad()))
                 if plan.diverged:
                     raise health.error(self.step, lr=t.lr, grad_clip=t.grad_clip,
                                        precision=self.precision)
+                if plan.out_of_time:
+                    self.max_steps = self.step  # the time is up: this step is the last (evaluated, saved)
                 bar.advance(1)
                 row: dict[str, Any] = {}
                 if plan.log:
@@ -392,7 +406,8 @@ class Trainer:
             if self.saved_step != self.step:  # known alike on every rank: never the filesystem's view
                 self.save()
             export_weights(self.world, self.model, self.run.weights, lambda: build_model(self.config.model))
-        result.ledger = meter.finish(self.run.path, self.step, resumed=self.resume_from is not None)
+        result.ledger = meter.finish(self.run.path, self.step, resumed=self.resume_from is not None,
+                                     extra=self.budget.record() if self.budget else None)
         log.info("ledger: %s", ledger_summary(result.ledger))
         self.agree.on_main(lambda: write_manifest(self.run.path))  # SHA256SUMS, after every file: `candorlm verify`
         self.world.close()
@@ -402,13 +417,14 @@ class Trainer:
 def train(out: str | Path, *, data: str | Path | None = None, preset: str | None = None,
           config: RunConfig | str | Path | None = None, overrides: list[str] | None = None,
           model: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
-          **train_settings: Any) -> TrainResult:
+          time: str | None = None, **train_settings: Any) -> TrainResult:
     """Train a model and write the run directory `out`.
 
     The config is a preset, then a TOML file (or a ready RunConfig), then `section.key=value`
     overrides, then `model` and `train_settings` (keys of [model] and [train]):
 
         candorlm.train("runs/pd", data="data/pd", preset="tiny", max_steps=500)
+        candorlm.train("runs/pd", data="data/pd", preset="tiny", time="5m")
 
     Args:
         out: Run directory to write.
@@ -419,8 +435,13 @@ def train(out: str | Path, *, data: str | Path | None = None, preset: str | None
         model: Keys of [model], applied last.
         resume: Continue the run in `out` from its newest checkpoint.
         overwrite: Replace the run in `out`.
+        time: Train for this long (90s, 5m, 1h) instead of a number of steps: the schedule is
+            sized to the time, the learning rate decays by elapsed time, and the run stops when
+            the time is up (default: the config's train.time, unset: train for max_steps).
         **train_settings: Keys of [train], applied last.
     """
+    if time is not None:
+        train_settings["time"] = time
     if isinstance(config, RunConfig):
         cfg = build_config(config.model_dump(), *(parse_override(o) for o in overrides or []),
                            {"model": model or {}, "train": train_settings})

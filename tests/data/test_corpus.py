@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from candorlm.corpus import Corpus, detect_encoding, review_records
+from candorlm.corpus import MAX_DOC_CHARS, MAX_LINE_CHARS, Corpus, detect_encoding, review_records
 from candorlm.errors import CandorError
 
 
@@ -12,6 +12,28 @@ def test_text_file_documents_split_at_blank_lines(tmp_path):
     f.write_text("第一段。\n还是第一段。\n\n\n第二段。\n", encoding="utf-8")
     docs = list(Corpus([f]))
     assert [d.text for d in docs] == ["第一段。\n还是第一段。", "第二段。"]
+
+
+def test_a_line_longer_than_a_document_is_cut_while_streaming_and_counted(tmp_path, caplog):
+    # One line of 2.5 documents between ordinary ones: cut into full documents, nothing lost,
+    # the line counted once, and the reader never asks the file for more than a piece.
+    long = "".join(chr(0x4E00 + i % 500) for i in range(int(2.5 * MAX_DOC_CHARS)))
+    path = tmp_path / "a.txt"
+    path.write_text(f"first\n\n{long}\nsame paragraph\n\n{'x' * (MAX_LINE_CHARS * 3)}\n\nlast", encoding="utf-8")
+    corpus = Corpus([path])
+    with caplog.at_level(logging.WARNING, logger="candorlm"):
+        docs = [d.text for d in corpus]
+    assert [len(d) for d in docs] == [5, MAX_DOC_CHARS, MAX_DOC_CHARS, MAX_DOC_CHARS // 2 + len("\nsame paragraph"),
+                                      MAX_LINE_CHARS * 3, 4]
+    assert "".join(docs[1:4]) == long + "\nsame paragraph"
+    assert corpus.report.cut_lines == {str(path): 1}  # the 30k line fits a document: read in pieces, not cut
+    assert "1 line longer than 100,000 characters cut" in caplog.text
+
+
+def test_a_blank_piece_inside_a_long_line_is_not_a_paragraph_break(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("a" + " " * (MAX_LINE_CHARS * 2) + "b\n", encoding="utf-8")
+    assert [d.text for d in Corpus([path])] == ["a" + " " * (MAX_LINE_CHARS * 2) + "b"]
 
 
 def test_gbk_file_is_decoded_and_reported(tmp_path):

@@ -84,7 +84,7 @@ def test_totals_sum_sessions_and_keep_the_largest_memory():
 
 def test_gpu_estimate_arithmetic():
     est = estimate(resolve("base"), tokens=10**9, hardware_name="h100", price_per_hour=2.0, grid_kg_co2_per_kwh=0.5)
-    assert est.precision == "bf16" and est.mfu == 0.40
+    assert est.precision == "bf16" and est.mfu == 0.40 and est.mfu_basis == "assumed"
     assert est.seconds == pytest.approx(est.flops / (989e12 * 0.40))
     assert est.energy_kwh == pytest.approx(700 * est.seconds / 3.6e6)
     assert est.cost == pytest.approx(est.seconds / 3600 * 2.0)
@@ -92,6 +92,21 @@ def test_gpu_estimate_arithmetic():
     parts = est.memory
     assert parts["weights"]["bytes"] == parts["gradients"]["bytes"] == parts["optimizer_state"]["bytes"] // 2
     assert est.peak_memory_bytes == sum(p["bytes"] for p in parts.values()) and est.fits
+
+
+def test_a_tiny_model_on_a_gpu_is_launch_bound_and_says_so():
+    from candorlm.ledger.launches import KERNEL_LAUNCH_S, operators_per_step
+
+    cfg = resolve("tiny")
+    cfg.model.vocab_size = 8192
+    est = estimate(cfg, steps=100, hardware_name="h100")
+    ops = operators_per_step(cfg.model, cfg.train.batch_size, cfg.seq_len)
+    assert 300 < ops < 400 * (cfg.model.n_layers + 2)  # counted on the meta device: forward, backward, AdamW
+    assert est.mfu_basis == "launch-bound" and est.mfu < 0.40 and "at most" in est.mfu_method
+    assert est.train_seconds == pytest.approx(100 * ops * KERNEL_LAUNCH_S, rel=1e-6)
+    assert f"{ops:,} operators per step" in est.mfu_method and "assumed" in est.mfu_method
+    given = estimate(cfg, steps=100, hardware_name="h100", mfu=0.4)
+    assert given.mfu_basis == "given" and given.mfu == 0.4
 
 
 def test_too_big_for_the_device_says_so():
@@ -111,8 +126,8 @@ def test_chinchilla_optimum():
 
 def test_shape_for_params_is_close():
     cfg = shape_for_params(125e6)
-    from candorlm.ledger.estimate import _param_count
-    assert abs(_param_count(cfg) - 125e6) / 125e6 < 0.25
+    from candorlm.ledger.memory import param_count
+    assert abs(param_count(cfg) - 125e6) / 125e6 < 0.25
 
 
 @pytest.mark.slow

@@ -252,10 +252,13 @@ def test_captions_say_what_follows():
     rising = {"train": [(1, 6.0), (30, 4.0)], "val": [(10, 5.9, None), (20, 5.5, None), (30, 5.7, None)]}
     assert "still falling" in loss_caption(falling) and "levelled off" in loss_caption(flat)
     assert "memorize" in loss_caption(rising)
+    from candorlm.ledger.estimate import estimate
+
     tiny = resolve("tiny")
     tiny.model.vocab_size = 8192
-    assert "lower bound" in gpu_note(tiny, 989e12, 0.4, 1_900_000)
+    assert "lower bound" in gpu_note(estimate(tiny, tokens=10**6, hardware_name="h100"), 1_900_000)
     big = resolve("base")
     big.model.vocab_size = 32000
     big.train.batch_size, big.train.seq_len = 64, 2048
-    assert "lower bound" not in gpu_note(big, 989e12, 0.4, None)
+    note = gpu_note(estimate(big, tokens=10**9, hardware_name="h100"), None)
+    assert "lower bound" not in note and "assumed MFU 40%" in note

@@ -77,6 +77,7 @@ def test_scopes_names_and_files_are_checked(tmp_path):
         revoke_key(path, "zed")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
+    bad.chmod(0o600)  # private, as a keys file must be: this test is about its content
     with pytest.raises(CandorError, match="bad.json is not a candorlm keys file"):
         KeyStore(bad)
     with pytest.raises(CandorError, match="keys file not found"):

@@ -90,6 +90,7 @@ def test_a_port_in_use_and_an_address_not_ours_are_one_line(trained_run, tmp_pat
 def test_a_damaged_keys_file_stops_the_server_at_start(trained_run, tmp_path):
     keys = tmp_path / "keys.json"
     keys.write_text("{not json")
+    keys.chmod(0o600)  # private, as a keys file must be: this test is about its content
     with pytest.raises(CandorError, match="keys.json is not a candorlm keys file"):
         serve(trained_run, keys=keys, audit_log=tmp_path / "audit.jsonl")
 

@@ -4,6 +4,7 @@ end, and the terminal chat driven by scripted input (streaming, history, /reset,
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -131,3 +132,64 @@ def test_chat_command_line(chat_run):
                           env={**__import__("os").environ, "CANDORLM_PROGRESS": "0"})
     assert proc.returncode == 0, proc.stderr
     assert "history cleared" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- scored on what it gets right
+
+
+def test_degenerate_and_label_of():
+    from candorlm.tasks.chat_eval import degenerate, label_of
+
+    assert degenerate("、县、县、县、县、县、县") and degenerate("哈哈哈哈哈")
+    assert degenerate("，是“三下乡”的“三下乡”的“三下乡”的“三下乡”")
+    assert not degenerate("北京") and not degenerate("一九九八年一月一日") and not degenerate("好评")
+    assert label_of("好评") == "好评" and label_of("是差评，不是好评") == "差评" and label_of("不知道") == ""
+
+
+def test_no_repeat_ngram_blocks_repeats_and_zero_changes_nothing():
+    from candorlm.beam import greedy_search, repeated_ngram_ends
+
+    assert repeated_ngram_ends([5, 6, 5], 2) == [6] and repeated_ngram_ends([5, 6, 7], 2) == []
+    assert repeated_ngram_ends([4, 4], 1) == [4] and repeated_ngram_ends([1], 3) == []
+
+    class Loop:  # a model that always prefers token 7, then 8: greedy writes 7 7 7 ...
+        rows = 1
+
+        def start(self):
+            return torch.tensor([[0.0] * 7 + [2.0, 1.0, 0.5]])
+
+        def advance(self, tokens):
+            return self.start()
+
+    assert greedy_search(Loop(), eos_id=9, max_new_tokens=4) == [[7, 7, 7, 7]]
+    assert greedy_search(Loop(), eos_id=9, max_new_tokens=4, no_repeat_ngram=0) == [[7, 7, 7, 7]]
+    assert greedy_search(Loop(), eos_id=9, max_new_tokens=4, no_repeat_ngram=1) == [[7, 8]]  # then <|eos|> (9)
+    assert greedy_search(Loop(), eos_id=9, max_new_tokens=5, no_repeat_ngram=2) == [[7, 7, 8, 7, 9][:4]]
+
+
+def test_builtin_chat_has_both_skills_with_and_without_the_system_prompt():
+    from candorlm.tasks.chat import builtin_conversations
+
+    splits = builtin_conversations()
+    for split in ("train", "test"):
+        seen = Counter((r["kind"], r["messages"][0]["role"] == "system") for r in splits[split])
+        assert set(seen) == {(k, s) for k in ("reading", "sentiment") for s in (True, False)}, seen
+        assert all(min(seen[(k, True)], seen[(k, False)]) > 0.4 * (seen[(k, True)] + seen[(k, False)])
+                   for k in ("reading", "sentiment"))
+    r = next(r for r in splits["test"] if r["kind"] == "sentiment")
+    assert r["sources"] == [{"text": r["messages"][-2]["content"].split("\n", 1)[1]}]
+
+
+def test_a_short_evaluation_scores_every_kind_of_turn(tok):
+    from candorlm.tasks.chat import builtin_conversations
+    from candorlm.tasks.chat_eval import score_turns, turns
+
+    test = builtin_conversations()["test"]
+    items = turns(tok, test, max_len=512, budget=24, limit=30)
+    kinds = Counter(t["kind"] for t in items)
+    assert set(kinds) == {"sentiment", "reading, first question", "reading, follow-up"} and max(kinds.values()) == 10
+    preds = [t["gold"] if i % 2 else "、县、县、县、县" for i, t in enumerate(items)]
+    scored = score_turns(preds, items)
+    assert scored["turns"] == 30 and scored["degenerate"] == 0.5 and scored["right"] == 0.5
+    assert {"label_accuracy", "right_with_system", "right_without_system"} <= set(scored["by_kind"]["sentiment"])
+    assert {"exact_match", "char_f1"} <= set(scored["by_kind"]["reading, follow-up"])

@@ -1,0 +1,206 @@
+"""Use what you fine-tuned: one object per task run, `predict(inputs) -> outputs`.
+
+    import candorlm
+    model = candorlm.load_task("runs/sent")
+    model.predict(["这个手机很好用"])   # [{"label": "pos", "probability": 0.93, "probabilities": {...}}]
+
+What each task takes and gives (an input is a string, or an object with the fields below):
+
+    sentiment   "text" or {"text"}                  -> {"label", "probability", "probabilities"}
+    translate   "source" or {"source"}              -> {"translation"}
+    qa          {"context", "question"}             -> {"answer"}
+    chat        "user message" or {"messages": [...]} -> {"reply"}
+
+The run is opened by `load_run` (checked against its manifest; an encrypted run with the key
+in force, e.g. `candorlm.io.sealed.use_key` or $CANDORLM_KEY). Decoding is the one the task's
+evaluation uses, so a prediction is what the test score measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from candorlm.config import RunConfig
+from candorlm.errors import CandorError
+from candorlm.tasks.base import load_task_run
+from candorlm.tokenizer import Tokenizer
+
+FIELDS = {"sentiment": "text", "translate": "source"}
+
+
+@dataclass
+class TaskModel:
+    """A fine-tuned run ready to predict (see the module doc for what each task takes)."""
+
+    task: str
+    run: Path
+    config: RunConfig
+    info: dict[str, Any]
+    model: nn.Module = field(repr=False)
+    tokenizer: Tokenizer = field(repr=False)
+    source_tokenizer: Tokenizer | None = field(default=None, repr=False)
+
+    def predict(self, inputs: Sequence[str | dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
+        """One output per input, in order.
+
+        Args:
+            inputs: Strings, or objects with the task's fields (qa: context and question; chat: a
+                user message, or messages).
+            **options: translate: beam_size, length_penalty; chat: system, max_new_tokens,
+                no_repeat_ngram; qa: max_answer.
+        """
+        if isinstance(inputs, (str, dict)):
+            raise CandorError("predict takes a list of inputs; wrap a single one in a list")
+        inputs = list(inputs)
+        if not inputs:
+            return []
+        return getattr(self, f"_{self.task}")(inputs, **options)
+
+    # ------------------------------------------------------------ per task
+
+    def _sentiment(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        from candorlm.beam import right_pad
+        from candorlm.tasks.sentiment import encode
+
+        labels = list(self.info["labels"])
+        rows = [encode(self.tokenizer, _field(x, "text", i), self.info.get("max_len", 128)) for i, x in enumerate(inputs)]
+        out: list[dict[str, Any]] = [{} for _ in rows]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        with torch.no_grad():
+            for start in range(0, len(order), 128):
+                idx = order[start:start + 128]
+                ids, mask = right_pad([rows[i] for i in idx], self.tokenizer.pad_id)
+                probs = self.model(ids, mask).float().softmax(-1).tolist()
+                for i, p in zip(idx, probs):
+                    best = max(range(len(labels)), key=lambda k: p[k])
+                    out[i] = {"label": labels[best], "probability": round(p[best], 4),
+                              "probabilities": {lab: round(q, 4) for lab, q in zip(labels, p)}}
+        return out
+
+    def _translate(self, inputs: list[Any], beam_size: int = 4, length_penalty: float = 1.0) -> list[dict[str, Any]]:
+        from candorlm.tasks.translate import encode_source, translate
+
+        src = self.source_tokenizer or self.tokenizer
+        sources = [encode_source(src, _field(x, "source", i), self.config.model.max_seq_len)
+                   for i, x in enumerate(inputs)]
+        hyps = translate(self.model, self.tokenizer, sources, beam_size=beam_size, length_penalty=length_penalty,
+                         src_pad=src.pad_id)
+        return [{"translation": h} for h in hyps]
+
+    def _qa(self, inputs: list[Any], max_answer: int | None = None) -> list[dict[str, Any]]:
+        from candorlm.tasks.qa import predict_answers
+
+        pairs = []
+        for i, x in enumerate(inputs):
+            if not isinstance(x, dict) or not all(isinstance(x.get(k), str) and x[k].strip()
+                                                  for k in ("context", "question")):
+                raise CandorError(f"input {i + 1}: a qa run takes objects with 'context' and 'question', "
+                                  f"like {{\"context\": \"...\", \"question\": \"...\"}}; got {_short(x)}")
+            pairs.append((x["context"], x["question"]))
+        return [{"answer": a} for a in predict_answers(self.model, self.tokenizer, self.config, self.info, pairs,
+                                                        max_answer=max_answer)]
+
+    def _chat(self, inputs: list[Any], system: str | None = None, max_new_tokens: int | None = None,
+              no_repeat_ngram: int | None = None) -> list[dict[str, Any]]:
+        from candorlm.tasks.chat_eval import MAX_REPLY_TOKENS, NO_REPEAT_NGRAM, replies
+        from candorlm.tasks.data import Record, check_messages
+
+        budget = max_new_tokens or MAX_REPLY_TOKENS
+        room = self.config.model.max_seq_len - budget
+        prompts = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, dict) and "messages" in x:
+                messages = check_messages(Record(x, f"input {i + 1}"), training=False)
+            else:
+                messages = [{"role": "user", "content": _field(x, "text", i)}]
+            if system and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system}] + messages
+            ids, _ = self.tokenizer.encode_chat(messages, add_generation_prompt=True)
+            if len(ids) > room:
+                raise CandorError(f"input {i + 1}: {len(ids)} tokens, but this model reads at most {room} before "
+                                  f"a reply of {budget} tokens; shorten it")
+            prompts.append(ids)
+        texts = replies(self.model, self.tokenizer, prompts, max_new_tokens=budget,
+                        no_repeat_ngram=NO_REPEAT_NGRAM if no_repeat_ngram is None else no_repeat_ngram)
+        return [{"reply": t} for t in texts]
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field(x: Any, name: str, i: int) -> str:
+    """A string input as is, or the field `name` of an object input."""
+    if isinstance(x, str) and x.strip():
+        return x
+    if isinstance(x, dict) and isinstance(x.get(name), str) and x[name].strip():
+        return x[name]
+    raise CandorError(f"input {i + 1}: expected a non-empty string or an object with a '{name}' string, got {_short(x)}")
+
+
+def load_task(run: str | Path, verify: bool | None = None) -> TaskModel:
+    """A fine-tuned run (sentiment, translate, qa or chat) ready to `predict`.
+
+    Args:
+        run: A run directory written by `candorlm finetune`.
+        verify: Check its files against its SHA256SUMS (None: yes).
+    """
+    rd, config, info, model, tok, source = load_task_run(run, verify=verify)
+    task = info.get("task")
+    if task not in ("sentiment", "translate", "qa", "chat"):
+        raise CandorError(f"{rd.path} is not a fine-tuned task run (no task in its task.json); for a language "
+                          f"model use `candorlm generate` or candorlm.load")
+    return TaskModel(task, rd.path, config, info, model.eval(), tok, source)
+
+
+def read_inputs(spec: str) -> list[str | dict[str, Any]]:
+    """Inputs from `spec`: a file (.jsonl: one JSON string or object per line; otherwise one text
+    per line), or else the text itself (a JSON object when it starts with '{')."""
+    import json
+
+    from candorlm.io.sealed import read_text
+
+    path = Path(spec)
+    if path.is_file():
+        text = read_text(path)
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if path.suffix.lower() != ".jsonl":
+            return [line for _, line in lines]
+        out: list[str | dict[str, Any]] = []
+        for n, line in lines:
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CandorError(f"{path}:{n}: not valid JSON ({exc.msg}); each line is one string or object") from None
+            if not isinstance(value, (str, dict)):
+                raise CandorError(f"{path}:{n}: expected a JSON string or object, got {type(value).__name__}")
+            out.append(value)
+        if not out:
+            raise CandorError(f"{path} holds no inputs")
+        return out
+    if spec.lstrip().startswith("{"):
+        try:
+            value = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise CandorError(f"--input looks like a JSON object but is not valid JSON ({exc.msg})") from None
+        return [value]
+    if not spec.strip():
+        raise CandorError("--input is empty")
+    return [spec]
+
+
+def predict_lines(run: str | Path, inputs: Sequence[str | dict[str, Any]], *, system: str | None = None,
+                  beam_size: int = 4) -> list[str]:
+    """JSON lines {"input": ..., <prediction>} for `inputs` (what `candorlm predict` prints);
+    `system` is used by chat runs, `beam_size` by translate runs."""
+    import json
+
+    model = load_task(run)
+    options: dict[str, Any] = {"translate": {"beam_size": beam_size}, "chat": {"system": system}}.get(model.task, {})
+    return [json.dumps({"input": x, **y}, ensure_ascii=False) for x, y in zip(inputs, model.predict(inputs, **options))]

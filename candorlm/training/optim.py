@@ -1,0 +1,50 @@
+"""Optimizers: AdamW (the default), and Muon for the blocks' matrices with AdamW for the rest.
+
+Muon (Jordan et al. 2024, `torch.optim.Muon` since torch 2.9) orthogonalizes each matrix's
+momentum with a few Newton-Schulz iterations, so every direction of the update moves at the
+same rate. It is defined for hidden matrices only: the token embedding (a lookup, not a linear
+map), the output layer (tied to it by default) and the norm gains stay with AdamW, as in
+modded-nanoGPT. Muon's step is RMS-matched to AdamW's (`adjust_lr_fn="match_rms_adamw"`, the
+Moonlight rule), so `train.muon_lr` (default: `train.lr`) is on AdamW's scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from candorlm.config import RunConfig
+
+
+def _adamw(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The blocks' 2-D weights (attention and MLP projections): what Muon updates."""
+    return [p for name, p in model.named_parameters()
+            if p.requires_grad and p.dim() == 2 and ".blocks." in f".{name}" and "emb" not in name]
+
+
+def build_optimizers(model: nn.Module, cfg: RunConfig) -> list[torch.optim.Optimizer]:
+    """The optimizers of `cfg.train.optimizer`: [AdamW], or [Muon, AdamW] with train.optimizer = "muon".
+
+    Weight decay on matrices only (AdamW's "adam" variant: none)."""
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    muon = hidden_matrices(model) if t.optimizer == "muon" else []
+    taken = {id(p) for p in muon}
+    rest = [p for p in params if id(p) not in taken]
+    weight_decay = 0.0 if t.optimizer == "adam" else t.weight_decay
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    optimizers = [_adamw([g for g in groups if g["params"]], cfg)]
+    if muon:
+        optimizers.insert(0, torch.optim.Muon(muon, lr=t.muon_lr or t.lr, weight_decay=t.weight_decay,
+                                              adjust_lr_fn="match_rms_adamw"))
+    return optimizers

@@ -36,7 +36,6 @@ INFERENCE = {"lm", "generate", "beam", "evaluate"}  # siblings of training that 
 KNOWN: dict[str, str] = {
     # violation: the helper removing it
     "package cycle: candorlm.ledger <-> candorlm.training": "loop",
-    "up: candorlm.training.distributed -> candorlm.ledger.training (training | inference -> features)": "loop",
     "up: candorlm.training.trainer -> candorlm.ledger.training (training | inference -> features)": "loop",
     "up: candorlm.training.trainer -> candorlm.privacy.dp (training | inference -> features)": "loop",
 }

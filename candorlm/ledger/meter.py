@@ -121,6 +121,10 @@ class Meter:
             self._peak = peak_figure(self.precision, self.device, self.peak_tflops)
         return self._peak
 
+    def use_peak(self, peak: dict[str, Any]) -> None:
+        """Take a peak figure measured elsewhere (another rank's probe of the same device)."""
+        self._peak = peak
+
     def mfu(self, flops_per_s: float) -> float:
         return flops_per_s / self.peak()["value"]
 

@@ -54,6 +54,15 @@ class TrainingMeter:
 
     def start(self) -> "TrainingMeter":
         # The peak is probed before the clock starts and before this run loads the CPU itself.
+        if self.ranks.size > 1 and self.ranks.reduce is not None:
+            # Rank 0 probes (with the CPU to itself) and the others take its figure: a probe per
+            # rank would share the cores and read low, and would keep the ranks apart for
+            # however long the local cache and load made it run.
+            mine = self.meter.peak() if self.ranks.is_main else {"value": 0.0}
+            value, quiet = self.ranks.reduce([float(mine["value"]), float(mine.get("probe") == "quiet")], "sum")
+            if not self.ranks.is_main:
+                self.meter.use_peak(dict(figure(value, "FLOP/s", "rank 0's probe of the same device"),
+                                         probe="quiet" if quiet else "busy"))
         self._peak = self.meter.peak()["value"]
         self.meter.start()
         return self

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 from candorlm.checkpoint.retention import latest_checkpoint
@@ -102,6 +103,7 @@ class LoadedRun:
             self._settle()  # a changed file explains a failed load better than the parser's complaint
             raise
         self._settle()  # nothing is returned before its hash matched
+        _check_finite(model, self.weights)
         return model.to(pick_device(device)).eval()
 
     def _settle(self) -> None:
@@ -173,6 +175,16 @@ def _verify(run: RunDir, weights: Path | None, tree: SealedTree | None = None) -
     if weights is not None:
         verified_state(weights)  # a run still training: its checkpoint against its own sha256
     return None
+
+
+def _check_finite(model: nn.Module, weights: Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged training): they generate nothing useful, silently.
+    One pass over the tensors, a small part of the load."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CandorError(f"{weights} holds non-finite weights (NaN or inf, first in {name}): the training that "
+                              f"wrote them diverged. Train again with a lower learning rate (train.lr) or with "
+                              f"gradient clipping (train.grad_clip), or resume from an earlier checkpoint")
 
 
 def refuse_encrypted_resume(path: Path) -> None:

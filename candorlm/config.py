@@ -28,7 +28,8 @@ import tomli_w
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every number finite: an inf or nan learning rate, decay or clip only shows up as NaN weights later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from candorlm.errors import CandorError
-from candorlm.generate import left_pad
+from candorlm.generate import left_pad, repeated_ngram_ends
 
 
 class Session(Protocol):
@@ -137,14 +137,6 @@ def greedy_search(session: Session, *, eos_id: int, max_new_tokens: int,
         tokens = torch.where(torch.tensor(done, device=tokens.device), torch.full_like(tokens, eos_id), tokens)
         logits = session.advance(tokens)
     return out
-
-
-def repeated_ngram_ends(tokens: Sequence[int], n: int) -> list[int]:
-    """The tokens that would complete an n-gram already in `tokens` (HF's no_repeat_ngram_size)."""
-    if n <= 0 or len(tokens) < n - 1:
-        return []
-    prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
-    return sorted({tokens[j + n - 1] for j in range(len(tokens) - n + 1) if tuple(tokens[j:j + n - 1]) == prefix})
 
 
 @torch.no_grad()

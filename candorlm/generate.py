@@ -28,6 +28,8 @@ class SamplingConfig:
         top_k: Sample among the k most likely tokens.
         top_p: Sample among the most likely tokens holding probability p.
         repetition_penalty: Above 1 discourages repeating tokens.
+        no_repeat_ngram: Never repeat a token n-gram of this size in the new text (0: off; the
+            prompt is not counted).
         seed: Random seed for sampling.
     """
 
@@ -37,6 +39,7 @@ class SamplingConfig:
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float = 1.0
+    no_repeat_ngram: int = 0
     seed: int | None = None
 
     def check(self) -> None:
@@ -50,10 +53,20 @@ class SamplingConfig:
             raise CandorError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise CandorError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+        if self.no_repeat_ngram < 0:
+            raise CandorError(f"no_repeat_ngram must be 0 (off) or more, got {self.no_repeat_ngram}")
 
     @property
     def is_greedy(self) -> bool:
         return self.greedy or self.temperature == 0
+
+
+def repeated_ngram_ends(tokens: Sequence[int], n: int) -> list[int]:
+    """The tokens that would complete an n-gram already in `tokens` (HF's no_repeat_ngram_size)."""
+    if n <= 0 or len(tokens) < n - 1:
+        return []
+    prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
+    return sorted({tokens[j + n - 1] for j in range(len(tokens) - n + 1) if tuple(tokens[j:j + n - 1]) == prefix})
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -151,6 +164,12 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
                 logits = model(seen, attention_mask=mask)[:, -1]
             if len(suppress):
                 logits[:, suppress] = float("-inf")
+            if cfg.no_repeat_ngram > 0 and seen.shape[1] > T:
+                new = seen[:, T:].tolist()
+                for row in range(B):
+                    banned = repeated_ngram_ends(new[row], cfg.no_repeat_ngram)
+                    if banned:
+                        logits[row, banned] = float("-inf")
             token = choose_next(logits, seen, cfg, generator)
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             newly_stopped = torch.isin(token, stop) & ~finished

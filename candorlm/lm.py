@@ -101,13 +101,14 @@ class LanguageModel:
     def generate(self, prompt: str | Sequence[str], *, stop: Sequence[str] = (), use_cache: bool = True,
                  max_new_tokens: int = 64, greedy: bool = False, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-                 seed: int | None = None) -> str | list[str]:
+                 no_repeat_ngram: int = 0, seed: int | None = None) -> str | list[str]:
         """Continue one prompt (returns a string) or several at once (returns a list)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         texts = [""] * len(prompts)
         for deltas in self.stream_batch(prompts, stop=stop, use_cache=use_cache, max_new_tokens=max_new_tokens,
                                         greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
-                                        repetition_penalty=repetition_penalty, seed=seed):
+                                        repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram,
+                                        seed=seed):
             texts = [t + d for t, d in zip(texts, deltas)]
         return texts[0] if isinstance(prompt, str) else texts
 

@@ -286,13 +286,17 @@ class ChatSession:
         temperature: Sampling temperature (0 = greedy).
         top_k: Sample among the k most likely tokens.
         top_p: Sample among the most likely tokens holding probability p.
+        no_repeat_ngram: A reply never repeats a token n-gram of this size (0: off); the chat
+            evaluation's default, chosen by bench/chat_decoding.py.
         seed: Random seed for sampling.
         **sampling: Other decoding settings (candorlm.generate.SamplingConfig).
     """
 
     def __init__(self, lm: Any, system: str | None = None, max_new_tokens: int = 128, temperature: float = 0.7,
-                 top_k: int | None = 40, top_p: float | None = None, seed: int | None = None, **sampling: Any):
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **sampling)
+                 top_k: int | None = 40, top_p: float | None = None, no_repeat_ngram: int = NO_REPEAT_NGRAM,
+                 seed: int | None = None, **sampling: Any):
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, no_repeat_ngram=no_repeat_ngram, seed=seed,
+                        **sampling)
         self.lm = lm
         self.tok: Tokenizer = lm.tokenizer
         require_tokens(self.tok, "this run's tokenizer.json", CHAT_TOKENS, "chat")

@@ -209,3 +209,20 @@ def test_the_chat_table_has_a_column_per_kind_and_the_single_task_rows():
     rows = {r[0]: dict(zip(t["columns"], r)) for r in t["rows"]}
     single = rows["baseline: the sentiment model sent"]
     assert single["sentiment: label accuracy"] == 0.9 and single["replies right"] is None
+
+
+def test_no_repeat_ngram_in_generate_and_the_terminal_chat(chat_run):
+    out, _ = chat_run
+    lm = load(out)
+    prompt = "第3号是什么？" * 3
+    plain = lm.generate(prompt, max_new_tokens=12, greedy=True)
+    assert lm.generate(prompt, max_new_tokens=12, greedy=True, no_repeat_ngram=0) == plain  # off changes nothing
+    from candorlm.generate import SamplingConfig, generate_ids
+
+    ids = generate_ids(lm.model, [lm.encode_prompt(prompt)], SamplingConfig(max_new_tokens=12, greedy=True,
+                                                                           no_repeat_ngram=1))[0]
+    assert len(ids) == 12 and len(ids) == len(set(ids))  # no token twice in the new text (the prompt's may recur)
+    session = ChatSession(lm, max_new_tokens=8, temperature=0)
+    assert session.sampling["no_repeat_ngram"] == 3
+    with pytest.raises(Exception, match="no_repeat_ngram must be 0"):
+        lm.generate(prompt, max_new_tokens=2, no_repeat_ngram=-1)

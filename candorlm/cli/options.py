@@ -196,7 +196,8 @@ def _render(info: Any, name: str) -> Any:
     if not isinstance(info, typer.models.ParameterInfo) or not info.help:
         return info
     info = copy.copy(info)
-    text = info.help
+    # a library docstring says what None means as "(None: ...)"; on the command line there is no None
+    text = info.help.replace("(None: ", "(default: ")
     if name in ("preset", "presets"):
         from candorlm.config import preset_names
 

@@ -75,7 +75,8 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
         time_budget: Train for this long (90s, 5m, 1h): the first steps are timed, the schedule is
             sized to the steps that fit and the learning rate decays by elapsed time; dev evaluation
             counts against it, the test evaluation after it does not. Overrides epochs and max_steps.
-        eval_limit: Score only the first N test examples at the end (None: all).
+        eval_limit: Score only N test examples at the end (None: all; sentiment: evenly spaced over
+            the split, the other tasks: the first N).
         **options: The task's own options (see its `prepare`).
     """
     spec = get_task(task)

@@ -44,3 +44,12 @@ def test_task_results_print_as_a_table_against_the_baselines(capsys):
     assert "TF-IDF character 1-3-grams" in out and "ahead by 1.4 points" in " ".join(out.split())
     print_task_result({})  # --no-test: nothing to show
     assert capsys.readouterr().out == ""
+
+
+def test_no_help_speaks_python():
+    from tests.cli.test_table import ALL
+
+    for path in ALL:
+        text = " ".join(helps(*path.split()).split())
+        assert "(None:" not in text and "--no-no-" not in text, path
+    assert "(default: 5e-4" in " ".join(helps("finetune").split())

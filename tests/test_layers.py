@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("io", {"io"}),
     ("fonts", {"fonts"}),  # the bundled CJK font: figures and pages of every feature draw Chinese with it
     ("config", {"config", "rundir"}),
-    ("data", {"corpus", "tokenizer", "shards", "prepare", "device", "progress"}),
+    ("data", {"corpus", "tokenizer", "shards", "prepare", "device", "progress", "forecast"}),
     ("model", {"model"}),
     ("checkpoint", {"checkpoint"}),
     ("training | inference", {"training", "lm", "generate", "beam", "evaluate"}),
@@ -36,7 +36,6 @@ INFERENCE = {"lm", "generate", "beam", "evaluate"}  # siblings of training that 
 KNOWN: dict[str, str] = {
     # violation: the helper removing it
     "package cycle: candorlm.ledger <-> candorlm.training": "loop",
-    "up: candorlm.training.distributed -> candorlm.ledger.training (training | inference -> features)": "loop",
     "up: candorlm.training.trainer -> candorlm.ledger.training (training | inference -> features)": "loop",
     "up: candorlm.training.trainer -> candorlm.privacy.dp (training | inference -> features)": "loop",
 }

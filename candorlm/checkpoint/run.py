@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 from candorlm.checkpoint.retention import latest_checkpoint
@@ -39,7 +40,7 @@ from candorlm.errors import CandorError
 from candorlm.io.manifest import MANIFEST_NAME, check_files, read_manifest
 from candorlm.io.sealed import Key, read_text, use_key
 from candorlm.io.sealedtree import SealedTree, open_tree, tree_format
-from candorlm.model import SequenceClassifier, build_model
+from candorlm.model import SequenceClassifier, SpanReader, build_model
 from candorlm.rundir import RunDir, open_run
 from candorlm.tokenizer import Tokenizer
 
@@ -84,12 +85,14 @@ class LoadedRun:
         return self.info.get("task")
 
     def build_model(self, device: str = "cpu", model_config: ModelConfig | None = None) -> nn.Module:
-        """The run's model with its weights (a sentiment classifier with its head), in eval mode."""
+        """The run's model with its weights (a sentiment classifier or a QA span reader with its head), in eval mode."""
         if self.weights is None:
             raise CandorError(f"{self.path} has no weights yet (no model.safetensors, no checkpoint); train it first")
         model = build_model(model_config or self.config.model)
         if self.task == "sentiment":
             model = SequenceClassifier(model, len(self.info["labels"]), self.info["pooling"])
+        elif self.task == "qa" and self.info.get("head") == "span":
+            model = SpanReader(model)
         try:
             with use_key(self.key):
                 if self.weights.is_dir():  # checked (or deliberately not) by load_run already
@@ -100,6 +103,7 @@ class LoadedRun:
             self._settle()  # a changed file explains a failed load better than the parser's complaint
             raise
         self._settle()  # nothing is returned before its hash matched
+        _check_finite(model, self.weights)
         return model.to(pick_device(device)).eval()
 
     def _settle(self) -> None:
@@ -171,6 +175,16 @@ def _verify(run: RunDir, weights: Path | None, tree: SealedTree | None = None) -
     if weights is not None:
         verified_state(weights)  # a run still training: its checkpoint against its own sha256
     return None
+
+
+def _check_finite(model: nn.Module, weights: Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged training): they generate nothing useful, silently.
+    One pass over the tensors, a small part of the load."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CandorError(f"{weights} holds non-finite weights (NaN or inf, first in {name}): the training that "
+                              f"wrote them diverged. Train again with a lower learning rate (train.lr) or with "
+                              f"gradient clipping (train.grad_clip), or resume from an earlier checkpoint")
 
 
 def refuse_encrypted_resume(path: Path) -> None:

@@ -16,11 +16,10 @@ import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from candorlm.corpus import Corpus, CorpusFilter, Document
+from candorlm.corpus import Corpus, CorpusFilter, Document, batched
 from candorlm.io.files import temp_path, terminate_cleanly
 from candorlm.io.outputs import claim_file, record_file
 from candorlm.privacy.anonymize import Anonymizer, Result, mask
@@ -117,9 +116,7 @@ def _anonymize_batch(texts: list[str]) -> list[Result]:
 
 
 def _batched(docs: Iterable[Document], n: int) -> Iterator[list[Document]]:
-    it = iter(docs)
-    while batch := list(islice(it, n)):
-        yield batch
+    return batched(docs, n)  # bounded by characters too: long documents come in small batches
 
 
 def anonymize_documents(docs: Iterable[Document], anonymizer: Anonymizer, key: bytes | None,

@@ -16,8 +16,9 @@ Strategies (train.strategy):
   sharded; a MixedPrecisionPolicy gathers parameters in bf16 and reduces gradients in fp32 when
   the run trains in bf16. Checkpoints are sharded (checkpoint/sharded.py).
 
-Agreement between ranks (stop requests, ledger figures, barriers) goes through a gloo group on
-the CPU, so it never waits for the GPU: the training loop has no host syncs outside logging steps.
+Agreement between ranks (stop requests, evaluation and save decisions, ledger figures, barriers)
+goes through `agreement.Agreement`, on a gloo group of its own on the CPU, so it never waits for
+the GPU and never interleaves with the gradients' traffic.
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ import os
 import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from candorlm.checkpoint.retention import latest_checkpoint
 from candorlm.device import physical_cores, pick_device
 from candorlm.errors import CandorError
-from candorlm.ledger.training import Ranks
+from candorlm.training.agreement import Agreement
 
 log = logging.getLogger("candorlm")
 
@@ -44,6 +47,15 @@ log = logging.getLogger("candorlm")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # How long ranks wait for each other in a collective (a checkpoint save on one rank, evaluation).
 TIMEOUT = timedelta(minutes=30)
+
+
+def resumable(run: Path) -> str:
+    """One sentence on what a failed run left: its newest complete checkpoint, to resume from."""
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    if checkpoint is None:
+        return f"{run} has no complete checkpoint yet: start it again"
+    return (f"the last checkpoint, {checkpoint}, is complete: continue with the same command and --resume "
+            f"(instead of --overwrite)")
 
 
 def launched_by_torchrun() -> bool:
@@ -63,6 +75,7 @@ class World:
     backend: str | None = None
     owns_group: bool = False  # we initialised the process group, so we tear it down
     _control: Any = None  # a gloo group for CPU-side agreement
+    agree: Agreement = field(default_factory=Agreement)  # every control-plane collective
     _ddp: Any = None  # the DistributedDataParallel wrapper, for no_sync
     _sharded: nn.Module | None = None  # the fully_shard-ed model, for gradient-sync switching
 
@@ -87,8 +100,11 @@ class World:
         if owns:
             kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
             dist.init_process_group(backend=backend, timeout=TIMEOUT, **kwargs)
-        control = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend != "gloo" else None
-        world = cls(rank, world_size, local_rank, local_world_size, strategy, dev, backend, owns, control)
+        # The control plane on a group of its own, even on the CPU where the default group is gloo too:
+        # its collectives then never queue among DDP's and FSDP's.
+        control = dist.new_group(backend="gloo", timeout=TIMEOUT)
+        world = cls(rank, world_size, local_rank, local_world_size, strategy, dev, backend, owns, control,
+                    Agreement(rank, world_size, control))
         world._quiet_other_ranks()
         if world.is_main:
             log.info("distributed: %d processes (%d per node), %s over %s", world_size, local_world_size,
@@ -184,50 +200,18 @@ class World:
         else:
             yield
 
-    # ------------------------------------------------------------ collectives
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean over ranks of a per-rank figure (the logged loss); every rank must call it."""
-        if not self.distributed:
-            return value
-        total = value.detach().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)  # gloo has no AVG
-        return total / self.world_size
-
+    # ------------------------------------------------------------ collectives (agreement.py)
     def any(self, flag: bool) -> bool:
-        """True on every rank when it is True on any rank (a stop request, for example)."""
-        if not self.distributed:
-            return flag
-        t = torch.tensor([int(flag)], dtype=torch.int32)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._control)
-        return bool(t.item())
+        """True on every rank when it is True on any rank; every rank must call it."""
+        return self.agree.any(flag)
 
     def reduce(self, values: list[float], op: str = "sum") -> list[float]:
-        """Sum or max of each figure over ranks (float64 on the CPU; no pickling of objects)."""
-        if not self.distributed:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=self._control)
-        return t.tolist()
+        """Sum or max of each figure over ranks; every rank must call it."""
+        return self.agree.reduce(values, op)
 
     def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier(group=self._control)
+        self.agree.barrier()
 
     def on_main(self, action: Callable[[], Any]) -> None:
         """Run `action` on rank 0 while the others wait; an error on rank 0 is raised on every rank."""
-        failed = False
-        error: BaseException | None = None
-        if self.is_main:
-            try:
-                action()
-            except BaseException as exc:  # re-raised below, after the others know
-                failed, error = True, exc
-        if self.any(failed):
-            if error is not None:
-                raise error
-            raise CandorError("rank 0 failed (its message is above); stopping this rank too")
-
-    def ledger_ranks(self) -> Ranks:
-        """What the ledger needs to sum the run's cost over all processes."""
-        return Ranks(size=self.world_size, is_main=self.is_main, node_leader=self.local_rank == 0,
-                     reduce=self.reduce if self.distributed else None)
+        self.agree.on_main(action)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Sequence
 
 from candorlm.device import physical_cores
 from candorlm.errors import CandorError
-from candorlm.training.distributed import launched_by_torchrun
+from candorlm.training.distributed import launched_by_torchrun, resumable
 
 log = logging.getLogger("candorlm")
 
@@ -34,6 +35,18 @@ def strip_option(argv: Sequence[str], name: str) -> list[str]:
         elif not arg.startswith(name + "="):
             out.append(arg)
     return out
+
+
+def option_value(argv: Sequence[str], *names: str) -> str | None:
+    """The value of the last `NAME VALUE` or `NAME=VALUE` in argv, for any of `names`."""
+    value = None
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith(name + "="):
+                value = arg[len(name) + 1:]
+    return value
 
 
 def torchrun_args(nproc: int, candorlm_args: Sequence[str]) -> list[str]:
@@ -68,7 +81,9 @@ def launch(nproc: int, candorlm_args: Sequence[str]) -> int:
         if all(code == INTERRUPTED for code in codes.values()):
             return INTERRUPTED
         listed = ", ".join(f"rank {rank}: exit {code}" for rank, code in codes.items())
-        log.error("training processes failed (%s); their messages are above", listed)
+        out = option_value(candorlm_args, "--out", "-o")
+        left = f"; {resumable(Path(out))}" if out else ""
+        log.error("training processes failed (%s; their messages are above)%s", listed, left)
         # A negative code is a worker torchrun stopped because another failed: report the one that failed.
         failed = [code for code in codes.values() if code and code > 0]
         return failed[0] if failed else 1

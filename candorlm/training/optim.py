@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from candorlm.config import RunConfig
+from candorlm.errors import CandorError
 
 
 def _adamw(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
@@ -48,3 +49,15 @@ def build_optimizers(model: nn.Module, cfg: RunConfig) -> list[torch.optim.Optim
         optimizers.insert(0, torch.optim.Muon(muon, lr=t.muon_lr or t.lr, weight_decay=t.weight_decay,
                                               adjust_lr_fn="match_rms_adamw"))
     return optimizers
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """The trainer's one optimizer: AdamW (or Adam) with weight decay on matrices only.
+
+    Muon is measured in bench/time_to_quality.py, where it lost on time to quality at these sizes
+    (docs/training.md, the ablation), so the trainer, its checkpoints and resume do not carry a
+    second optimizer."""
+    if cfg.train.optimizer == "muon":
+        raise CandorError("train.optimizer = 'muon' is for bench/time_to_quality.py only: it lost the "
+                          "time-to-quality ablation (docs/training.md), so `candorlm train` trains with adamw or adam")
+    return build_optimizers(model, cfg)[0]

@@ -14,7 +14,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,17 @@ from candorlm.evaluate import evaluate_bpb
 from candorlm.io.files import atomic_write_text, set_aside
 from candorlm.io.manifest import write_manifest
 from candorlm.io.outputs import claim_dir, write_marker
-from candorlm.ledger.training import TrainingMeter, ledger_summary
+from candorlm.ledger.training import Ranks, TrainingMeter, ledger_summary
 from candorlm.model import build_model, lm_loss
 from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.shards import BatchSampler, ShardSet
+from candorlm.training.agreement import CollectiveFailed
 from candorlm.training.budget import DECAYS, NO_LIMIT, TimeBudget, budget_for
-from candorlm.training.distributed import World
+from candorlm.training.distributed import World, resumable
+from candorlm.training.health import Health
 from candorlm.training.objectives import make_objective
+from candorlm.training.optim import build_optimizer
 
 log = logging.getLogger("candorlm")
 
@@ -61,21 +64,6 @@ def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float,
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return peak * DECAYS[schedule](progress, min_ratio)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW (or Adam) with weight decay on matrices only; fused kernels where torch has them."""
-    t = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    weight_decay = t.weight_decay if t.optimizer == "adamw" else 0.0
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
-        return torch.optim.AdamW(groups, **kwargs)
 
 
 def peak_rss_bytes() -> int:
@@ -136,12 +124,13 @@ class Trainer:
         self.replace_existing = False
         self.replaced: Path | None = None  # the run --overwrite replaces, set aside until this one is saved
         self.world = World.from_env(config.train.strategy, config.train.device)  # one process unless under torchrun
+        self.agree = self.world.agree
         if config.train.dp_epsilon is not None and self.world.distributed:
             raise CandorError(f"--dp-epsilon trains in one process: its privacy accounting assumes one process drawing "
                               f"Poisson-sampled batches, and clipping and noise across {self.world.world_size} "
                               f"processes is not implemented. Drop --nproc (or torchrun), or drop --dp-epsilon.")
-        self.resume_from = self._claim_run_dir(config, resume, overwrite)
-        self.world.barrier()
+        # Every rank checks; if the check fails on any, every rank stops (none waits in a collective).
+        self.resume_from = self.agree.on_every(lambda: self._claim_run_dir(config, resume, overwrite))
         self.config = config
         t = config.train
         self.device = self.world.device
@@ -168,6 +157,7 @@ class Trainer:
         self.warmup = min(t.warmup_steps, self.max_steps // 2)
         self.token_bytes = self.tokenizer.token_byte_lengths()
         self.step = 0
+        self.saved_step: int | None = None  # the step of this run's newest checkpoint, the same on every rank
         self.last_eval: tuple[int, float] | None = None  # (step, val loss): the retention policy keeps the best
         self.dp = None
         if t.dp_epsilon is not None:  # DP-SGD, an isolated path: see candorlm/privacy/dp.py
@@ -212,7 +202,7 @@ class Trainer:
         return None
 
     def _write_run_files(self) -> None:
-        if self.world.is_main:
+        def write() -> None:
             self.run.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run.config, self.config.to_toml())
             write_marker(self.run.path, "run", "candorlm train")
@@ -221,14 +211,15 @@ class Trainer:
             self.run.tokenizer.write_bytes(read_bytes(self.data.path / "tokenizer.json"))
             if (self.data.path / "canaries.json").is_file():  # planted by `prepare --canaries`, for `audit`
                 (self.run.path / "canaries.json").write_bytes(read_bytes(self.data.path / "canaries.json"))
-        self.world.barrier()
+
+        self.agree.on_main(write)
         if not self.run.config.is_file():
             raise CandorError(f"rank {self.world.rank} cannot see {self.run.config}, which rank 0 wrote: with several "
                               f"nodes, --out must be on a filesystem that every node shares")
 
     def _restore(self, checkpoint: Path) -> None:
         state = load_any_checkpoint(self.world, checkpoint, self.model, self.optimizer)
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         self.sampler.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         if self.world.is_main:
@@ -250,6 +241,7 @@ class Trainer:
         path = save_any_checkpoint(self.world, self.run.checkpoints, self.step, self.model, self.optimizer, state,
                                    keep=self.config.train.keep_checkpoints,
                                    keep_best=self.config.train.keep_best_checkpoint)
+        self.saved_step = self.step
         if self.dp is not None:
             from candorlm.io.files import write_json
 
@@ -302,6 +294,9 @@ class Trainer:
             self.replaced = set_aside(self.run.path)
         try:
             result = self._fit()
+        except CollectiveFailed as exc:  # a rank died or the ranks disagreed: say what is left to resume
+            self._put_back_replaced()
+            raise CollectiveFailed(f"{exc}; {resumable(self.run.path)}") from None
         except BaseException:
             self._put_back_replaced()
             raise
@@ -329,11 +324,14 @@ class Trainer:
                  f"{t.time}" if self.budget else f"{self.max_steps} steps", tokens_per_step, self.precision,
                  self.threads)
         result = TrainResult(self.run.path, self.step, rank=self.world.rank)
+        ranks = Ranks(size=self.world.world_size, is_main=self.world.is_main, node_leader=self.world.local_rank == 0,
+                      reduce=self.agree.reduce if self.world.distributed else None)
         meter = TrainingMeter(self.config, self.device, self.precision, self.threads, self.step,
-                              self.model.num_params(), self.world.ledger_ranks()).start()
+                              self.model.num_params(), ranks).start()
         start = last_time = time.perf_counter()
         first_step = last_step = self.step
         self.model.train()
+        health = Health(self.device)
         with _StopFlag(self.world.stop_signals, grace_s=30.0 if self.world.distributed else 0.0) as stop, \
                 progress_bar("training", total=self.max_steps) as bar, \
                 open(self.run.metrics if self.world.is_main else os.devnull, "a", encoding="utf-8") as metrics:
@@ -342,21 +340,32 @@ class Trainer:
                 self.budget.begin(self.step)
             while self.step < self.max_steps:
                 loss, grad_norm = self.train_step()
-                if self.budget and self.world.any(self.budget.after_step(self.step)):
+                health.observe(self.step, loss, grad_norm)
+                # The one collective of each step: every rank gets the same plan (agreement.py).
+                plan = self.agree.step(self.step, self.max_steps, log_every=t.log_every, eval_every=t.eval_every,
+                                       save_every=t.save_every, stop=stop.requested,
+                                       out_of_time=bool(self.budget and self.budget.after_step(self.step)),
+                                       diverged=health.on_host and health.bad())
+                if not health.on_host and (plan.log or plan.evaluate or plan.save):  # read the GPU only here
+                    plan = replace(plan, diverged=self.agree.any(health.bad()))
+                if plan.diverged:
+                    raise health.error(self.step, lr=t.lr, grad_clip=t.grad_clip,
+                                       precision=self.precision)
+                if plan.out_of_time:
                     self.max_steps = self.step  # the time is up: this step is the last (evaluated, saved)
-                stop.requested = self.world.any(stop.requested)  # all ranks stop at the same step
                 bar.advance(1)
                 row: dict[str, Any] = {}
-                if self.step % t.log_every == 0 or self.step == self.max_steps:
+                if plan.log:
                     now = time.perf_counter()
                     tps = tokens_per_step * (self.step - last_step) / max(now - last_time, 1e-9)
                     last_time, last_step = now, self.step
-                    row.update(loss=float(self.world.mean(loss)), lr=self.optimizer.param_groups[0]["lr"],
+                    row.update(loss=self.agree.mean(loss), lr=self.optimizer.param_groups[0]["lr"],
                                grad_norm=float(grad_norm), tokens_per_s=round(tps, 1),
                                tokens_seen=self.step * tokens_per_step, elapsed_s=round(now - start, 3),
                                peak_rss_mb=round(peak_rss_bytes() / 2**20, 1), mfu=round(meter.mfu(tps), 6))
                     bar.update(status=f"loss {row['loss']:.3f}  {tps:,.0f} tok/s")
-                if self.step % t.eval_every == 0 or self.step == self.max_steps:
+                    meter.log(self.run.path, self.step, resumed=self.resume_from is not None)  # survives kill -9
+                if plan.evaluate:
                     with meter.evaluating():
                         ev = self.evaluate()
                     meter.count_eval(ev["tokens"])
@@ -367,24 +376,27 @@ class Trainer:
                 if row:
                     metrics.write(json.dumps({"step": self.step, **row}) + "\n")
                     metrics.flush()
-                if self.step % t.save_every == 0 or stop.requested:
+                if plan.save:
+                    # Every rank asks (plan.save is the same on all): no non-finite weights are ever saved.
+                    if self.agree.any(not health.weights_finite(self.model)):
+                        raise health.error(self.step, lr=t.lr, grad_clip=t.grad_clip, precision=self.precision,
+                                           weights=True)
                     with meter.saving():
                         self.save()
-                if stop.requested:
+                if plan.stop:
                     result.interrupted = True
                     break
         result.steps = self.step
         result.wall_s = time.perf_counter() - start
         result.tokens_per_s = tokens_per_step * (self.step - first_step) / max(result.wall_s, 1e-9)
         if not result.interrupted:
-            if latest_checkpoint(self.run.checkpoints) != self.run.checkpoints / f"step-{self.step:06d}":
+            if self.saved_step != self.step:  # known alike on every rank: never the filesystem's view
                 self.save()
             export_weights(self.world, self.model, self.run.weights, lambda: build_model(self.config.model))
         result.ledger = meter.finish(self.run.path, self.step, resumed=self.resume_from is not None,
                                      extra=self.budget.record() if self.budget else None)
         log.info("ledger: %s", ledger_summary(result.ledger))
-        if self.world.is_main:
-            write_manifest(self.run.path)  # SHA256SUMS, after every file is written: `candorlm verify RUN` checks it
+        self.agree.on_main(lambda: write_manifest(self.run.path))  # SHA256SUMS, after every file: `candorlm verify`
         self.world.close()
         return result
 

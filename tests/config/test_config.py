@@ -27,6 +27,15 @@ def test_unknown_section_and_bad_value():
         resolve(model={"d_model": 100, "n_heads": 3})
 
 
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=nan", "train.weight_decay=nan",
+                                      "train.grad_clip=-inf", "model.rope_theta=inf", "ledger.price_per_hour=nan"])
+def test_config_numbers_must_be_finite(override):
+    key, _, value = override.partition("=")
+    with pytest.raises(CandorError, match=f"{key}: Input should be a finite number") as err:
+        resolve("tiny", overrides=[override])
+    assert value in str(err.value)
+
+
 def test_override_parsing_types():
     assert parse_override("train.lr=1e-3") == {"train": {"lr": 0.001}}
     assert parse_override("train.precision=fp32") == {"train": {"precision": "fp32"}}

@@ -207,6 +207,39 @@ def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path, data_dir, ref_run):
     _assert_same_trajectory(run, ref_run, steps=range(1, min(STEPS, steps[-1]) + 1))
 
 
+# ---------------------------------------------------------------- the end of a run, many times over
+
+REPEATS = 5  # per strategy: a run that failed 4 times in 10 would pass 10 in a row with chance 0.6**10 < 1%
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_rank_runs_end_with_model_and_ledger_every_time(tmp_path, data_dir, strategy):
+    """`candorlm train --nproc 2` with the CLI's default threads (no one-thread override) and no
+    save or evaluation before the end, as in the issue: every run ends with its model and ledger.
+    The first FSDP run names any mismatched collectives (TORCH_DISTRIBUTED_DEBUG=DETAIL: its
+    wrapper checks that every collective's kind and sizes match across ranks; under it torch
+    2.13's DDP segfaults while it logs its construction, so DDP runs without it)."""
+    env = {k: v for k, v in _env().items() if k != "OMP_NUM_THREADS"}
+    for i in range(REPEATS):
+        out = tmp_path / f"run{i}"
+        args = _train_args(data_dir, out, steps=4, strategy=strategy, save_every=1000, eval_every=1000)
+        run_env = dict(env, TORCH_DISTRIBUTED_DEBUG="DETAIL") if i == 0 and strategy == "fsdp" else env
+        proc = subprocess.run(CANDORLM + [*args, "--nproc", "2"], capture_output=True, text=True, timeout=300,
+                              env=run_env, cwd=ROOT)
+        assert proc.returncode == 0, f"run {i}: " + proc.stdout[-2000:] + proc.stderr[-6000:]
+        for name in ("model.safetensors", "ledger.json", "SHA256SUMS"):
+            assert (out / name).is_file(), (i, name)
+        assert json.loads((out / "ledger.json").read_text())["train"]["total"]["tokens"]["value"] == 4 * 2 * 4 * 32
+        assert [c.name for c in list_checkpoints(out / "checkpoints")] == ["step-000004"]
+
+
+def test_a_failed_run_says_what_is_left_to_resume(tmp_path):
+    from candorlm.training.distributed import resumable
+
+    assert "no complete checkpoint yet" in resumable(tmp_path / "nothing")
+
+
 # ---------------------------------------------------------------- pieces, in this process
 
 
@@ -225,7 +258,8 @@ def test_ranks_split_the_single_process_batch(data_dir):
 def test_a_world_of_one_is_the_identity():
     world = World()
     t = torch.tensor(2.5)
-    assert world.mean(t) is t and world.any(True) and not world.any(False)
+    assert world.agree.mean(t) == 2.5 and world.any(True) and not world.any(False)
+    assert world.agree.from_main([3.0]) == [3.0] and world.agree.flags(True, False) == [True, False]
     assert world.reduce([1.0, 2.0], "max") == [1.0, 2.0]
     assert not world.distributed and world.is_main and world.cpu_threads(None) is None
 

@@ -152,3 +152,46 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, data_dir):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = list_checkpoints(run / "checkpoints")[-1]
     assert int(last.name[5:]) == rows[-1]["step"]
+
+
+def test_a_diverged_training_stops_at_the_first_non_finite_loss(tmp_path, data_dir):
+    """`--set train.lr=1000 --set train.grad_clip=0` once trained to the end and wrote NaN weights,
+    rc 0. Now: rc 2, one line naming the step and the likely causes, no model, and the newest
+    checkpoint (saved before the divergence) holds finite weights and resumes."""
+    run = tmp_path / "diverged"
+    sets = [f"--set=model.{k}={v}" for k, v in TINY_MODEL.items()]
+    sets += [f"--set=train.{k}={json.dumps(v)}" for k, v in dict(TINY_TRAIN, save_every=1).items()]
+    proc = subprocess.run([sys.executable, "-m", "candorlm", "train", "--data", str(data_dir), "--out", str(run),
+                           "--max-steps", "30", *sets, "--set", "train.lr=1000", "--set", "train.grad_clip=0"],
+                          capture_output=True, text=True, env=dict(os.environ, CANDORLM_PROGRESS="0", COLUMNS="200"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    text = " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr and "training diverged at step" in text
+    assert "train.lr=1000" in text and "train.grad_clip=0" in text
+    assert not (run / "model.safetensors").exists()
+    step = int(text.split("training diverged at step ")[1].split(":")[0])
+    saved = list_checkpoints(run / "checkpoints")
+    assert all(int(c.name[5:]) < step for c in saved)
+    if saved:  # the last good one loads (finite weights) and resumes
+        from safetensors.torch import load_file
+        import torch
+
+        assert all(torch.isfinite(t).all() for t in load_file(saved[-1] / "model.safetensors").values())
+
+
+def test_generation_refuses_non_finite_weights(tmp_path, trained_run):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from candorlm.io.manifest import write_manifest
+
+    run = tmp_path / "nan-run"
+    shutil.copytree(trained_run, run)
+    weights = load_file(run / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, run / "model.safetensors")
+    write_manifest(run)  # an honest manifest: the weights themselves are the problem
+    with pytest.raises(CandorError, match="non-finite weights"):
+        load(run)

@@ -92,13 +92,32 @@ def _trimmed_start(text: str, start: int, end: int) -> int:
     return start
 
 
+# A digit right before a door word: every Chinese address has one, and prose rarely does, so the
+# full pattern (slow where it may start at any Chinese character) runs only in a window around it.
+_DOOR = re.compile(r"\d(?:号|弄|栋|幢|座|楼|单元|室|房|层)")
+_BEFORE, _AFTER = 56, 72  # longer than any region + road before the number, and any building + room after
+
+
+def _zh_addresses(folded: str) -> Iterator[tuple[int, int]]:
+    last_end = 0
+    for door in _DOOR.finditer(folded):
+        p = door.start()
+        if p < last_end:
+            continue
+        lo, hi = max(last_end, p - _BEFORE), min(len(folded), p + _AFTER)
+        m = ZH_ADDRESS.search(folded, lo, hi)
+        while m is not None and m.end() <= p:
+            m = ZH_ADDRESS.search(folded, m.end(), hi)
+        if m is not None and m.start() <= p:
+            last_end = m.end()
+            yield _trimmed_start(folded, m.start(), m.end()), m.end()
+
+
 def find_addresses(folded: str) -> Iterator[tuple[int, int]]:
     """(start, end) of each street address in (folded) text."""
     if re.search(r"\d", folded) is None:
         return
-    if re.search("[路街巷弄同道苑园寓厦村馆栋幢座楼室元]", folded):
-        for m in ZH_ADDRESS.finditer(folded):
-            yield _trimmed_start(folded, m.start(), m.end()), m.end()
+    yield from _zh_addresses(folded)
     if re.search("[A-Z][a-z]", folded):
         for m in EN_ADDRESS.finditer(folded):
             yield m.span()

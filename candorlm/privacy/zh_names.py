@@ -27,7 +27,7 @@ import numpy as np
 
 from candorlm.errors import CandorError
 from candorlm.privacy.zh_lexicon import LEXICON_FILE, vetoed
-from candorlm.privacy.zh_spans import (_OFF, _PAD, LENGTHS, MIN_LEN, N_PARAMS, Spans, _Context, _end_columns,
+from candorlm.privacy.zh_spans import (_OFF, _PAD, LENGTHS, N_PARAMS, Spans, _Context, _end_columns,
                                        _length_bucket, _span_columns, _start_columns, candidate_spans, char_ids)
 
 MODEL_FILE = Path(__file__).parent / "data" / "zh_names.npz"

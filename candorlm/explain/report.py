@@ -58,7 +58,8 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
     output (the target) for the prompt as its source.
 
     Writes `attention-*.png`, `head-scores*.png`, lens.png, attribution.png, `patching-*.png`,
-    explain.html and explain.json into `out` (default RUN/explain), and RUN/evals/explain.json.
+    explain.html and explain.json into `out` (default RUN/explain), and RUN/evals/explain.json
+    (not into an encrypted run: there `out` must lie outside it).
     Returns the JSON document.
 
     Args:

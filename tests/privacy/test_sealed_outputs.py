@@ -45,6 +45,7 @@ def encrypted(tmp_path_factory, trained_run, key_file) -> Path:
 
 REFUSED = {
     "eval --domains": lambda run, key: ("eval", run, "--domains", "--key-file", key),
+    "eval --task": lambda run, key: ("eval", run, "--task", "sentiment", "--key-file", key),
     "explain": lambda run, key: ("explain", run, "--prompt", "人民日报", "--key-file", key),
     "explain --out inside": lambda run, key: ("explain", run, "--prompt", "人民日报", "--out", run / "mine",
                                               "--key-file", key),

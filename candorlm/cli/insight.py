@@ -35,6 +35,7 @@ def explain(key_file: KeyFile = None, no_verify: NoVerify = False, **options: An
     from rich.markup import escape
 
     from candorlm.explain.report import explain as run_explain
+    from candorlm.io.sealedtree import encrypted_tree
     from candorlm.progress import console
 
     with reading_with(key_file, no_verify):
@@ -55,8 +56,8 @@ def explain(key_file: KeyFile = None, no_verify: NoVerify = False, **options: An
         console.print(f"patching metric: {escape(doc['patching']['metric'])}", highlight=False)
     run, out = Path(options["run"]), options["out"]
     out_dir = Path(out) if out is not None else run / "explain"
-    console.print(f"wrote {out_dir / 'explain.html'} and {len(doc['files']) - 2} PNGs; "
-                  f"{run / 'evals' / 'explain.json'}", highlight=False)
+    copy = "" if encrypted_tree(run) else f"; {run / 'evals' / 'explain.json'}"  # no plain copy in an encrypted run
+    console.print(f"wrote {out_dir / 'explain.html'} and {len(doc['files']) - 2} PNGs{copy}", highlight=False)
 
 
 @options_from("candorlm.ledger.estimate:estimate", skip=("config", "preset", "tokens"),

@@ -16,6 +16,7 @@ from candorlm.explain.html import render_html
 from candorlm.explain.subject import Subject, load_subject, model_inputs
 from candorlm.explain.tokens import Example, token_labels
 from candorlm.io.files import write_json
+from candorlm.io.sealedtree import encrypted_tree, refuse_plain_output_in_sealed_tree
 from candorlm.rundir import RunDir
 
 METHODS = ("attention", "lens", "ig", "patching")
@@ -57,7 +58,8 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
     output (the target) for the prompt as its source.
 
     Writes `attention-*.png`, `head-scores*.png`, lens.png, attribution.png, `patching-*.png`,
-    explain.html and explain.json into `out` (default RUN/explain), and RUN/evals/explain.json.
+    explain.html and explain.json into `out` (default RUN/explain), and RUN/evals/explain.json
+    (not into an encrypted run: there `out` must lie outside it).
     Returns the JSON document.
 
     Args:
@@ -73,6 +75,8 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
         device: cpu, cuda or auto.
         seed: Seed for the random sequences and deletions.
     """
+    refuse_plain_output_in_sealed_tree(run, "explain's PNGs, explain.html and explain.json", out=out,
+                                       option="--out DIR")
     methods = parse_methods(method)
     if "patching" in methods and corrupt is None:
         if "all" not in str(method):  # asked for by name, not just included in "all"
@@ -170,8 +174,9 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
     if "patching" in methods:
         doc["patching"] = _patching(subject, example, corrupt, out_dir, wrote)  # type: ignore[arg-type]
     write_json(out_dir / "explain.json", doc)
-    run_dir.evals.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir.evals / "explain.json", doc)
+    if encrypted_tree(run_dir.path) is None:  # an encrypted run gets no plain copy (--out was outside it)
+        run_dir.evals.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir.evals / "explain.json", doc)
     (out_dir / "explain.html").write_text(render_html(doc), encoding="utf-8")
     doc["files"] += ["explain.html", "explain.json"]
     return doc
@@ -300,6 +305,7 @@ def faithfulness_report(run: str | Path, prompts: list[str], ks: tuple[int, ...]
     `explain`): the integrated-gradients completeness error, and the deletion test (top-k
     attributed vs k random tokens) for integrated gradients, gradient x input and a recency
     baseline (latest tokens first). Writes RUN/evals/explain-faithfulness.json."""
+    refuse_plain_output_in_sealed_tree(run, "evals/explain-faithfulness.json")
     subject = load_subject(run, device=device)
     model, tok = subject.model, subject.target
     # "recency" is no explanation at all (the latest tokens first): the bar an attribution must

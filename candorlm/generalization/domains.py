@@ -110,6 +110,9 @@ def evaluate_domains(run: str | Path, domains: Sequence[str] = (), *, data: str 
         batch_size: Documents scored together.
         seed: Seed of the samples, the noise and the bootstrap.
     """
+    from candorlm.io.sealedtree import refuse_plain_output_in_sealed_tree
+
+    refuse_plain_output_in_sealed_tree(run, "evals/domains.json")
     t0 = time.perf_counter()
     rd = open_run(run)
     lm = LanguageModel.load(rd.path)

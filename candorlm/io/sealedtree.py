@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,35 @@ def tree_format(root: Path) -> str:
         if header is not None:
             return "old" if header.version == 1 else "orphaned" if header.scope == SCOPE_TREE else "plain"
     return "plain"
+
+
+def encrypted_tree(path: str | Path) -> Path | None:
+    """The encrypted tree that path is or lies in (path need not exist yet): the nearest folder at
+    or above it with a keyed manifest, or path itself when it is an older or orphaned encrypted
+    tree; None when nothing encrypted holds it."""
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        if (folder / TREE_MANIFEST).is_file():
+            return folder
+    return path if path.is_dir() and tree_format(path) != "plain" else None
+
+
+def refuse_plain_output_in_sealed_tree(run_dir: str | Path, what: str, out: str | Path | None = None,
+                                       option: str | None = None) -> None:
+    """Raise CandorError, before any work, when `what` (plain text) would be written into an
+    encrypted run: into run_dir itself (out None), or into out where out lies in an encrypted tree
+    or inside run_dir. A plain file in a sealed tree leaks what the run holds, and `candorlm
+    decrypt` then refuses the whole tree. option names the command's output option, if any."""
+    run = Path(run_dir)
+    target = run if out is None else Path(out)
+    tree = encrypted_tree(target)
+    if tree is None and out is not None and Path(os.path.abspath(out)).is_relative_to(os.path.abspath(run)):
+        tree = encrypted_tree(run)
+    if tree is None:
+        return
+    elsewhere = f", or pass {option} to write outside the encrypted run" if option else ""
+    raise CandorError(f"{tree} is encrypted, and {what} would be written into it as plain text; decrypt it to a "
+                      f"folder (candorlm decrypt {tree} -o DIR --key-file KEY) and run there{elsewhere}")
 
 
 def open_tree(root: Path, key: Key | None = None) -> SealedTree:

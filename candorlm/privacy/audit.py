@@ -296,6 +296,9 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
     from candorlm.io.sealed import use_key
     from candorlm.io.manifest import update_manifest
 
+    from candorlm.io.sealedtree import refuse_plain_output_in_sealed_tree
+
+    refuse_plain_output_in_sealed_tree(run_dir, "evals/privacy.json")
     t0 = time.perf_counter()
     run = open_run(run_dir)
     with use_key(key):

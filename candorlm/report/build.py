@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from candorlm.io.files import atomic_write_text, write_json
+from candorlm.io.sealedtree import refuse_plain_output_in_sealed_tree
 from candorlm.report import collect
 from candorlm.report.figures import domains_png, loss_curve_png
 from candorlm.report.render import render_html, render_markdown
@@ -46,6 +47,7 @@ def report(run_dir: str | Path) -> dict[str, Any]:
     Args:
         run_dir: Run directory.
     """
+    refuse_plain_output_in_sealed_tree(run_dir, "report.html, report.json, report.md and report/")
     run = open_run(run_dir)
     config = run.read_config()
     sections = collect.sections(run, config)

@@ -23,8 +23,10 @@ def evaluate_task(run: str | Path, task: str, data: str | None = None, **options
     how long that will take, at the pace its dev evaluations kept during fine-tuning."""
     import logging
 
+    from candorlm.io.sealedtree import refuse_plain_output_in_sealed_tree
     from candorlm.tasks.pace import eval_forecast
 
+    refuse_plain_output_in_sealed_tree(run, f"evals/{task}.json")
     logging.getLogger("candorlm").info("%s", eval_forecast(run, options.get("limit")))
     return get_task(task).evaluate(run, data=data, **options)
 

@@ -21,7 +21,6 @@ at most three tries). The last test prints how many signals found a command runn
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
 import time

@@ -136,6 +136,16 @@ def terminate_cleanly() -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _remove_despite_sigterm(path: Path) -> None:
+    """Remove `path`; a SIGTERM during the removal lets it finish first (the removal is the cleanup;
+    found by tests/test_chaos.py: a stopped `encrypt --overwrite` left the replaced tree set aside)."""
+    try:
+        _remove(path)
+    except Terminated:
+        _remove(path)
+        raise
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -265,9 +275,11 @@ def swapped_into_place(dest: Path, purpose: str = "build") -> Iterator[Path]:
                 if old is not None:
                     os.replace(old, dest)
                 raise
-            fsync_dir(dest.parent)
-            if old is not None:
-                _remove(old)
+            try:
+                fsync_dir(dest.parent)
+            finally:
+                if old is not None:  # the new one is in place: the old one goes even if SIGTERM came now
+                    _remove_despite_sigterm(old)
         except BaseException:
             _remove(tmp)
             raise

@@ -35,7 +35,7 @@ def main() -> None:
     from candorlm.corpus import peoples_daily_documents
     from candorlm.prepare import prepare
     from candorlm.privacy.audit import audit
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     out = __import__("pathlib").Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

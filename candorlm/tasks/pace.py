@@ -28,7 +28,7 @@ from candorlm.ledger.forecast import (
     forecast_flops,
     say_duration,
 )
-from candorlm.training.trainer import lr_at
+from candorlm.training.optim import lr_at
 
 log = logging.getLogger("candorlm")
 

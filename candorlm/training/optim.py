@@ -6,6 +6,8 @@ same rate. It is defined for hidden matrices only: the token embedding (a lookup
 map), the output layer (tied to it by default) and the norm gains stay with AdamW, as in
 modded-nanoGPT. Muon's step is RMS-matched to AdamW's (`adjust_lr_fn="match_rms_adamw"`, the
 Moonlight rule), so `train.muon_lr` (default: `train.lr`) is on AdamW's scale.
+
+Also the step-sized learning-rate schedule (`lr_at`) that pretraining and fine-tuning share.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from candorlm.config import RunConfig
+from candorlm.training.budget import DECAYS
 
 
 def _adamw(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
@@ -48,3 +51,26 @@ def build_optimizers(model: nn.Module, cfg: RunConfig) -> list[torch.optim.Optim
         optimizers.insert(0, torch.optim.Muon(muon, lr=t.muon_lr or t.lr, weight_decay=t.weight_decay,
                                               adjust_lr_fn="match_rms_adamw"))
     return optimizers
+
+
+def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float, schedule: str = "cosine") -> float:
+    """Linear warmup to `peak`, then a decay (cosine, or warmup-stable-decay's) to `peak * min_ratio` at `max_steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return peak * DECAYS[schedule](progress, min_ratio)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW (or Adam) with weight decay on matrices only; fused kernels where torch has them."""
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    weight_decay = t.weight_decay if t.optimizer == "adamw" else 0.0
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
+        return torch.optim.AdamW(groups, **kwargs)

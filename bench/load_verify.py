@@ -7,6 +7,8 @@ they are right after training), and the hashing alone (which load_run overlaps w
 
     python bench/load_verify.py                       # all presets
     python bench/load_verify.py --presets tiny,small --repeat 11
+    python bench/load_verify.py --encrypted           # the same runs encrypted (`candorlm encrypt`):
+                                                      # checked = the keyed manifest, CANDORLM-SEALED.json
 
 Prints one row per preset: parameters, weights size, load time unchecked, load time checked,
 the difference as a share of the load. Timings depend on the machine and what else runs on it.
@@ -15,6 +17,8 @@ the difference as a share of the load. Timings depend on the machine and what el
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,6 +34,8 @@ from candorlm.checkpoint.weights import save_weights  # noqa: E402
 from candorlm.config import preset_names, resolve  # noqa: E402
 from candorlm.io.files import atomic_write_text, sha256_file  # noqa: E402
 from candorlm.io.manifest import write_manifest  # noqa: E402
+from candorlm.io.sealed import Key  # noqa: E402
+from candorlm.privacy.crypto import encrypt_path  # noqa: E402
 from candorlm.model import build_model  # noqa: E402
 from candorlm.rundir import RunDir  # noqa: E402
 from candorlm.tokenizer import train_tokenizer  # noqa: E402
@@ -50,18 +56,18 @@ def make_run(path: Path, preset: str, tokenizer) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), run.weights.stat().st_size
 
 
-def load_time(path: Path, verify: bool) -> float:
+def load_time(path: Path, verify: bool, key: Key | None = None) -> float:
     t0 = time.perf_counter()
-    load_run(path, verify=verify).build_model("cpu")
+    load_run(path, verify=verify, key=key).build_model("cpu")
     return time.perf_counter() - t0
 
 
-def median_loads(path: Path, repeat: int) -> tuple[float, float]:
+def median_loads(path: Path, repeat: int, key: Key | None = None) -> tuple[float, float]:
     """Median load time unchecked and checked, alternating so that drift on a busy machine hits both."""
     plain, checked = [], []
     for _ in range(repeat):
-        plain.append(load_time(path, False))
-        checked.append(load_time(path, True))
+        plain.append(load_time(path, False, key))
+        checked.append(load_time(path, True, key))
     return statistics.median(plain), statistics.median(checked)
 
 
@@ -69,7 +75,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(preset_names()))
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--encrypted", action="store_true", help="time encrypted copies of the runs")
     args = parser.parse_args()
+    key = Key(raw=os.urandom(32)) if args.encrypted else None
     torch.set_num_threads(max(1, torch.get_num_threads()))
     text = [f"今天的新闻 {i} the quick brown fox {i * 7} 中国经济发展" for i in range(2000)]
     tokenizer = train_tokenizer(text, "bpe", VOCAB)
@@ -78,8 +86,12 @@ def main() -> None:
         for preset in args.presets.split(","):
             path = Path(tmp) / preset
             params, size = make_run(path, preset, tokenizer)
-            load_time(path, True)  # warm the page cache and the imports
-            plain, checked = median_loads(path, args.repeat)
+            if key is not None:
+                encrypt_path(path, Path(tmp) / f"{preset}.enc", key)
+                shutil.rmtree(path)
+                path = Path(tmp) / f"{preset}.enc"
+            load_time(path, True, key)  # warm the page cache and the imports
+            plain, checked = median_loads(path, args.repeat, key)
             t0 = time.perf_counter()
             for name in ("config.toml", "tokenizer.json", "model.safetensors"):
                 sha256_file(path / name)

@@ -31,7 +31,7 @@ def main() -> None:
     data = ensure_data()
     rows = []
     for budget in args.budgets.split(","):
-        doc = plan(budget, sweep=args.sweep)
+        doc = plan(budget, sweep=args.sweep, eval_tokens=16384)
         every = budget in args.all_at.split(",")
         for cand in doc["candidates"] if every else doc["candidates"][:1]:
             settings = dict(doc["train"], eval_tokens=16384, save_every=10**6, keep_checkpoints=1,

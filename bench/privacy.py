@@ -35,6 +35,7 @@ def main() -> None:
     from candorlm.corpus import peoples_daily_documents
     from candorlm.prepare import prepare
     from candorlm.privacy.audit import audit
+    from candorlm.privacy.prepare_filters import prepare_filters
     from candorlm.pretrain import train
 
     out = __import__("pathlib").Path(args.out)
@@ -45,7 +46,8 @@ def main() -> None:
     data = out / "data"
     t0 = time.perf_counter()
     prepare([str(corpus)], data, tokenizer="bpe", vocab_size=2048, val_fraction=0.1, overwrite=True,
-            canaries=args.canaries, canary_repeats=[1, 10, 100], canary_seed=0)
+            filters=prepare_filters(canaries=args.canaries, canary_repeats=[1, 10, 100], canary_seed=0,
+                                    val_fraction=0.1))
     print(f"prepared {args.articles} articles + canaries in {time.perf_counter() - t0:.0f} s", flush=True)
     common = dict(preset="tiny", max_steps=args.steps, seq_len=args.seq_len, batch_size=16, eval_every=args.steps,
                   save_every=args.steps, seed=0, overwrite=True)

@@ -13,13 +13,21 @@
    credit card, phone recognizers; tldextract without network or cache), when installed
    (`pip install presidio-analyzer`): throughput and accuracy on the same data.
 
-    .venv/bin/python bench/scrub.py [--skip-jieba] [--skip-presidio]
+6. Before and after (`--before DIR`): the same labelled set and the same People's Daily names
+   figure, run against the candorlm package of another checkout DIR (e.g. a worktree of an
+   older commit: `git worktree add /tmp/before e98d6a0 --detach`), in a subprocess that imports
+   that checkout's detector; the labelled set and the scoring are this checkout's.
+
+    .venv/bin/python bench/scrub.py [--skip-jieba] [--skip-presidio] [--before DIR] [--only accuracy,names]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,34 +90,79 @@ def throughput(docs: list[str], text: str) -> None:
     print()
 
 
-def accuracy() -> None:
+# Run in another checkout's interpreter path: its detector on our texts, and its names figure.
+_BEFORE_SCRIPT = """
+import json, sys
+from candorlm.privacy.pii import PIIDetector
+texts = json.load(sys.stdin)
+if texts is None:
+    from candorlm.privacy import zh_names
+    print(json.dumps(zh_names.evaluate(zh_names.default_model(), "test")))
+else:
+    detector = PIIDetector()
+    found = detector.detect_many(texts)
+    print(json.dumps({"types": list(detector.types), "found": [[(e.type, e.start, e.end) for e in f] for f in found]}))
+"""
+
+
+def _in_checkout(checkout: str, payload: object) -> dict:
+    """Run _BEFORE_SCRIPT with `checkout`'s candorlm first on the path (this interpreter, its packages)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(checkout).resolve()))
+    proc = subprocess.run([sys.executable, "-c", _BEFORE_SCRIPT], input=json.dumps(payload), env=env,
+                          capture_output=True, text=True, cwd=checkout)
+    if proc.returncode != 0:
+        raise SystemExit(f"--before {checkout}: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout)
+
+
+def accuracy(before: str | None = None) -> None:
     from candorlm.privacy import pii_testset
     from candorlm.privacy.pii import PIIDetector
 
     samples = pii_testset.build(seed=0)
     result = pii_testset.score(PIIDetector(), samples)
+    old = None
+    if before:
+        got = _in_checkout(before, [s.text for s in samples])
+        old = pii_testset.score_predictions(got["found"], samples, result.keys() - {"lookalikes"})
+        old_types = set(got["types"])
     print(f"## labelled set: {len(samples):,} sentences (seed 0), exact spans\n")
-    print("| type | planted | found | false positives | precision | recall |\n|---|---|---|---|---|---|")
+    if old is None:
+        print("| type | planted | found | false positives | precision | recall |\n|---|---|---|---|---|---|")
+    else:
+        print(f"before: the checkout at {before}\n")
+        print("| type | planted | found | false positives | precision | recall | precision before | recall before |"
+              "\n|---|---|---|---|---|---|---|---|")
     for t, r in result.items():
-        if t != "lookalikes":
-            print(f"| {t} | {r['planted']} | {r['found']} | {r['false_positives']} | {r['precision']:.3f} | {r['recall']:.3f} |")
+        if t == "lookalikes":
+            continue
+        row = f"| {t} | {r['planted']} | {r['found']} | {r['false_positives']} | {r['precision']:.3f} | {r['recall']:.3f} |"
+        if old is not None:
+            o = old[t]
+            row += (f" {o['precision']:.3f} | {o['recall']:.3f} |" if t in old_types else " (no such type) | 0.000 |")
+        print(row)
     la = result["lookalikes"]
-    print(f"\nlook-alikes untouched: {la['survived']} of {la['total']} ({la['survival_rate']:.3f})")
+    print(f"\nlook-alikes untouched: {la['survived']} of {la['total']} ({la['survival_rate']:.3f})"
+          + (f"; before: {old['lookalikes']['survived']} ({old['lookalikes']['survival_rate']:.3f})" if old else ""))
     misses = pii_testset.score(PIIDetector(), pii_testset.build_known_misses())
     print("documented misses (Chinese-numeral and spaced-out phones, spelled-out e-mails, pinyin names), recall: "
           + ", ".join(f"{t} {misses[t]['recall']:.2f}" for t in ("PHONE", "EMAIL", "PERSON")) + "\n")
 
 
-def names(skip_jieba: bool) -> None:
-    from candorlm.privacy import zh_names
+def names(skip_jieba: bool, before: str | None = None) -> None:
+    from candorlm.privacy import zh_names, zh_names_fit
 
     model = zh_names.default_model()
     print("## Chinese person names vs People's Daily's `nr` tags, held-out articles (split 4 of 5)\n")
-    result = zh_names.evaluate(model, "test")
+    result = zh_names_fit.evaluate(model, "test")
     print("| detector | names | recall (name inside a detection) | precision (detection overlaps a name) | "
           "exact-span recall | exact-span precision |\n|---|---|---|---|---|---|")
-    print(f"| candorlm span model | {result['names']} | {result['recall']:.3f} | {result['precision']:.3f} | "
-          f"{result['exact_recall']:.3f} | {result['exact_precision']:.3f} |")
+    rows = [("candorlm span model", result)]
+    if before:
+        rows.append((f"candorlm span model, before ({before})", _in_checkout(before, None)))
+    for label, r in rows:
+        print(f"| {label} | {r['names']} | {r['recall']:.3f} | {r['precision']:.3f} | "
+              f"{r['exact_recall']:.3f} | {r['exact_precision']:.3f} |")
     if not skip_jieba:
         import logging
 
@@ -120,7 +173,7 @@ def names(skip_jieba: bool) -> None:
         gold_n = pred_n = covered = hit = exact = 0
         text_mb = 0.0
         start = time.perf_counter()
-        for article in zh_names.articles("test"):
+        for article in zh_names_fit.articles("test"):
             for text, gold in article:
                 pred, pos = [], 0
                 for word, flag in pseg.cut(text):
@@ -130,7 +183,7 @@ def names(skip_jieba: bool) -> None:
                 text_mb += _mb(text)
                 gold_n += len(gold)
                 pred_n += len(pred)
-                covered += zh_names._covered(gold, pred)
+                covered += zh_names_fit._covered(gold, pred)
                 hit += sum(any(gs < pe and ps < ge for gs, ge in gold) for ps, pe in pred)
                 exact += len(set(gold) & set(pred))
         seconds = time.perf_counter() - start
@@ -217,13 +270,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-jieba", action="store_true", help="skip the slow jieba.posseg baseline")
     parser.add_argument("--skip-presidio", action="store_true")
+    parser.add_argument("--before", metavar="DIR", help="also score the candorlm package of this checkout")
+    parser.add_argument("--only", help="comma-separated parts: throughput, accuracy, names, real, presidio")
     args = parser.parse_args()
-    docs, text = corpus_with_pii()
-    throughput(docs, text)
-    accuracy()
-    names(args.skip_jieba)
-    real_text_false_positives()
-    if not args.skip_presidio:
+    parts = set(args.only.split(",")) if args.only else {"throughput", "accuracy", "names", "real", "presidio"}
+    if parts & {"throughput", "presidio"}:
+        docs, text = corpus_with_pii()
+    if "throughput" in parts:
+        throughput(docs, text)
+    if "accuracy" in parts:
+        accuracy(args.before)
+    if "names" in parts:
+        names(args.skip_jieba, args.before)
+    if "real" in parts:
+        real_text_false_positives()
+    if "presidio" in parts and not args.skip_presidio:
         presidio_peer(docs, text)
 
 

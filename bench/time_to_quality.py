@@ -43,7 +43,7 @@ CURVE = POINTS  # where each contestant is scored (more points: finer time-to-re
 TODAY_MODEL = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 256, "mlp": "swiglu",
                "tie_embeddings": True}
 TODAY_TRAIN = {"lr": 3e-3, "warmup_steps": 50, "min_lr_ratio": 0.1, "weight_decay": 0.1, "beta1": 0.9,
-               "beta2": 0.95, "grad_clip": 1.0, "optimizer": "adamw"}
+               "beta2": 0.95, "grad_clip": 1.0, "optimizer": "adamw", "schedule": "cosine"}
 
 
 @dataclass

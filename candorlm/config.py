@@ -130,7 +130,9 @@ class TrainConfig(_Strict):
     optimizer: Literal["adamw", "adam", "muon"] = "adamw"
     lr: float = 3e-3
     muon_lr: float | None = None  # Muon's learning rate (RMS-matched to AdamW's); None: lr
-    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, then a linear decay (the last 30%)
+    # wsd: warmup, stable, then a linear decay over the last 30% (issue 16: it won the interleaved
+    # time-to-quality bench, docs/training.md); cosine: the decay from the first step after warmup
+    schedule: Literal["cosine", "wsd"] = "wsd"
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1

@@ -31,7 +31,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import Iterable, Iterator, Sequence, TextIO
 
 from candorlm.errors import CandorError
 
@@ -41,6 +41,7 @@ MAX_DOC_CHARS = 100_000
 # The reader's unit: a line longer than this is read in pieces, so memory does not grow with it.
 MAX_LINE_CHARS = 10_000
 MAX_JSONL_LINE_CHARS = 8_000_000
+BATCH_CHARS = 1_000_000  # documents encoded or scrubbed together: at most this much text (see batched)
 TEXT_SUFFIXES = {".txt", ".md", ".jsonl"}
 BUILTINS = ("peoples-daily", "reviews", "python-docs")
 _SNIFF_BYTES = 1 << 16
@@ -221,6 +222,12 @@ def read_jsonl(path: Path, text_field: str = "text", label_field: str | None = "
                 text = record[text_field]
                 if not isinstance(text, str):
                     raise CandorError(f"{path}:{lineno}: field '{text_field}' is {type(text).__name__}, not a string")
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:  # JSON can escape half a surrogate pair: "\ud800"
+                    raise CandorError(f"{path}:{lineno}: field '{text_field}' holds {text[exc.start]!r}, half of a "
+                                      f"UTF-16 surrogate pair, which is not text; the tool that wrote it split a "
+                                      f"character. Fix or drop that record.") from None
                 label = record.get(label_field) if label_field else None
                 for i in range(0, max(len(text), 1), MAX_DOC_CHARS):
                     yield Document(text[i:i + MAX_DOC_CHARS], f"{path}:{lineno}", None if label is None else str(label))
@@ -426,6 +433,22 @@ class Corpus:
             yield from read_jsonl(path, self.text_field)
         else:
             yield from read_text_file(path, encoding, self.report)
+
+
+def batched(docs: Iterable[Document], max_docs: int, max_chars: int = BATCH_CHARS) -> Iterator[list[Document]]:
+    """Documents in batches of at most `max_docs`, and of at most `max_chars` characters unless
+    one document is longer: a batch's memory is bounded by its text, not by its count (a file of
+    one long line is cut into many full documents, which must not all be encoded at once)."""
+    batch: list[Document] = []
+    size = 0
+    for doc in docs:
+        if batch and (len(batch) >= max_docs or size + len(doc.text) > max_chars):
+            yield batch
+            batch, size = [], 0
+        batch.append(doc)
+        size += len(doc.text)
+    if batch:
+        yield batch
 
 
 def document_hash(text: str) -> int:

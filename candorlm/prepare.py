@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from candorlm.corpus import Corpus
 from candorlm.io.files import atomic_path, swapped_into_place
@@ -44,15 +44,14 @@ def train_tokenizer_file(sources: Sequence[str], out: str | Path, kind: Tokenize
 def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind = "bpe",
             vocab_size: int = DEFAULT_VOCAB_SIZE, tokenizer_file: str | Path | None = None, text_field: str = "text",
             val_fraction: float = 0.05, workers: int | None = None, overwrite: bool = False,
-            scrub: bool = False, scrub_operator: str = "placeholder", canaries: int = 0,
-            canary_repeats: str | Sequence[int] = "10", canary_format: str | None = None,
-            canary_seed: int = 0) -> ShardMeta:
+            filters: Sequence[Callable[[Any], Any]] = ()) -> ShardMeta:
     """Prepare a corpus for training: `out/` gets tokenizer.json, token shards and meta.json.
 
-    - scrub: replace personal data on the way in (candorlm.privacy.scrub; report in
-      scrub_report.json).
-    - canaries: plant that many random secrets per repeat count (candorlm.privacy.canaries;
-      list in canaries.json).
+    `filters` wrap the corpus in order, each taking a corpus and returning one (its documents
+    changed, dropped or added); one with a `save_report(directory)` method writes its report
+    into the data directory. The privacy features come in this way, from above:
+    `candorlm.privacy.prepare_filters` builds the scrubber (scrub_report.json) and the canary
+    planter (canaries.json) that `candorlm prepare --scrub --canaries N` asks for.
 
     A SHA256SUMS manifest is written last.
 
@@ -69,29 +68,16 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
         val_fraction: Share of documents held out for validation.
         workers: Processes for word tokenization and scrubbing (default: all cores).
         overwrite: Replace an existing data directory.
-        scrub: Replace personal data with typed placeholders on the way in (see `candorlm scrub`);
-            report in DATA_DIR/scrub_report.json.
-        scrub_operator: With scrub: mask, placeholder (<PHONE>), pseudonym (consistent fakes) or drop.
-        canaries: Plant N random secrets per repeat count, for `candorlm audit`.
-        canary_repeats: How many copies of each canary: a count or a list, e.g. 1,10,100.
-        canary_format: Canary text, # for each random digit (default: 我的银行卡号是####-####).
-        canary_seed: Seed of the canaries' random digits.
+        filters: Corpus wrappers applied in order (Python only; the CLI builds them from its options).
     """
     out = Path(out)
     claim_dir(out, "data", overwrite=overwrite, inputs=[*sources, *([tokenizer_file] if tokenizer_file else [])],
               legacy=looks_like_old_data)
-    corpus = Corpus(sources, text_field=text_field)
-    scrubbed = planted = None
-    if scrub:
-        from candorlm.privacy.scrub import ScrubbedCorpus
-
-        corpus = scrubbed = ScrubbedCorpus(corpus, scrub_operator, workers=workers)
-    if canaries:
-        from candorlm.privacy.canaries import DEFAULT_FORMAT, CanaryCorpus, make_canaries, parse_repeats
-
-        planted = make_canaries(canaries, parse_repeats(canary_repeats), canary_format or DEFAULT_FORMAT,
-                                canary_seed, val_fraction)
-        corpus = CanaryCorpus(corpus, planted)
+    corpus: Any = Corpus(sources, text_field=text_field)
+    wrapped = []
+    for wrap in filters:
+        corpus = wrap(corpus)
+        wrapped.append(corpus)
     with swapped_into_place(out) as tmp:
         if tokenizer_file:
             tok = Tokenizer.load(tokenizer_file)
@@ -107,10 +93,9 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
         meta.encodings = corpus.report.encodings
         meta.skipped = corpus.report.skipped
         save_meta(meta, tmp)
-        if scrubbed is not None:
-            scrubbed.scrub_report.save(tmp / "scrub_report.json")
-        if planted is not None:
-            planted.save(tmp / "canaries.json")
+        for layer in wrapped:
+            if hasattr(layer, "save_report"):
+                layer.save_report(tmp)
         write_manifest(tmp)  # SHA256SUMS: `candorlm verify DATA_DIR` checks it
         write_marker(tmp, "data", "candorlm prepare")
     return meta

@@ -18,16 +18,16 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from candorlm.corpus import Document, document_hash
+from candorlm.corpus import Document, batched, document_hash
 from candorlm.errors import CandorError
 from candorlm.io.sealed import is_encrypted, read_bytes, read_text
+from candorlm.io.sealedtree import open_tree, tree_format
 from candorlm.progress import progress_bar
 from candorlm.tokenizer import Tokenizer
 
@@ -168,9 +168,7 @@ def _encode_in_worker(texts: list[str]) -> list[list[int]]:
 
 
 def _batched(items: Iterable[Document], n: int) -> Iterator[list[Document]]:
-    it = iter(items)
-    while batch := list(islice(it, n)):
-        yield batch
+    return batched(items, n)  # bounded by characters too: long documents come in small batches
 
 
 def save_meta(meta: ShardMeta, out: Path) -> None:
@@ -205,6 +203,8 @@ class ShardSet:
         if not meta_file.is_file():
             raise CandorError(f"{self.path} is not a prepared data directory (no meta.json). "
                               f"Make one with: candorlm prepare CORPUS --out {self.path}")
+        if tree_format(self.path) != "plain":  # encrypted: its keyed manifest vouches for every shard first
+            open_tree(self.path).check_all()
         raw = json.loads(read_text(meta_file))
         self.meta = ShardMeta(**raw)
         self.tokenizer = Tokenizer.load(self.path / "tokenizer.json")

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("io", {"io"}),
     ("fonts", {"fonts"}),  # the bundled CJK font: figures and pages of every feature draw Chinese with it
     ("config", {"config", "rundir"}),
-    ("data", {"corpus", "tokenizer", "shards", "prepare", "device", "progress"}),
+    ("data", {"corpus", "tokenizer", "shards", "prepare", "device", "progress", "forecast"}),
     ("model", {"model"}),
     ("checkpoint", {"checkpoint"}),
     ("training | inference", {"training", "lm", "generate", "beam", "evaluate"}),

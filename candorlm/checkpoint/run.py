@@ -40,7 +40,7 @@ from candorlm.errors import CandorError
 from candorlm.io.manifest import MANIFEST_NAME, check_files, read_manifest
 from candorlm.io.sealed import Key, read_text, use_key
 from candorlm.io.sealedtree import SealedTree, open_tree, tree_format
-from candorlm.model import SequenceClassifier, build_model
+from candorlm.model import SequenceClassifier, SpanReader, build_model
 from candorlm.rundir import RunDir, open_run
 from candorlm.tokenizer import Tokenizer
 
@@ -85,12 +85,14 @@ class LoadedRun:
         return self.info.get("task")
 
     def build_model(self, device: str = "cpu", model_config: ModelConfig | None = None) -> nn.Module:
-        """The run's model with its weights (a sentiment classifier with its head), in eval mode."""
+        """The run's model with its weights (a sentiment classifier or a QA span reader with its head), in eval mode."""
         if self.weights is None:
             raise CandorError(f"{self.path} has no weights yet (no model.safetensors, no checkpoint); train it first")
         model = build_model(model_config or self.config.model)
         if self.task == "sentiment":
             model = SequenceClassifier(model, len(self.info["labels"]), self.info["pooling"])
+        elif self.task == "qa" and self.info.get("head") == "span":
+            model = SpanReader(model)
         try:
             with use_key(self.key):
                 if self.weights.is_dir():  # checked (or deliberately not) by load_run already

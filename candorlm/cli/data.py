@@ -12,7 +12,9 @@ from candorlm.errors import CandorError
 PANEL = "Data and models"
 
 
-@options_from("candorlm.prepare:prepare", flags={"canary_repeats": "--repeats"})
+@options_from("candorlm.prepare:prepare", skip=("filters",))
+@options_from("candorlm.privacy.prepare_filters:prepare_filters", skip=("workers", "val_fraction"),
+              flags={"canary_repeats": "--repeats"})
 def prepare(key_file: KeyFile = None, **options: Any) -> None:
     """Read a corpus, train a tokenizer and write token shards for training.
 
@@ -20,11 +22,19 @@ def prepare(key_file: KeyFile = None, **options: Any) -> None:
 
     Example: candorlm prepare notes/ --out data/notes --scrub --canaries 4 --repeats 1,10,100
     """
+    import inspect
+
     from candorlm.prepare import prepare as run_prepare
+    from candorlm.privacy.prepare_filters import prepare_filters
     from candorlm.progress import console
 
+    # privacy's options build the filters; prepare (the data layer) only applies them
+    wanted = set(inspect.signature(prepare_filters).parameters) - {"workers", "val_fraction"}  # prepare's own
+    filter_options = {k: options.pop(k) for k in list(options) if k in wanted}
+    val_fraction = options.get("val_fraction", inspect.signature(run_prepare).parameters["val_fraction"].default)
+    filters = prepare_filters(**filter_options, workers=options.get("workers"), val_fraction=val_fraction)
     with reading_with(key_file):
-        meta = run_prepare(**options)
+        meta = run_prepare(**options, filters=filters)
     for path, enc in meta.encodings.items():
         if enc not in ("utf-8", "utf-8-sig"):
             console.print(f"{path}: decoded as {enc.upper()}")

@@ -27,6 +27,8 @@ def finetune(
                                             "(bpe or char; translate: the target side; default: the task's)."),
     vocab_size: Optional[int] = typer.Option(None, help="Without RUN: vocabulary size of that tokenizer "
                                              "(default: the task's)."),
+    head: Optional[str] = typer.Option(None, help="qa: generate (write the answer; decoder or seq2seq) or span "
+                                       "(an extractive reader pointing at it; encoder or decoder). Default: generate."),
     key_file: KeyFile = None, no_verify: NoVerify = False,
     **options: Any,
 ) -> None:
@@ -45,7 +47,7 @@ def finetune(
     from candorlm.tasks.finetune import finetune as run_finetune
 
     task_options = {k: v for k, v in dict(labels=labels.split(",") if labels else None, tokenizer=tokenizer,
-                                          vocab_size=vocab_size).items() if v is not None}
+                                          vocab_size=vocab_size, head=head).items() if v is not None}
     beam_size = options.pop("beam_size")
     if options["task"] == "translate":
         task_options["beam_size"] = beam_size

@@ -122,20 +122,40 @@ def _write_hf(lm: LanguageModel, out: Path) -> None:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     write_json(out / "config.json", llama_config(cfg, lm.tokenizer))
     tok = lm.tokenizer
+    # candorlm never writes its markers (pad, bos, chat roles...) in plain text: nor does transformers.
+    suppress = sorted(i for i in tok.special_ids if i != tok.eos_id)
     write_json(out / "generation_config.json", {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
-                                                "pad_token_id": tok.pad_id})
+                                                "pad_token_id": tok.pad_id, "suppress_tokens": suppress})
     lm.tokenizer.save(out / "tokenizer.json")
+    add_bos = tok.bos_id is not None
+    if add_bos:  # candorlm starts every prompt with <|bos|>: so does the exported tokenizer
+        _add_bos_post_processor(out / "tokenizer.json", tok.specials["bos"], tok.bos_id)
     specials = {f"{role}_token": token for role, token in tok.specials.items()
                 if role in ("bos", "eos", "pad", "unk", "mask", "sep")}
     write_json(out / "special_tokens_map.json", specials)
     write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": cfg.max_seq_len,
-        "add_bos_token": False,
+        "add_bos_token": add_bos,
+        "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         **({"chat_template": CHAT_TEMPLATE} if all(tok.ids.get(r) is not None for r in (*CHAT_ROLES, "end")) else {}),
         **specials,
     })
+
+
+def _add_bos_post_processor(path: Path, bos: str, bos_id: int) -> None:
+    """Make `tokenizer(text)` (add_special_tokens=True, the default, as pipelines call it) give
+    <|bos|> + the text's tokens, as candorlm's prompts are; add_special_tokens=False stays plain."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+    }
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False))
 
 
 def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -191,6 +211,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> R
                       rope_theta=theta, norm_eps=hf.get("rms_norm_eps", 1e-6),
                       tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
     tokenizer = Tokenizer.load(hf_dir / "tokenizer.json")
+    tokenizer.hf.post_processor = None  # candorlm adds <|bos|> itself where a prompt needs it
     model = DecoderLM(cfg)
     reverse = {v: k for k, v in _NAMES.items()}
     tensors = _read_hf_weights(hf_dir)

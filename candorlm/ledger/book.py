@@ -31,9 +31,13 @@ def total(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum the sessions' times, tokens, FLOPs, energy, CO2 and money; take the largest peak
     memory; recompute the rates from the sums."""
     last = sessions[-1]
-    out: dict[str, Any] = {k: v for k, v in last.items() if k not in _SUMMED}
+    out: dict[str, Any] = {k: v for k, v in last.items() if k not in _SUMMED and k not in ("steps", "session")}
     n = len(sessions)
     how = "the one session" if n == 1 else f"sum over {n} sessions"
+    spans = [_value(s, "steps") for s in sessions]
+    if all(isinstance(v, list) and len(v) == 2 for v in spans):
+        out["steps"] = {"value": sum(b - a for a, b in spans), "unit": "steps",
+                        "method": f"{how}: optimizer steps trained (each session's last step - first step)"}
     for key in _SUMMED:
         values = [_value(s, key) for s in sessions]
         if any(v is None for v in values):
@@ -65,21 +69,58 @@ def read_ledger(run_dir: str | Path) -> dict[str, Any]:
 
 
 def record(run_dir: str | Path, kind: str, session: dict[str, Any], replace_after_step: int | None = None) -> dict[str, Any]:
-    """Add a session of `kind` to the run's ledger.json and recompute its total.
+    """Add a session of `kind` to the run's ledger.json and recompute its total (see record_sessions)."""
+    return record_sessions(run_dir, {kind: session}, replace_after_step)
 
-    A resumed training run passes the step it resumed from: sessions that had gone past it are
-    dropped, as their steps are trained again (metrics.jsonl is truncated the same way)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown ledger kind {kind!r}; one of {KINDS}")
+
+def record_sessions(run_dir: str | Path, sessions: dict[str, dict[str, Any]],
+                    replace_after_step: int | None = None) -> dict[str, Any]:
+    """Add or update sessions (one per kind) in the run's ledger.json, recompute the totals, and
+    write the file atomically, once.
+
+    A session that carries a `session` id replaces the earlier record with that id: a training
+    run rewrites its record at each log interval, so a kill -9 loses at most one interval.
+    A resumed training run passes the step it resumed from: earlier sessions are cut back to it
+    (their later steps were lost and are trained again; metrics.jsonl is truncated the same way),
+    and those that started at or after it are dropped."""
+    unknown = set(sessions) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown ledger kind {sorted(unknown)}; one of {KINDS}")
     data = read_ledger(run_dir)
-    section = data.setdefault(kind, {"sessions": []})
-    sessions = section["sessions"]
-    if replace_after_step is not None:
-        sessions[:] = [s for s in sessions if s.get("steps", {}).get("value", [0, 0])[1] <= replace_after_step]
-    sessions.append(session)
-    section["total"] = total(sessions)
+    for kind, session in sessions.items():
+        section = data.setdefault(kind, {"sessions": []})
+        held = section["sessions"]
+        ident = _value(session, "session")
+        if ident is not None:
+            held[:] = [s for s in held if _value(s, "session") != ident]
+        if replace_after_step is not None:
+            held[:] = [c for c in (_cut_back(s, replace_after_step) for s in held) if c is not None]
+        held.append(session)
+        section["total"] = total(held)
     write_json(RunDir(Path(run_dir)).ledger, data)
     return data
+
+
+def _cut_back(session: dict[str, Any], step: int) -> dict[str, Any] | None:
+    """A session as far as `step`: its summed figures scaled by the share of its steps kept (every
+    step trains the same tokens), or None when it started at or after `step`."""
+    span = _value(session, "steps")
+    if not (isinstance(span, list) and len(span) == 2):
+        return session
+    first, last = span
+    if last <= step:
+        return session
+    if first >= step:
+        return None
+    share = (step - first) / (last - first)
+    out = dict(session, steps=dict(session["steps"], value=[first, step], method=session["steps"]["method"]
+                                   + f"; cut back from step {last} to {step}, the checkpoint a later session resumed"))
+    for key in _SUMMED:
+        if isinstance(out.get(key), dict) and isinstance(out[key].get("value"), (int, float)):
+            value = out[key]["value"] * share
+            out[key] = dict(out[key], value=round(value) if isinstance(out[key]["value"], int) else value,
+                            method=out[key]["method"] + f"; x {share:.4f}, the share of its steps kept")
+    return out
 
 
 def ledger(run_dir: str | Path) -> dict[str, Any]:

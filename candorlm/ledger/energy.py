@@ -123,6 +123,8 @@ class _Rapl:
         return EnergyReading(total / 3.6e12, f"RAPL package energy counters ({len(self.files)} packages; "
                                              f"CPU packages only, not RAM or GPU)", node_wide=True)
 
+    read = stop  # reading the counters stops nothing
+
 
 class _RatedPower:
     def __init__(self, watts: float, what: str) -> None:
@@ -133,6 +135,8 @@ class _RatedPower:
         hours = (time.perf_counter() - self.start) / 3600
         return EnergyReading(self.watts * hours / 1000,
                              f"estimate: rated power {self.watts:.0f} W ({self.what}) x wall time; no power meter readable")
+
+    read = stop
 
 
 def rated_watts(device: torch.device, threads: int | None) -> tuple[float, str]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from candorlm.device import device_name  # noqa: F401 (imported from here by the meter and the estimate)
 from candorlm.io.files import atomic_write_text
 
 CACHE = Path(os.environ.get("CANDORLM_CACHE", Path.home() / ".cache" / "candorlm")) / "peak.json"
@@ -48,19 +48,6 @@ class Peak:
 
 
 _THIS_PROCESS: dict[str, Peak] = {}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def peak_key(precision: str, device: torch.device, threads: int | None = None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from candorlm.ledger.energy import EnergyMeter, start_energy_meter
+from candorlm.ledger.energy import EnergyMeter, EnergyReading, start_energy_meter
 from candorlm.ledger.hardware import BUSY_REASON, device_name, measured_peak
 
 # A round world-average figure: the IEA's 2019 global average (475 g CO2 per kWh), the one
@@ -130,9 +130,18 @@ class Meter:
 
     def finish(self, flops_method: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ledger entry for the work: every figure with its unit and method."""
+        return self._entry(self._energy.stop() if self._energy else None, flops_method, extra)
+
+    def snapshot(self, flops_method: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The entry for the work so far, the meter still running (a training run records one at
+        each log interval, so a process killed with -9 leaves its session in the ledger). An
+        energy meter that can only be read by stopping it (codecarbon) gives no energy here."""
+        read = getattr(self._energy, "read", None)
+        return self._entry(read() if read else None, flops_method, extra)
+
+    def _entry(self, reading: EnergyReading | None, flops_method: str, extra: dict[str, Any] | None) -> dict[str, Any]:
         wall = time.perf_counter() - self._start
         busy = self.busy_s or wall
-        reading = self._energy.stop() if self._energy else None
         self.energy_node_wide = bool(reading and reading.node_wide)
         peak = self.peak()
         memory, memory_method = peak_memory_bytes(self.device)

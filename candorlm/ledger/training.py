@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from candorlm.config import RunConfig
-from candorlm.ledger.book import record
+from candorlm.ledger.book import record_sessions
 from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
 from candorlm.ledger.meter import Meter, Prices, figure, mfu_figure
 from candorlm.training.loop import Callback, Loop, LoopResult
@@ -53,6 +54,7 @@ class TrainingMeter:
         self.n_params = n_params
         self.eval_s = self.save_s = 0.0
         self.eval_tokens = 0
+        self.session_id = uuid.uuid4().hex[:12]
 
     def start(self) -> "TrainingMeter":
         # The peak is probed before the clock starts and before this run loads the CPU itself.
@@ -92,24 +94,37 @@ class TrainingMeter:
         finally:
             self.save_s += time.perf_counter() - start
 
+    def log(self, run_dir: Path, step: int, resumed: bool) -> None:
+        """Record the session so far in run_dir/ledger.json (the trainer calls this at each log
+        interval, on every rank): a process killed with -9 leaves its session counted up to its
+        last log step, and `--resume` then keeps what the checkpoint it resumes from holds."""
+        self._record(run_dir, step, resumed, final=False)
+
     def finish(self, run_dir: Path, step: int, resumed: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Close the session, write it into run_dir/ledger.json; returns the train total. `extra`:
         more figures of the session (a time budget's budget against actual)."""
+        return self._record(run_dir, step, resumed, final=True, extra=extra)
+
+    def _record(self, run_dir: Path, step: int, resumed: bool, final: bool,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         tokens = (step - self.first_step) * self.tokens_per_step
         m = self.meter
-        m.count(tokens, tokens * self.train_fpt)
+        m.tokens, m.flops = tokens, float(tokens * self.train_fpt)  # set, not added: this runs at every log step
         wall = time.perf_counter() - m._start
         m.busy_s = max(wall - self.eval_s - self.save_s, 1e-9)
         flops_method = (f"analytic: {self.train_fpt:,} FLOP per training token (candorlm.ledger.flops: 6 x matmul "
                         f"weights + attention at sequence length {self.seq_len}) x tokens trained")
         steps = figure([self.first_step, step], "steps", "optimizer steps of this session (from, to)")
-        session = m.finish(flops_method, extra={
+        figures = {
             "steps": steps,
             "parameters": figure(self.n_params, "parameters", "model.num_params()"),
             "eval_time": figure(round(self.eval_s, 3), "s", "wall time of periodic evaluation, within wall time"),
             "save_time": figure(round(self.save_s, 3), "s", "wall time of checkpoint saving, within wall time"),
+            "session": figure(self.session_id, "", "this session's id: its record is rewritten at each log interval "
+                              "while it trains" + ("" if final else "; it has not finished (yet, or it was killed)")),
             **(extra or {}),
-        })
+        }
+        session = m.finish(flops_method, figures) if final else m.snapshot(flops_method, figures)
         if self.ranks.size > 1:
             session, wall = self._sum_ranks(session)
         else:
@@ -124,9 +139,8 @@ class TrainingMeter:
                                     f"not spent evaluating")
         if not self.ranks.is_main:
             return session
-        data = record(run_dir, "train", session, replace_after_step=self.first_step if resumed else None)
-        if evaluation is not None:
-            data = record(run_dir, "evaluate", evaluation, replace_after_step=self.first_step if resumed else None)
+        kinds = {"train": session} if evaluation is None else {"train": session, "evaluate": evaluation}
+        data = record_sessions(run_dir, kinds, replace_after_step=self.first_step if resumed else None)
         return data["train"]["total"]
 
     def _sum_ranks(self, session: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -181,6 +195,7 @@ class TrainingMeter:
         flops = self.eval_tokens * self.eval_fpt * self.ranks.size
         out: dict[str, Any] = {
             "steps": steps,
+            "session": session["session"],
             "wall_time": figure(round(self.eval_s, 3), "s", "time.perf_counter around each evaluation"),
             "busy_time": figure(round(self.eval_s, 3), "s", "same as wall time"),
             "tokens": figure(self.eval_tokens, "tokens", "validation tokens scored"),
@@ -223,6 +238,7 @@ class LedgerMeter(Callback):
         assert self.meter is not None
         if "tokens_per_s" in row:
             row["mfu"] = round(self.meter.mfu(row["tokens_per_s"]), 6)
+        self.meter.log(self.run_dir, loop.step, resumed=self.resumed)  # the session so far: survives kill -9
 
     def on_evaluate(self, loop: Loop, scores: dict[str, Any], row: dict[str, Any], seconds: float) -> None:
         assert self.meter is not None

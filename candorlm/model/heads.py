@@ -1,4 +1,5 @@
-"""Task heads on top of a backbone's hidden states: a pooled sequence classifier.
+"""Task heads on top of a backbone's hidden states: a pooled sequence classifier, and an
+extractive span reader (SpanReader, best_spans).
 
     logits = W · dropout(pool(hidden_states)) + b        pool: mean over real tokens, or the last one
 
@@ -49,3 +50,69 @@ class SequenceClassifier(nn.Module):
         mask = attention_mask if self.backbone.cfg.arch == "encoder" else None
         hidden = self.backbone.hidden_states(input_ids, mask)
         return self.head(self.dropout(pool(hidden, attention_mask, self.pooling)))
+
+
+class SpanReader(nn.Module):
+    """An extractive reader: start and end logits over the tokens of a backbone's input (BERT's
+    SQuAD head), with one cheap input feature per token added to the token embeddings.
+
+        start, end = split(W · dropout(hidden_states(ids + feature_emb(features))))
+
+    features (B, T) in {0, 1} (the task says what they mean; candorlm's QA: "this context token
+    also occurs in the question", as DrQA's exact-match feature). The embedding is added at the
+    backbone's `hook_embed` point, the documented place to change the token embeddings, so any
+    Trunk takes it unchanged. Under causal attention (a decoder) a position has not yet seen the
+    token after it, which is what tells where a span ends; there the end logit of position t is
+    read from the state at t + 1 (the span ends before the next token).
+    """
+
+    def __init__(self, backbone: nn.Module, dropout: float = 0.1, n_features: int = 2):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.feature = nn.Embedding(n_features, backbone.cfg.d_model)
+        self.head = nn.Linear(backbone.cfg.d_model, 2)
+        nn.init.normal_(self.feature.weight, std=backbone.cfg.init_std)
+        nn.init.normal_(self.head.weight, std=backbone.cfg.init_std)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def cfg(self):  # noqa: ANN201 - the backbone's ModelConfig
+        return self.backbone.cfg
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits (B, T), float32, for right-padded input_ids (B, T)."""
+        causal = self.backbone.cfg.arch != "encoder"
+        added = self.feature(features)
+        point = self.backbone.hook_embed
+
+        def add_feature(x: torch.Tensor, hook: nn.Module) -> torch.Tensor:
+            return x + added.to(x.dtype)
+
+        point.fns.insert(0, add_feature)  # first, so that a user's hook on hook_embed sees the sum
+        try:
+            hidden = self.backbone.hidden_states(input_ids, None if causal else attention_mask)
+        finally:
+            point.fns.remove(add_feature)
+        logits = self.head(self.dropout(hidden)).float()
+        start, end = logits[..., 0], logits[..., 1]
+        if causal:  # end at t from the state at t + 1; the last position has no successor
+            end = torch.cat([end[:, 1:], torch.full_like(end[:, :1], -1e4)], dim=1)
+        return start, end
+
+
+def best_spans(start: torch.Tensor, end: torch.Tensor, allowed: torch.Tensor, max_len: int) -> list[tuple[int, int]]:
+    """The highest-scoring legal span (i, j) of each row: allowed[i] and allowed[j], i <= j < i + max_len,
+    score start[i] + end[j]. start, end, allowed: (B, T). A row with nothing allowed gets (0, -1)."""
+    T = start.shape[-1]
+    idx = torch.arange(T, device=start.device)
+    band = (idx[None, :] >= idx[:, None]) & (idx[None, :] < idx[:, None] + max_len)  # (T, T): j in [i, i + max_len)
+    ok = band[None] & allowed[:, :, None] & allowed[:, None, :]
+    scores = (start.float()[:, :, None] + end.float()[:, None, :]).masked_fill(~ok, -torch.inf)
+    flat = scores.flatten(1).argmax(-1)
+    out = []
+    for row, k in enumerate(flat.tolist()):
+        i, j = divmod(k, T)
+        out.append((i, j) if bool(ok[row, i, j]) else (0, -1))
+    return out

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from candorlm.errors import CandorError
+from candorlm.privacy.checks import fold
 from candorlm.privacy.fakes import FAKERS
 from candorlm.privacy.pii import Entity, PIIDetector
 
@@ -57,15 +58,32 @@ class Pseudonymizer:
         self._cache: dict[tuple[str, str], str] = {}
 
     def __call__(self, type_: str, value: str) -> str:
-        canonical = _canonical(type_, value)
+        folded = fold(value)  # fakes are made from, and cached as, ASCII; the width comes back at the end
+        canonical = _canonical(type_, folded)
         cached = self._cache.get((type_, canonical))
         if cached is not None and len(cached) == len(value):
-            return cached
+            return same_width(value, cached)
         digest = hmac.new(self.key, f"{type_}\x00{canonical}".encode("utf-8"), hashlib.sha256).digest()
-        fake = FAKERS[type_](random.Random(int.from_bytes(digest, "big")), value)
+        fake = FAKERS[type_](random.Random(int.from_bytes(digest, "big")), folded)
         if len(self._cache) < 1_000_000:
             self._cache[(type_, canonical)] = fake
+        return same_width(value, fake)
+
+
+def _wide(ch: str) -> str:
+    return chr(ord(ch) + 0xFEE0) if "!" <= ch <= "~" else "\u3000" if ch == " " else ch
+
+
+def same_width(original: str, fake: str) -> str:
+    """The fake in the original's width: a full-width number gets a full-width fake (１３９１６３６９７９５,
+    never １３９１6369795). Character by character where the lengths agree, else all of it when
+    most of the original's ASCII-foldable characters were full-width."""
+    if original == fold(original):
         return fake
+    if len(fake) == len(original):
+        return "".join(_wide(f) if o != fold(o) else f for o, f in zip(original, fake))
+    wide = sum(o != fold(o) for o in original)
+    return "".join(map(_wide, fake)) if 2 * wide >= sum(fold(o).isascii() for o in original) else fake
 
 
 @dataclass

@@ -35,7 +35,9 @@ from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.io.files import read_json, write_json
 from candorlm.io.sealed import Key
+from candorlm.forecast import forecast_flops
 from candorlm.lm import LanguageModel
+from candorlm.privacy.audit_cost import audit_flops, flops_per_token
 from candorlm.privacy.canaries import FILE_NAME as CANARIES_FILE
 from candorlm.privacy.canaries import CanarySet, fill, random_digits
 from candorlm.privacy.pii import PIIDetector
@@ -316,7 +318,10 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
     member = _sample(distinct_train, samples, rng)
     nonmember = _sample(_unique(val_docs), samples, rng)
     result: dict[str, Any] = {"run": str(run.path), "data": str(data_path), "seed": seed}
-    with progress_bar("auditing", total=4) as bar:
+    work = _work(lm, canaries, candidates, member + nonmember, prefix_tokens, suffix_tokens, generations,
+                 generation_tokens)
+    log.info("%s", forecast_flops(sum(work), run.path, "the audit's FLOPs") if work else "estimated time: unknown")
+    with progress_bar("auditing", total=sum(work) or 4) as bar:
         if canaries is not None:
             rows = canary_exposures(lm, canaries, candidates, rng)
             result["canaries"] = {"format": canaries.format, "candidate_space": 10 ** canaries.format.count("#"),
@@ -324,7 +329,7 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
                                   "by_repeats": _by_repeats(rows), "canaries": rows}
         else:
             result["canaries"] = None
-        bar.advance()
+        bar.advance(work[0] if work else 1)
         suffix = min(suffix_tokens, lm.model.cfg.max_seq_len - prefix_tokens - 1)
         if suffix < 1:
             raise CandorError(f"the model's context ({lm.model.cfg.max_seq_len} tokens) is too short for a "
@@ -332,7 +337,7 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
         result["extraction"] = {"prefix_tokens": prefix_tokens, "suffix_tokens": suffix,
                                 "train": extraction_rate(lm, member, prefix_tokens, suffix),
                                 "heldout": extraction_rate(lm, nonmember, prefix_tokens, suffix)}
-        bar.advance()
+        bar.advance(work[1] if work else 1)
         m_loss = sequence_nll(lm.model, member, tok.bos_id, mean=True)
         n_loss = sequence_nll(lm.model, nonmember, tok.bos_id, mean=True)
         result["membership"] = {"attack": "loss threshold", "train_documents": len(member),
@@ -341,9 +346,9 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
                                 "tpr_at_fpr_0.1": _round(tpr_at_fpr(-m_loss, -n_loss, 0.1)),
                                 "train_mean_loss": _round(float(m_loss.mean())) if len(m_loss) else None,
                                 "heldout_mean_loss": _round(float(n_loss.mean())) if len(n_loss) else None}
-        bar.advance()
+        bar.advance(work[2] if work else 1)
         result["pii_regurgitation"] = pii_regurgitation(lm, train_docs, generations, generation_tokens, seed)
-        bar.advance()
+        bar.advance(work[3] if work else 1)
     dp_file = run.path / "dp.json"
     result["differential_privacy"] = read_json(dp_file) if dp_file.is_file() else None
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -351,6 +356,16 @@ def audit(run_dir: str | Path, *, data: str | Path | None = None, samples: int =
     write_json(out, result)
     update_manifest(run.path, [out])
     return result
+
+
+def _work(lm: LanguageModel, canaries: CanarySet | None, candidates: int, docs: list[np.ndarray], prefix: int,
+          suffix: int, generations: int, generation_tokens: int) -> list[float]:
+    """The audit's four parts in FLOPs (about 2 x matrix parameters per token)."""
+    n_canaries = len(canaries.canaries) if canaries else 0
+    canary_tokens = len(lm.tokenizer.encode(canaries.canaries[0].text)) + 1 if canaries and n_canaries else 0
+    pool = min(candidates, 10 ** canaries.format.count("#")) if canaries else 0
+    return audit_flops(flops_per_token(lm.model), lm.model.cfg.max_seq_len, n_canaries, canary_tokens, pool,
+                       [len(d) for d in docs], prefix, suffix, generations, generation_tokens)
 
 
 def _unique(docs: list[np.ndarray]) -> list[np.ndarray]:

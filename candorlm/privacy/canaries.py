@@ -125,6 +125,10 @@ class CanaryCorpus(CorpusFilter):
         self.canaries = canaries
         self._n_docs: int | None = None
 
+    def save_report(self, directory: str | Path) -> None:
+        """The planted canaries, as `prepare` keeps them: DATA_DIR/canaries.json (`candorlm audit` reads it)."""
+        self.canaries.save(Path(directory) / "canaries.json")
+
     def _schedule(self, n_docs: int) -> dict[int, list[Canary]]:
         rng = random.Random(self.canaries.seed + 1)
         at: dict[int, list[Canary]] = {}

@@ -142,6 +142,6 @@ def decrypt_path(src: str | Path, out: str | Path, key: Key, overwrite: bool = F
         return decrypt_file(a, b, key, member=member_name(a))
 
     if old:
-        log.warning("warning: %s", old_format(src, key, plain=out))
+        log.warning("%s", old_format(src, key, plain=out))
     kind = ((read_marker(src) or {}).get("of") if src.is_dir() else None) or "decrypted"
     return _transform_tree(src, out, overwrite, one, on_file, kind, "decrypted", "candorlm decrypt", plain_sums=old)

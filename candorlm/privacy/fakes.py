@@ -15,7 +15,9 @@ import random
 import re
 import string
 
-from candorlm.privacy.pii import _CN_PASSPORT, _MOBILE, card_network, id_check_digit, luhn_ok
+from candorlm.privacy.addresses import ADMIN_PREFIX
+from candorlm.privacy.checks import card_network, id_check_digit, luhn_ok
+from candorlm.privacy.pii import _CN_PASSPORT, _MOBILE
 
 # Real county-level region codes (province, city, county) of a few cities.
 REGION_CODES = ("110101", "110105", "110108", "120101", "130102", "140105", "210102", "220102", "230103", "310101",
@@ -135,12 +137,41 @@ def fake_person(rng: random.Random, original: str = "") -> str:
     return rng.choice(SURNAMES_COMMON) + "".join(rng.choice(GIVEN_CHARS) for _ in range(given))
 
 
+ROADS = ("建设路", "人民路", "解放路", "中山路", "和平路", "新华路", "长江路", "文化路", "东风路", "胜利路", "青年路",
+         "光明路", "朝阳路", "学府路", "滨江大道", "复兴大街", "幸福街", "平安巷")
+_STREETS = ("Oak", "Maple", "Cedar", "Elm", "Pine", "Lake", "Hill", "Park", "Washington", "Lincoln", "Jefferson",
+            "Madison", "Franklin", "Highland", "Sunset", "Church", "Mill", "River")
+_STREET_TYPE = re.compile(r"\b(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Way|"
+                          r"Terrace|Circle|Parkway|Pkwy|Highway|Hwy|Square|Sq)\b")
+
+
+def fake_address(rng: random.Random, original: str = "") -> str:
+    """A made-up door in the same district: the province, city and district stay (they name a
+    region, not a person), the road, number, building, unit and room are drawn anew, in the
+    original's shape (a unit only where it had one)."""
+    if original and not re.search(r"[\u4e00-\u9fff]", original):
+        m = _STREET_TYPE.search(original)
+        tail = original[m.start():] if m else "Street"
+        tail = re.sub(r"\d", lambda _: rng.choice(string.digits), tail)
+        return f"{rng.randint(1, 9999)} {rng.choice(_STREETS)} {tail}"
+    prefix = ADMIN_PREFIX.match(original).group() if original else ""
+    out = [prefix, rng.choice(ROADS), f"{rng.randint(1, 999)}号"]
+    if not original or re.search("楼|栋|幢|座", original):
+        out.append(f"{rng.randint(1, 30)}号楼")
+    if "单元" in original:
+        out.append(f"{rng.randint(1, 6)}单元")
+    if re.search(r"\d(室|房)?$", original) and not original.endswith("号") or not original:
+        out.append(f"{rng.randint(1, 30)}{rng.randint(1, 4):02d}室")
+    return "".join(out)
+
+
 FAKERS = {
     "CN_ID": fake_cn_id,
     "PHONE": fake_phone,
     "EMAIL": fake_email,
     "BANK_CARD": fake_card,
     "IP_ADDRESS": fake_ip,
+    "ADDRESS": fake_address,
     "URL_CREDENTIALS": fake_url_credentials,
     "PASSPORT": fake_passport,
     "VEHICLE_PLATE": fake_plate,

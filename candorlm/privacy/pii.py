@@ -1,6 +1,6 @@
 """Personal data in text: find mainland resident ID numbers, phone numbers, e-mail addresses,
-bank card numbers, IP addresses, credentials in URLs, passport numbers, vehicle plates and
-person names, in Chinese and English text.
+bank card numbers, IP addresses, credentials in URLs, passport numbers, street addresses,
+vehicle plates and person names, in Chinese and English text.
 
     detector = PIIDetector()
     for e in detector.detect("张伟的手机是138-1234-5678，邮箱zhangwei@example.com"):
@@ -10,8 +10,10 @@ How each type is found (all regular expressions run with ASCII classes and expli
 letter lookarounds, because `\\b` does not separate Latin from Chinese characters: `邮箱zhang@x.cn`):
 - CN_ID: 18 digits (last may be X) with a valid province code, birth date and ISO 7064 MOD 11-2
   check digit; the 15-digit legacy form (no check digit) only next to a word like 身份证 or ID.
-- PHONE: mainland mobiles (1[3-9] + 9 digits) and landlines (area code 010/02X/0XXX), with or
-  without +86 and separators; +CC international numbers; US-style (415) 555-0123.
+- PHONE: mainland mobiles (1[3-9] + 9 digits) and landlines (area code 010/02X/0XXX, also in
+  parentheses, with an extension after 转/分机/ext), with or without +86 and separators; +CC
+  international numbers; US-style (415) 555-0123. Service numbers are kept: 400/800 hotlines,
+  95xxx, 12xxx (`checks.service_number`).
 - EMAIL: ASCII addresses with a dotted domain and an alphabetic top-level domain.
 - BANK_CARD: 13-19 digits, plain or in groups of four, that pass the Luhn check and start like
   a card network (UnionPay 62, Visa 4, Mastercard 51-55/2221-2720, Amex 34/37, JCB, Discover...).
@@ -19,6 +21,9 @@ letter lookarounds, because `\\b` does not separate Latin from Chinese character
 - URL_CREDENTIALS: the `user:password` part of `scheme://user:password@host`.
 - PASSPORT: Chinese passports (E/G/D/S/P + 8 digits, E + letter + 7 digits); other formats only
   right after the word passport/护照.
+- ADDRESS: Chinese street addresses (road and number or a compound's building, unit and room,
+  with the province/city/district before them when written) and English ones (221 Baker
+  Street); see `addresses`.
 - VEHICLE_PLATE: mainland plates (province character, letter, 5 characters; 6 for new energy).
 - PERSON: Chinese names by a span model over characters (`zh_names`: surnames, given-name
   characters, context and jieba's dictionary tags); English names by titles (Mr, Dr, ...) and a
@@ -31,20 +36,24 @@ Matching runs on a length-preserving NFKC fold of the text (full-width `１３�
 from __future__ import annotations
 
 import bisect
-import calendar
 import functools
 import ipaddress
 import re
 import string
-import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 from candorlm.errors import CandorError
+from candorlm.privacy.addresses import find_addresses
+from candorlm.privacy.checks import (PROVINCE_CODES, card_network, fold, id_check_digit, luhn_ok, service_number,
+                                     valid_card, valid_cn_id)
+
+__all__ = ["ENTITY_TYPES", "STRUCTURED_TYPES", "Entity", "PIIDetector", "check_types", "fold", "valid_cn_id",
+           "valid_card", "luhn_ok", "card_network", "id_check_digit", "service_number", "PROVINCE_CODES"]
 
 # Order is priority: where two detections overlap, the earlier type wins.
 ENTITY_TYPES = ("URL_CREDENTIALS", "EMAIL", "CN_ID", "BANK_CARD", "PASSPORT", "PHONE", "IP_ADDRESS",
-                "VEHICLE_PLATE", "PERSON")
+                "ADDRESS", "VEHICLE_PLATE", "PERSON")
 STRUCTURED_TYPES = ("CN_ID", "PHONE", "EMAIL", "BANK_CARD", "IP_ADDRESS")
 
 
@@ -57,99 +66,6 @@ class Entity:
 
     def overlaps(self, other: "Entity") -> bool:
         return self.start < other.end and other.start < self.end
-
-
-# ---------------------------------------------------------------- normalization
-
-
-@functools.lru_cache(maxsize=1)
-def _fold_table() -> dict[int, str]:
-    # Every character whose NFKC form is one different character: full-width digits and
-    # letters, circled and mathematical digits, compatibility ideographs. Characters whose
-    # NFKC form is longer (㎏ -> kg) are left alone, so the fold never changes the length.
-    ranges = [range(0x80, 0xD800), range(0xF900, 0x10000), range(0x1D400, 0x1D800), range(0x1F100, 0x1F200)]
-    table = {}
-    for cp in (cp for r in ranges for cp in r):
-        folded = unicodedata.normalize("NFKC", chr(cp))
-        if len(folded) == 1 and folded != chr(cp):
-            table[cp] = folded
-    return table
-
-
-def fold(text: str) -> str:
-    """NFKC, one character at a time, keeping the length (and so every offset) unchanged."""
-    return text if text.isascii() else text.translate(_fold_table())
-
-
-# ---------------------------------------------------------------- checksums and validity
-
-
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-PROVINCE_CODES = frozenset({11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46,
-                            50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82})
-
-
-def id_check_digit(first17: str) -> str:
-    """The ISO 7064 MOD 11-2 check character of an 18-digit resident ID."""
-    total = sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS))
-    return "10X98765432"[total % 11]
-
-
-def _valid_date(year: int, month: int, day: int) -> bool:
-    return 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
-
-
-def valid_cn_id(value: str) -> bool:
-    """An 18-digit resident ID with a real province, a real birth date and the right check digit,
-    or a 15-digit legacy one with a real province and birth date (it has no check digit)."""
-    value = re.sub(r"[ -]", "", value).upper()
-    if len(value) == 18:
-        if not value[:17].isdigit() or int(value[:2]) not in PROVINCE_CODES:
-            return False
-        year = int(value[6:10])
-        return 1900 <= year <= 2099 and _valid_date(year, int(value[10:12]), int(value[12:14])) \
-            and id_check_digit(value[:17]) == value[17]
-    if len(value) == 15 and value.isdigit():
-        return int(value[:2]) in PROVINCE_CODES and _valid_date(1900 + int(value[6:8]), int(value[8:10]),
-                                                                 int(value[10:12]))
-    return False
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def card_network(digits: str) -> str | None:
-    """The card network a number's leading digits belong to, or None."""
-    n = len(digits)
-    if digits.startswith("62") and 16 <= n <= 19:
-        return "unionpay"
-    if digits[0] == "4" and n in (13, 16, 19):
-        return "visa"
-    if (51 <= int(digits[:2]) <= 55 or 2221 <= int(digits[:4]) <= 2720) and n == 16:
-        return "mastercard"
-    if digits[:2] in ("34", "37") and n == 15:
-        return "amex"
-    if 3528 <= int(digits[:4]) <= 3589 and 16 <= n <= 19:
-        return "jcb"
-    if (digits.startswith(("6011", "64", "65"))) and 16 <= n <= 19:
-        return "discover"
-    if digits[:2] in ("30", "36", "38", "39") and 14 <= n <= 19:
-        return "diners"
-    if digits.startswith("60") and 16 <= n <= 19:  # Chinese bank debit cards (6013 Bank of China, ...)
-        return "bank"
-    return None
-
-
-def valid_card(value: str) -> bool:
-    digits = re.sub(r"[ -]", "", value)
-    return digits.isdigit() and 13 <= len(digits) <= 19 and card_network(digits) is not None and luhn_ok(digits)
 
 
 # ---------------------------------------------------------------- recognizers
@@ -167,9 +83,11 @@ _ID_CONTEXT = re.compile(r"身份证|身份号|证件|公民身份|\bid\b|identi
 
 _MOBILE = re.compile(rf"(?:\+86[ -]?|0086[ -]?|86-)?1[3-9]\d([ .-]?)\d{{4}}\1\d{{4}}{_A}", re.A)
 _AREA = r"(?:10|2\d|[3-9]\d\d)"
+# The subscriber number may be split 4-4 or 3-4 (6234-5678); an extension follows 转, 分机, ext or
+# x, with or without spaces ("(021) 6234-5678 转 123"), or a dash.
 _LANDLINE = re.compile(
-    rf"(?:(?:\+|00)86[ -]?\(?{_AREA}\)?|\(0{_AREA}\)|0{_AREA})[ -]?[2-9]\d{{6,7}}"
-    rf"(?:[ -]?(?:转|ext\.? ?|x)\d{{1,5}}|-\d{{1,4}})?{_A}", re.A)
+    rf"(?:(?:\+|00)86[ -]?\(?{_AREA}\)?|\(0{_AREA}\)|0{_AREA})[ -]?[2-9]\d{{2,3}}[ -]?\d{{4}}"
+    rf"(?: ?(?:转|分机|ext\.?|x) ?\d{{1,5}}|-\d{{1,4}})?{_A}", re.A)
 _INTL_PHONE = re.compile(rf"\+[1-9]\d{{0,2}}(?:[ .-]?\(\d{{1,4}}\))?(?:[ .-]?\d{{1,4}}){{2,5}}{_A}", re.A)
 _US_PHONE = re.compile(rf"(?:\([2-9]\d\d\) ?|[2-9]\d\d[ .-])[2-9]\d\d[ .-]\d{{4}}{_A}", re.A)
 
@@ -235,16 +153,20 @@ _NOT_BEFORE_PHONE = _ALNUM | {"+"}
 _NOT_BEFORE_US = _ALNUM | {"+", "-", "("}
 
 
+def _personal(m: re.Match[str]) -> bool:
+    return not service_number(m.group())
+
+
 def _find_phones(folded: str) -> Iterator[tuple[int, int]]:
     for m in _validated(_MOBILE, folded, _any):
         yield m.span()
-    for m in _validated(_LANDLINE, folded, _any):
+    for m in _validated(_LANDLINE, folded, _personal):
         yield m.span()
-    for m in _validated(_US_PHONE, folded, _any, _NOT_BEFORE_US):
+    for m in _validated(_US_PHONE, folded, _personal, _NOT_BEFORE_US):
         yield m.span()
     # E.164 numbers have at most 15 digits
-    for m in _validated(_INTL_PHONE, folded, lambda m: 8 <= sum(ch.isdigit() for ch in m.group()) <= 15,
-                        _NOT_BEFORE_PHONE):
+    for m in _validated(_INTL_PHONE, folded, lambda m: 8 <= sum(ch.isdigit() for ch in m.group()) <= 15
+                        and _personal(m), _NOT_BEFORE_PHONE):
         yield m.span()
 
 
@@ -358,6 +280,7 @@ RECOGNIZERS: dict[str, Callable[[str], Iterable[tuple[int, int]]]] = {
     "PASSPORT": _find_passports,
     "PHONE": _find_phones,
     "IP_ADDRESS": _find_ips,
+    "ADDRESS": find_addresses,
     "VEHICLE_PLATE": _find_plates,
     "PERSON": _find_english_names,  # Chinese names: zh_names, batched in detect_many
 }

@@ -5,7 +5,7 @@ and a report (counts per type, and examples shown only masked).
 
 The output is JSONL (one {"text": ...} per document) when its name ends in .jsonl, else text
 with documents separated by blank lines. `ScrubbedCorpus` does the same on the way into
-`candorlm prepare --scrub`.
+`candorlm prepare --scrub` (built by `prepare_filters`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from candorlm.corpus import Corpus, CorpusFilter, Document
+from candorlm.corpus import Corpus, CorpusFilter, Document, batched
 from candorlm.io.files import temp_path, terminate_cleanly
 from candorlm.io.outputs import claim_file, record_file
 from candorlm.privacy.anonymize import Anonymizer, Result, mask
@@ -117,9 +116,7 @@ def _anonymize_batch(texts: list[str]) -> list[Result]:
 
 
 def _batched(docs: Iterable[Document], n: int) -> Iterator[list[Document]]:
-    it = iter(docs)
-    while batch := list(islice(it, n)):
-        yield batch
+    return batched(docs, n)  # bounded by characters too: long documents come in small batches
 
 
 def anonymize_documents(docs: Iterable[Document], anonymizer: Anonymizer, key: bytes | None,
@@ -187,7 +184,7 @@ def scrub(sources: Sequence[str], out: str | Path, *, operator: str = "placehold
         out: Scrubbed corpus to write: .jsonl, else blank-line separated text.
         operator: mask, placeholder (<PHONE>), pseudonym (consistent fakes) or drop.
         types: Types to find (None: all): CN_ID, PHONE, EMAIL, BANK_CARD, IP_ADDRESS,
-            URL_CREDENTIALS, PASSPORT, VEHICLE_PLATE, PERSON.
+            URL_CREDENTIALS, PASSPORT, ADDRESS, VEHICLE_PLATE, PERSON.
         key: Pseudonym key: the same key gives the same fakes across corpora (None: a random one).
         report: Write counts per type and masked examples to this JSON file.
         text_field: JSONL field that holds the text.
@@ -233,6 +230,10 @@ class ScrubbedCorpus(CorpusFilter):
         self.anonymizer = Anonymizer(operator, types, key)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.scrub_report = ScrubReport(operator, list(self.anonymizer.detector.types))
+
+    def save_report(self, directory: str | Path) -> None:
+        """The report of the last pass, as `prepare` keeps it: DATA_DIR/scrub_report.json."""
+        self.scrub_report.save(Path(directory) / "scrub_report.json")
 
     def __iter__(self) -> Iterator[Document]:
         rep = ScrubReport(self.anonymizer.operator, list(self.anonymizer.detector.types))

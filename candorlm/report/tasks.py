@@ -21,9 +21,10 @@ METRICS = {
     "char_accuracy": ("character accuracy", "fraction"), "han_char_accuracy": ("Chinese-character accuracy", "fraction"),
     "chrf": ("chrF (0-100)", ""), "bleu": ("BLEU (0-100)", ""),
     "reply_exact_match": ("replies exactly right", "fraction"),
+    "right": ("replies right", "fraction"), "degenerate": ("degenerate replies", "fraction"),
     "assistant_loss": ("assistant loss (nats/token)", ""), "assistant_perplexity": ("assistant perplexity", ""),
 }
-PRIMARY = {"sentiment": "accuracy", "qa": "exact_match", "translate": "char_accuracy", "chat": "reply_exact_match"}
+PRIMARY = {"sentiment": "accuracy", "qa": "exact_match", "translate": "char_accuracy", "chat": "right"}
 LOWER_IS_BETTER = {"assistant_loss", "assistant_perplexity"}
 BASELINES = {"majority": "always the most common label",
              "tfidf_char_1_3_logreg": "TF-IDF character 1-3-grams + logistic regression",
@@ -54,14 +55,27 @@ def _metric(key: str, value: Any) -> tuple[str, str] | None:
     return key.replace("_", " "), "fraction" if fraction else ""
 
 
+def _by_kind(scores: dict[str, Any]) -> dict[str, Any]:
+    """Chat scores with one column per kind of turn (sentiment: label accuracy; reading: exact match)."""
+    out = dict(scores)
+    for kind, s in (scores.get("by_kind") or {}).items():
+        for key in ("label_accuracy", "exact_match", "char_f1"):
+            if isinstance(s, dict) and key in s:
+                out[f"{kind}: {key}"] = s[key]
+    return out
+
+
 def _rows(where: str, doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     models = doc.get("models") or ([doc["model"]] if isinstance(doc.get("model"), dict) else [])
-    named = [(f"{Path(m.get('run', where)).name} (fine-tuned{', ' + m['arch'] if m.get('arch') else ''})", m)
+    named = [(f"{Path(m.get('run', where)).name} (fine-tuned{', ' + m['arch'] if m.get('arch') else ''})", _by_kind(m))
              for m in models]
     baselines = doc.get("baselines") or ({"baseline": doc["baseline"]} if isinstance(doc.get("baseline"), dict) else {})
     for key, b in baselines.items():
         if isinstance(b, dict):
-            named.append((f"baseline: {b.get('name') or BASELINES.get(key) or key.replace('_', ' ')}", b))
+            named.append((f"baseline: {b.get('name') or BASELINES.get(key) or key.replace('_', ' ')}", _by_kind(b)))
+    for b in doc.get("single_task") or []:  # chat: the single-task models, compared kind by kind only
+        scores = {k: v for k, v in _by_kind(b).items() if k not in ("right", "degenerate")}
+        named.append((f"baseline: the {b.get('task')} model {Path(b.get('run', '?')).name}", scores))
     return named
 
 

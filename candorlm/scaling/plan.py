@@ -137,7 +137,7 @@ def default_sweep_dir(data: str | Path) -> Path:
 
 
 def plan(time: str, data: str | Path | None = None, sweep: str | Path | None = None, *, probe: bool = True,
-         sweep_steps: int = 400) -> dict[str, Any]:
+         sweep_steps: int = 400, eval_tokens: int = EVAL_TOKENS) -> dict[str, Any]:
     """Predict which size gives the lowest validation loss in `time` on this machine, and how sure that is.
 
     Args:
@@ -146,6 +146,8 @@ def plan(time: str, data: str | Path | None = None, sweep: str | Path | None = N
         sweep: A sweep directory (`candorlm sweep`) to take the scaling fit from (default: sweeps/NAME of --data).
         probe: Time a few training steps of each size now (else: the sweep's own tokens/s).
         sweep_steps: Steps per size when the plan has to run the sweep first.
+        eval_tokens: Validation tokens of the run's final evaluation (train.eval_tokens), whose time
+            comes out of the budget.
     """
     try:
         seconds = parse_duration(time)
@@ -166,7 +168,7 @@ def plan(time: str, data: str | Path | None = None, sweep: str | Path | None = N
         raise CandorError(f"{sweep} holds no sweep.json; make one with `candorlm sweep --data DATA --out {sweep}`")
     doc = read_json(path)
     tps = probe_throughput(doc) if probe else {r["preset"]: r["tokens_per_s"] for r in doc["sizes"]}
-    out = choose(doc, seconds, tps)
+    out = choose(doc, seconds, tps, eval_tokens)
     out["sweep"] = str(sweep)
     # the sweep's batch and window: the fit holds for runs that train as it did
     best_row = next(r for r in doc["sizes"] if r["preset"] == out["best"])

@@ -26,6 +26,7 @@ from candorlm.errors import CandorError
 from candorlm.evaluate import evaluate_bpb
 from candorlm.io.files import read_json, write_json
 from candorlm.io.outputs import claim_dir, write_marker
+from candorlm.forecast import say_duration
 from candorlm.lm import LanguageModel
 from candorlm.progress import console
 from candorlm.scaling.fit import fit_power_law
@@ -43,6 +44,26 @@ def _val_curve(run: Path) -> list[dict[str, float]]:
         if "val_loss" in record:
             points.append({"step": record["step"], "val_loss": record["val_loss"], "val_bpb": record.get("val_bpb")})
     return points
+
+
+CALIBRATION_STEPS = 1  # per size, after the calibration's two warm-ups: a forecast, not a benchmark
+
+
+def _estimates(presets: Sequence[str], data: str | Path, shards: ShardSet, settings: dict[str, Any],
+               overrides: Sequence[str]) -> list[float] | None:
+    """Each size's time from the ledger's estimate (real steps timed on this CPU), or None when
+    it cannot be made; the sweep itself never depends on it."""
+    from candorlm.config import resolve
+    from candorlm.ledger.estimate import estimate
+
+    train_keys = dict(settings)
+    try:
+        return [estimate(resolve(name, overrides=list(overrides), train=train_keys, data={"path": str(data)},
+                                 model={"vocab_size": shards.meta.vocab_size}),
+                         steps=settings["max_steps"], hardware_name="cpu",
+                         calibration_steps=CALIBRATION_STEPS).seconds for name in presets]
+    except (CandorError, ValueError, RuntimeError):
+        return None
 
 
 def sweep(data: str | Path, out: str | Path, presets: Sequence[str] = DEFAULT_PRESETS, *, steps: int = DEFAULT_STEPS,
@@ -84,8 +105,18 @@ def sweep(data: str | Path, out: str | Path, presets: Sequence[str] = DEFAULT_PR
         settings["seq_len"] = seq_len
     if threads:
         settings["threads"] = threads
+    planned = _estimates(presets, data, shards, settings, overrides)
+    if planned:
+        console.print(f"estimated time: about {say_duration(sum(planned))} (the ledger's estimate for each size: its "
+                      f"FLOPs at the pace of {CALIBRATION_STEPS} real training step(s) timed now, evaluation included)",
+                      highlight=False)
     rows = []
     for i, name in enumerate(presets):
+        if planned and i:
+            done = sum(r["wall_s"] for r in rows)
+            left = sum(planned[i:]) * done / max(sum(planned[:i]), 1e-9)
+            console.print(f"about {say_duration(left)} left (the estimate scaled by the {done:.0f} s the sizes so far "
+                          f"took against the {sum(planned[:i]):.0f} s estimated)", highlight=False)
         console.print(f"[bold]{i + 1}/{len(presets)}[/bold] training {name} for {steps} steps")
         run = out / name
         result = train(run, data=data, preset=name, overrides=list(overrides), overwrite=True, **settings)

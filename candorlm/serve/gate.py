@@ -15,7 +15,8 @@ from candorlm.serve.errors import APIError, internal_error
 
 # Paths under /v1 and the scope each needs; any other /v1 path needs a valid key of any scope.
 PATH_SCOPES: list[tuple[str, str]] = [
-    ("/v1/completions", "generate"), ("/v1/chat/completions", "generate"), ("/v1/explain", "explain"),
+    ("/v1/completions", "generate"), ("/v1/chat/completions", "generate"), ("/v1/classifications", "generate"),
+    ("/v1/explain", "explain"),
     ("/v1/admin", "admin"),
 ]
 

@@ -133,12 +133,27 @@ def default_audit_log(run: Path) -> Path:
     return run / "audit.jsonl"
 
 
+TASK_ROUTES = ("sentiment", "translate")  # fine-tuned runs that are not language models (serve/tasks.py)
+
+
+def task_of(run: Path) -> str | None:
+    """The task of a fine-tuned run (its task.json), None for a language model."""
+    import json
+
+    from candorlm.checkpoint.run import TASK_FILE
+    from candorlm.io.sealed import read_text
+
+    task_file = run / TASK_FILE
+    return json.loads(read_text(task_file)).get("task") if task_file.is_file() else None
+
+
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: str | Path | None = None,
           insecure_no_auth: bool = False, audit_log: str | Path | None = None, audit_text: bool = False,
           max_batch: int = 16, model_name: str | None = None, device: str = "auto",
           max_tokens: int = 1024, max_body_bytes: int = 1 << 20, key: Key | None = None,
           allowed_hosts: str | Iterable[str] | None = None) -> None:
-    """Serve a run over HTTP until interrupted (see candorlm/serve/app.py for the endpoints).
+    """Serve a run over HTTP until interrupted (see candorlm/serve/app.py for the endpoints; a
+    sentiment or translate run gets candorlm/serve/tasks.py's classification or completion route).
     An encrypted run (`candorlm encrypt`) is read with `key`, or the key in CANDORLM_KEY.
 
     Args:
@@ -183,10 +198,22 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, keys: 
     sockets = listen(host, port)  # before loading: a port in use fails at once
     try:
         set_threads(None)
-        lm = load(run.path, device, key)
         limits = ServeLimits(max_tokens=max_tokens, max_body_bytes=max_body_bytes)
-        app = create_app(lm, model_name=name, keys=keystore, audit=audit, limits=limits, max_batch=max_batch,
-                         hosts=hosts)
+        from candorlm.io.sealed import use_key
+
+        with use_key(key):
+            task = task_of(run.path)
+        if task in TASK_ROUTES:  # a classifier or a translator: served by its own routes
+            from candorlm.serve.tasks import create_task_app
+            from candorlm.tasks.predict import load_task
+
+            with use_key(key):
+                model = load_task(run.path)
+            app = create_task_app(model, model_name=name, keys=keystore, audit=audit, limits=limits, hosts=hosts)
+        else:
+            lm = load(run.path, device, key)
+            app = create_app(lm, model_name=name, keys=keystore, audit=audit, limits=limits, max_batch=max_batch,
+                             hosts=hosts)
         where = f"[{host}]" if ":" in host else host
         auth = f"keys from {keys}" if keystore else "NO AUTH: anyone who can reach it" if insecure_no_auth else "no keys"
         log.info("serving model '%s' at http://%s:%d/ (%s; audit log %s; Host headers: %s)", name, where, port, auth,

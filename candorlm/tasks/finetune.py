@@ -31,7 +31,7 @@ from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.tasks.base import load_base
 from candorlm.tasks.registry import get_task
 from candorlm.errors import CandorError
-from candorlm.ledger.forecast import parse_duration, say_duration
+from candorlm.forecast import parse_duration, say_duration
 from candorlm.tasks.pace import BUDGET_STEPS, Pace, eval_forecast, train_forecast
 from candorlm.training.callbacks import MetricsFile
 from candorlm.training.loop import Callback, Loop

@@ -3,10 +3,10 @@ what it says about time before and while it works.
 
 A `Pace` is the loop's only clock. With a step count it is the usual warmup-then-cosine schedule
 and, after the first steps, a forecast from their measured time. With a time budget (`--time 5m`)
-it times the first steps, sizes the schedule to the steps that fit (less the final dev
-evaluation, timed when it has run once, estimated from the step time before), decays the learning
-rate by elapsed time so a machine that slows down still ends its decay on time, and stops when the
-budget is spent. What it measured goes into task.json (`timing`), so that `candorlm eval` can say
+it is the trainer's `TimeBudget`: it times the first steps, sizes the schedule to the steps that
+fit (less the dev evaluation after the last step: guessed from the step time, then seen in the
+step that follows one), decays the learning rate by elapsed time, and stops when the budget is
+spent. What it measured goes into task.json (`timing`), so that `candorlm eval` can say
 how long the test evaluation will take before it starts.
 """
 
@@ -22,17 +22,18 @@ from typing import Any, Callable, Iterator
 
 from candorlm.config import TrainConfig
 from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
-from candorlm.ledger.forecast import (
+from candorlm.forecast import (
     Forecast,
     after_first_steps,
     forecast_flops,
     say_duration,
 )
+from candorlm.training.budget import NO_LIMIT, TimeBudget
 from candorlm.training.optim import lr_at
 
 log = logging.getLogger("candorlm")
 
-BUDGET_STEPS = 1 << 40  # a time-budgeted run's step count until the first steps are timed
+BUDGET_STEPS = NO_LIMIT  # a time-budgeted run's step count until the first steps are timed
 FIRST_STEPS = 5  # steps timed (after the first, which pays one-off costs) before a forecast is made
 FORWARD_SHARE = 1 / 3  # a forward pass costs about a third of a training step (no backward, no update)
 
@@ -74,7 +75,8 @@ def eval_forecast(run: str | Path, limit: int | None = None) -> Forecast:
 
 
 class Pace:
-    """The fine-tuning loop's schedule, stopping rule and timing.
+    """The fine-tuning loop's schedule, stopping rule and timing. A time budget is the trainer's
+    own `TimeBudget` (candorlm/training/budget.py), told what a dev evaluation costs.
 
     Args:
         t: The fine-tuning's settings (peak learning rate, warmup, steps).
@@ -88,11 +90,13 @@ class Pace:
         self.t, self.budget_s, self.clock = t, budget_s, clock
         self.warmup_fraction = warmup_fraction
         self.max_steps = t.max_steps
-        self.warmup = t.warmup_steps if budget_s is None else 1
+        self.warmup = t.warmup_steps
+        # with a budget, the steps are not known until the first are timed: warm up over those meanwhile
+        self.budget = (TimeBudget(seconds=budget_s, peak_lr=t.lr, min_lr_ratio=t.min_lr_ratio,
+                                  max_warmup=1 + FIRST_STEPS, clock=clock) if budget_s is not None else None)
         self.step_s: float | None = None
         self.eval_s = 0.0  # all dev evaluations
         self.eval_examples = 0
-        self.last_eval_s: float | None = None
         self._start = self._first = 0.0
         self._dev_size = 0
         self.steps_done = 0
@@ -100,26 +104,19 @@ class Pace:
     def begin(self, dev_size: int = 0) -> None:
         self._start = self.clock()
         self._dev_size = dev_size
+        if self.budget is not None:
+            # until a dev evaluation is timed, it is guessed as forward passes: a third of a step's work
+            self.budget.eval_steps = dev_size / max(1, self.t.batch_size) * FORWARD_SHARE
+            self.budget.begin(0)
 
     def elapsed(self) -> float:
         return self.clock() - self._start
 
-    def _reserve(self) -> float:
-        """Seconds kept back for the dev evaluation after the last step."""
-        if self.last_eval_s is not None:
-            return self.last_eval_s
-        per_example = (self.step_s or 0.0) / max(1, self.t.batch_size) * FORWARD_SHARE
-        return per_example * self._dev_size
-
     def lr(self, step: int) -> float:
         """The learning rate for step `step` (0-based)."""
-        if self.budget_s is None:
-            return lr_at(step, self.t.lr, self.warmup, self.max_steps, self.t.min_lr_ratio)
-        warm = min(1.0, (step + 1) / max(1, self.warmup))
-        end = max(1e-9, self.budget_s - self._reserve())
-        progress = min(1.0, self.elapsed() / end) if self.step_s is not None else 0.0
-        ratio = self.t.min_lr_ratio
-        return self.t.lr * warm * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        if self.budget is not None:
+            return self.budget.lr(step)
+        return lr_at(step, self.t.lr, self.warmup, self.max_steps, self.t.min_lr_ratio)
 
     def after_step(self, step: int) -> bool:
         """Note that `step` steps are done; True when max_steps changed (the budget sized or ended it)."""
@@ -127,36 +124,36 @@ class Pace:
         self.steps_done = step
         if step == 1:
             self._first = now
-            return False
-        if step == 1 + FIRST_STEPS or (step < 1 + FIRST_STEPS and step == self.max_steps):
-            self.step_s = (now - self._first) / max(1, step - 1)
-            if self.budget_s is None:
+        timed = step == 1 + FIRST_STEPS or (step < 1 + FIRST_STEPS and step == self.max_steps)
+        if timed and step > 1:
+            self.step_s = (now - self._first) / (step - 1)
+        if self.budget is None:
+            if timed and step > 1 and step < self.max_steps:
                 extra = self._dev_size * self.step_s / max(1, self.t.batch_size) * FORWARD_SHARE
                 log.info("%s", after_first_steps(step, now - self._start, self.max_steps, extra))
-                return False
-            left = max(0.0, self.budget_s - self.elapsed() - self._reserve())
-            self.max_steps = step + int(left / self.step_s)
-            self.warmup = max(1, round(self.warmup_fraction * self.max_steps))
-            log.info("time budget %s: the first steps took %.2f s each, so about %s steps fit (warmup %d)",
-                     say_duration(self.budget_s), self.step_s, f"{self.max_steps:,}", self.warmup)
-            return True
-        if (self.budget_s is not None and self.step_s is not None
-                and self.elapsed() + self._reserve() + 0.5 * self.step_s >= self.budget_s):
+            return False
+        stop = self.budget.after_step(step)
+        if stop:
             self.max_steps = step  # the time is up: this step is the last
+            return True
+        if step == 1 + FIRST_STEPS and self.budget.step_s:
+            self.max_steps = self.budget.estimated_steps()
+            self.warmup = self.budget.warmup = max(1, min(round(self.warmup_fraction * self.max_steps),
+                                                          self.max_steps))
+            log.info("time budget %s: the first steps took %.2f s each, so about %s steps fit (warmup %d)",
+                     say_duration(self.budget_s or 0), self.budget.step_s, f"{self.max_steps:,}", self.warmup)
             return True
         return False
 
     @contextmanager
     def evaluating(self, examples: int) -> Iterator[None]:
-        """Time a dev evaluation of `examples` examples (it counts against a budget)."""
+        """Time a dev evaluation of `examples` examples (a budget sees its cost in the next step's time)."""
         start = self.clock()
         yield
-        self.last_eval_s = self.clock() - start
-        self.eval_s += self.last_eval_s
+        self.eval_s += self.clock() - start
         self.eval_examples += examples
-        if self.budget_s is not None and self.step_s:  # what is left, now the evaluation's cost is known
-            left = max(0.0, self.budget_s - self.elapsed() - self._reserve() - 0.5 * self.step_s)
-            self.max_steps = self.steps_done + int(left / self.step_s)
+        if self.budget is not None and self.budget.step_s:
+            self.max_steps = max(self.steps_done, self.budget.estimated_steps())
 
     def record(self) -> dict[str, Any]:
         """What was measured, for task.json."""
@@ -164,6 +161,6 @@ class Pace:
                                "step_s": round(self.step_s, 4) if self.step_s else None,
                                "dev_examples_per_s": (round(self.eval_examples / self.eval_s, 2)
                                                       if self.eval_s > 0 and self.eval_examples else None)}
-        if self.budget_s is not None:
-            out["time_budget_s"] = self.budget_s
+        if self.budget is not None:
+            out["time_budget_s"] = self.budget.seconds
         return out

@@ -44,6 +44,8 @@ from candorlm.corpus import document_hash, peoples_daily_tagged
 from candorlm.errors import CandorError
 from candorlm.io.files import write_json
 from candorlm.model import lm_loss
+from candorlm.tasks import qa_span
+from candorlm.tasks.qa_hard import hard_question
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import Record, read_jsonl_records, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
@@ -51,6 +53,7 @@ from candorlm.progress import batched
 
 default_arch = "decoder"
 BUILTIN = "builtin:qa"
+HARD = "builtin:qa-hard"  # candorlm.tasks.qa_hard
 MAX_CONTEXT, MAX_QUESTION = 150, 60
 QUESTION_WORDS = {"nr": "谁", "ns": "哪里", "nt": "哪个机构", "t": "什么时候"}
 _MERGED = ("nr", "t")  # consecutive words with these tags form one span
@@ -113,18 +116,60 @@ def qa_items() -> tuple[tuple[str, tuple[dict[str, str], ...]], ...]:
     return tuple(items)
 
 
+@lru_cache(maxsize=1)
+def hard_items() -> tuple[tuple[str, dict[str, str]], ...]:
+    """(article key, item) per paragraph: builtin:qa's item, asked with the qa-hard question (qa_hard)."""
+    items = []
+    for article in peoples_daily_tagged():
+        key = "\n".join("".join(w for w, _ in line) for line in article)
+        for line in article:
+            qs = questions_for(line)
+            hard = hard_question(line, qs[0]["answer"], QUESTION_WORDS[qs[0]["type"]]) if qs else None
+            if hard is not None:
+                items.append((key, {**qs[0], "question": hard, "original_question": qs[0]["question"]}))
+    return tuple(items)
+
+
+def dedupe(splits: dict[str, list[Record]]) -> dict[str, list[Record]]:
+    """Drop from dev and test every item whose context is in train (the same paragraph printed in
+    two articles) or earlier in its own split: a held-out score counts only unseen paragraphs."""
+    seen = {r["context"] for r in splits["train"]}
+    out = {"train": splits["train"]}
+    for name in ("dev", "test"):
+        kept = []
+        for r in splits[name]:
+            if r["context"] not in seen:
+                seen.add(r["context"])
+                kept.append(r)
+        out[name] = kept
+    return out
+
+
 def builtin_splits() -> dict[str, list[Record]]:
     splits: dict[str, list[Record]] = {"train": [], "dev": [], "test": []}
     for i, (article, qs) in enumerate(qa_items()):
         splits[split_of(article)].append(Record(dict(qs[0]), f"{BUILTIN}#{i}"))
-    return splits
+    return dedupe(splits)
+
+
+def hard_splits() -> dict[str, list[Record]]:
+    splits: dict[str, list[Record]] = {"train": [], "dev": [], "test": []}
+    for i, (article, item) in enumerate(hard_items()):
+        splits[split_of(article)].append(Record(dict(item), f"{HARD}#{i}"))
+    return dedupe(splits)
+
+
+_BUILTIN_RULE = ("by article: blake2b-64(article text) < 10% test; of the rest, a second hash < 5% dev; dev and test "
+                 "items whose paragraph is in train (or repeats within the split) dropped")
 
 
 def load_splits(data: str) -> tuple[dict[str, list[Record]], str]:
     if data == BUILTIN:
-        return builtin_splits(), "by article: blake2b-64(article text) < 10% test; of the rest, a second hash < 5% dev"
+        return builtin_splits(), _BUILTIN_RULE
+    if data == HARD:
+        return hard_splits(), _BUILTIN_RULE
     if data.startswith("builtin:"):
-        raise CandorError(f"the qa task's built-in data is {BUILTIN}, not {data}")
+        raise CandorError(f"the qa task's built-in data is {BUILTIN} or {HARD}, not {data}")
     records = read_jsonl_records(data, {"context": str, "question": str, "answer": str},
                                  '{"context": "...", "question": "...", "answer": "..."}')
     return split_records(records, key="question"), "by question: blake2b-64(question) < 10% test; 5% of the rest dev"
@@ -144,21 +189,32 @@ def encode_prompt(tok: Tokenizer, context: str, question: str, room: int, seq2se
     return [tok.bos_id] + c + [tok.sep_id] + q + [tok.sep_id]
 
 
-def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_size: int = 4096,
-            max_answer: int = 32, **_: Any) -> Prepared:
+def prepare(base: Base, data: str, seed: int = 0, tokenizer: str | None = None, vocab_size: int = 4096,
+            max_answer: int = 32, head: str = "generate", **_: Any) -> Prepared:
+    """head: generate (a decoder or seq2seq writes the answer) or span (an extractive reader on an
+    encoder or a decoder points at it; see candorlm.tasks.qa_span). tokenizer: the kind to train
+    when there is no run (default: char for span, which can express every answer; bpe for generate)."""
+    if head not in ("generate", "span"):
+        raise CandorError(f"unknown qa head '{head}'. Valid: generate, span.")
     splits, rule = load_splits(data)
-    if base.arch == "encoder":
-        raise CandorError(f"{base.run}: generative QA needs a decoder or a seq2seq run, not an encoder")
+    if head == "generate" and base.arch == "encoder":
+        raise CandorError(f"{base.run or 'an encoder'}: generative QA needs a decoder or a seq2seq run, not an encoder "
+                          f"(an encoder reads with --head span)")
+    if head == "span" and base.arch == "seq2seq":
+        raise CandorError(f"{base.run or 'a seq2seq model'}: the span reader needs an encoder or a decoder, not seq2seq")
     tok = base.tokenizer
     if tok is None:
         texts = (t for r in splits["train"] for t in (r["context"], r["question"], r["answer"]))
-        tok = train_tokenizer(texts, tokenizer, vocab_size)  # type: ignore[arg-type]
+        tok = train_tokenizer(texts, tokenizer or ("char" if head == "span" else "bpe"), vocab_size)  # type: ignore[arg-type]
     if base.source_tokenizer is not None:
         raise CandorError(f"{base.run}: QA needs one vocabulary for context and answer; this seq2seq run has two")
     require_tokens(tok, base.tokenizer_file(), ("bos", "eos", "sep"), "qa")
     cfg = base.config.model.model_copy(update={"vocab_size": tok.vocab_size})
     base.config = base.config.model_copy(update={"model": cfg})
     model = base.build()
+    info = {"split_rule": rule, "test_size": len(splits["test"]), "head": head}
+    if head == "span":
+        return qa_span.prepare(tok, model, splits, info, max_answer)
     seq2seq = cfg.arch == "seq2seq"
     max_answer = min(max_answer, cfg.max_seq_len // 4)
     room = cfg.max_seq_len - (0 if seq2seq else max_answer + 1)
@@ -167,8 +223,7 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_
         return [(encode_prompt(tok, r["context"], r["question"], room, seq2seq),
                  tok.encode(r["answer"])[:max_answer], r) for r in splits[split]]
 
-    info = {"split_rule": rule, "test_size": len(splits["test"]), "max_answer": max_answer}
-    return Prepared(model, cfg, tok, None, examples("train"), examples("dev"), info)
+    return Prepared(model, cfg, tok, None, examples("train"), examples("dev"), {**info, "max_answer": max_answer})
 
 
 def sequence_batch(tok: Tokenizer, batch: Sequence[tuple[list[int], list[int], Any]], seq2seq: bool,
@@ -189,6 +244,8 @@ def sequence_batch(tok: Tokenizer, batch: Sequence[tuple[list[int], list[int], A
 
 
 def loss(model: nn.Module, batch: Sequence[Any], device: torch.device, prepared: Prepared) -> torch.Tensor:
+    if prepared.info.get("head") == "span":
+        return qa_span.loss(model, batch, device, prepared)
     inputs, targets = sequence_batch(prepared.tokenizer, batch, prepared.model_config.arch == "seq2seq", device)
     return lm_loss(model(**inputs), targets)
 
@@ -224,8 +281,10 @@ def predict_answers(model: nn.Module, tok: Tokenizer, config: Any, info: dict[st
                     pairs: Sequence[tuple[str, str]], max_answer: int | None = None) -> list[str]:
     """The answers of a fine-tuned qa run (its model, tokenizer, config and task.json) to
     (context, question) pairs; what `evaluate` scores and `candorlm predict` prints."""
-    seq2seq = config.model.arch == "seq2seq"
     max_answer = max_answer or info.get("max_answer", 32)
+    if info.get("head") == "span":  # an extractive reader: the best span of each context
+        return qa_span.answer(model, tok, [{"context": c, "question": q} for c, q in pairs], max_answer)
+    seq2seq = config.model.arch == "seq2seq"
     room = config.model.max_seq_len - (0 if seq2seq else max_answer + 1)
     return answer(model, tok, [encode_prompt(tok, c, q, room, seq2seq) for c, q in pairs], max_answer)
 
@@ -298,8 +357,13 @@ def baselines(train: Sequence[Record], test: Sequence[Record]) -> dict[str, dict
 
 def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> dict[str, float]:
     dev = prepared.dev[:300]
-    preds = answer(model, prepared.tokenizer, [p for p, _, _ in dev], prepared.info["max_answer"])
-    s = scores(preds, [r["answer"] for _, _, r in dev])
+    if prepared.info.get("head") == "span":
+        preds = qa_span.predict(model, dev, [e.record["context"] for e in dev], prepared.tokenizer.pad_id,
+                                prepared.info["max_answer"])
+        s = scores(preds, [e.record["answer"] for e in dev])
+    else:
+        preds = answer(model, prepared.tokenizer, [p for p, _, _ in dev], prepared.info["max_answer"])
+        s = scores(preds, [r["answer"] for _, _, r in dev])
     return {"score": s["char_f1"], **s}
 
 
@@ -321,7 +385,7 @@ def evaluate(run: str | Path, data: str | None = None, limit: int | None = None,
         "task": "qa",
         "data": data,
         "split": {"rule": rule, "train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},
-        "model": {"run": str(rd.path), "arch": config.model.arch, "init": info.get("init"),
+        "model": {"run": str(rd.path), "arch": config.model.arch, "head": info.get("head", "generate"), "init": info.get("init"),
                   "base_run": info.get("base_run"), **scores(preds, golds)},
         "by_question_word": by_type,
         "baselines": baselines(splits["train"] + splits["dev"], test),

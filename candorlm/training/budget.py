@@ -159,13 +159,13 @@ class TimeBudget:
         elif self._last is not None and done > 1:
             interval = now - self._last
             self._recent.append(interval)
-            typical = statistics.median(self._recent)
+            # From the second step on, the typical step is known well enough to stop on time, even
+            # when the whole budget holds only a few steps; the warmup waits for MEASURE_STEPS.
+            self.step_s = statistics.median(self._recent)
+            if len(self._recent) >= 3:
+                self.extra_s = max(self.extra_s, interval - self.step_s)
             if done == 1 + MEASURE_STEPS and self._measure_from is not None:
-                self.step_s = (now - self._measure_from) / MEASURE_STEPS
                 self.warmup = max(1, min(self.max_warmup, round(WARMUP_SHARE * self.estimated_steps())))
-            elif self.step_s is not None:
-                self.step_s = typical
-                self.extra_s = max(self.extra_s, interval - typical)
         self._last = now
         return self.elapsed() >= self.end()
 

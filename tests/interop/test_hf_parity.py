@@ -77,3 +77,21 @@ def test_import_round_trip(exported, tmp_path):
     x = torch.randint(0, a.cfg.vocab_size, (1, 20))
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
+
+
+def test_exported_tokenizer_adds_bos_as_candorlm_does(exported):
+    run, out = exported
+    lm = load(run)
+    tok = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert tok("中国经济").input_ids == lm.encode_prompt("中国经济")
+
+
+@pytest.mark.parametrize("prompt", ["中国经济", "人民日报：１２月"])
+def test_transformers_pipeline_greedy_text_matches_candorlm(exported, prompt):
+    run, out = exported
+    lm = load(run, device="cpu")
+    model = transformers.LlamaForCausalLM.from_pretrained(out, local_files_only=True, torch_dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
+    theirs = pipe(prompt, max_new_tokens=20, do_sample=False, return_full_text=False)[0]["generated_text"]
+    assert theirs == lm.generate(prompt, max_new_tokens=20, greedy=True)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -333,3 +334,45 @@ def test_the_report_card_probes_again_or_says_at_most(fake_probe):
     elsewhere = dict(train_total, peak_flops_per_s=dict(train_total["peak_flops_per_s"], probe_key="Other CPU|bf16|"
                                                           "threads=2|torch=0"))
     assert mfu_figure(elsewhere)["bound"] == "upper"  # another machine's peak cannot be probed here
+
+
+def _tiny_train_args(data: Path, out: Path, max_steps: int, **settings) -> list[str]:
+    """`candorlm train` arguments for the tests' tiny model and settings (`settings` override)."""
+    sets = {**{f"model.{k}": v for k, v in TINY_MODEL.items()},
+            **{f"train.{k}": v for k, v in {**TINY_TRAIN, **settings}.items()}}
+    return ["train", "--data", str(data), "--out", str(out), "--max-steps", str(max_steps),
+            *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+
+
+def _last_logged_step(run: Path) -> int:
+    rows = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+    return json.loads(rows[-1])["step"] if rows and rows[-1].endswith("}") else 0
+
+
+@pytest.mark.slow
+def test_the_ledger_counts_what_was_trained_after_two_kill_9s(tmp_path, data_dir):
+    from tests.cli.test_interrupts import start
+
+    run, steps, log_every = tmp_path / "r", 60, 2
+    # Checkpoints on log steps: the ledger then matches exactly (else within one log interval).
+    args = _tiny_train_args(data_dir, run, steps, log_every=log_every, save_every=6, eval_every=10)
+    for kill_after in (12, 30):  # steps logged before the kill; each time past a new checkpoint
+        proc = start(*args, *(["--resume"] if run.exists() else []), cwd=tmp_path)
+        while proc.poll() is None and _last_logged_step(run) < kill_after:
+            time.sleep(0.01)
+        proc.kill()
+        proc.communicate(timeout=60)
+        assert proc.returncode == -9, "the training ended before it could be killed"
+        killed = ledger(run)["train"]["total"]["steps"]["value"]
+        assert kill_after <= killed <= kill_after + 2 * log_every  # recorded as it trained, not at the end
+    subprocess.run([sys.executable, "-m", "candorlm", *args, "--resume"], check=True, capture_output=True,
+                   env={**os.environ, "CANDORLM_PROGRESS": "0"})
+    data = ledger(run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    tokens_per_step = TINY_TRAIN["batch_size"] * TINY_TRAIN["seq_len"]
+    total = data["train"]["total"]
+    assert total["steps"]["value"] == steps == rows[-1]["step"]  # a plain number: steps trained once each
+    assert total["tokens"]["value"] == rows[-1]["tokens_seen"] == steps * tokens_per_step
+    spans = [s["steps"]["value"] for s in data["train"]["sessions"]]
+    assert len(spans) == 3 and spans[0][0] == 0 and spans[-1][1] == steps
+    assert all(a < b for a, b in spans) and all(spans[i][1] <= spans[i + 1][0] for i in range(2))

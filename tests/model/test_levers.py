@@ -68,3 +68,14 @@ def test_wsd_holds_then_decays_linearly():
     assert wsd(0.0, 0.1) == 1.0 and wsd(0.7, 0.1) == 1.0
     assert wsd(0.85, 0.1) == pytest.approx(0.55) and wsd(1.0, 0.1) == pytest.approx(0.1)
     assert lr_at(50, 1.0, 10, 110, 0.0, "wsd") == 1.0 and lr_at(110, 1.0, 10, 110, 0.0, "wsd") == pytest.approx(0.0)
+
+
+def test_the_trainer_refuses_muon_rather_than_silently_using_adamw():
+    from candorlm.errors import CandorError
+    from candorlm.training.optim import build_optimizer
+
+    cfg = resolve(model=SHAPE, train={"optimizer": "muon"})
+    with pytest.raises(CandorError, match="muon"):
+        build_optimizer(build_model(cfg.model), cfg)
+    assert isinstance(build_optimizer(build_model(resolve(model=SHAPE).model), resolve(model=SHAPE)),
+                      torch.optim.AdamW)

@@ -45,6 +45,19 @@ def test_canaries_are_trained_on_and_spread():
         make_canaries(1, [1], "no digits here")
 
 
+def test_audit_work_is_weighed_in_flops():
+    import torch
+
+    from candorlm.privacy.audit_cost import audit_flops, flops_per_token
+
+    assert flops_per_token(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))) == 24  # 2 x 12
+    base = audit_flops(1e6, 64, 6, 12, 300, [40] * 20, 16, 8, 2, 32)
+    assert all(part > 0 for part in base) and base[2] == 1e6 * 40 * 20
+    assert audit_flops(1e6, 64, 0, 0, 300, [40] * 20, 16, 8, 2, 32)[0] == 0  # no canaries planted: no exposure work
+    more = audit_flops(1e6, 64, 6, 12, 3000, [40] * 40, 16, 8, 4, 32)
+    assert more[0] > 9 * base[0] and more[2] == 2 * base[2] and more[3] == 2 * base[3]
+
+
 def test_split_documents():
     arr = np.array([1, 5, 6, 2, 1, 7, 2, 1, 8])  # bos=1, eos=2; the last document is cut
     assert [d.tolist() for d in split_documents([arr], 1, 2)] == [[5, 6], [7], [8]]
@@ -63,6 +76,8 @@ def test_prepare_train_audit_from_the_command_line(tmp_path):
     assert (run / "canaries.json").is_file()
     out = run_cli("audit", run, "--samples", "10", "--candidates", "300", "--generations", "2")
     assert "mean exposure" in out.stderr + out.stdout
+    said = " ".join(out.stderr.split())
+    assert "estimated time: about" in said and "measured on this machine" in said  # before it starts
     result = json.loads((run / "evals" / "privacy.json").read_text(encoding="utf-8"))
     by = result["canaries"]["by_repeats"]
     assert set(by) == {"0", "1", "60"} and result["canaries"]["candidate_space"] == 10_000

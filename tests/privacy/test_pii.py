@@ -8,7 +8,7 @@ import pytest
 
 from candorlm.corpus import Document
 from candorlm.errors import CandorError
-from candorlm.privacy import pii_testset, zh_names
+from candorlm.privacy import pii_testset, zh_names, zh_names_fit, zh_spans
 from candorlm.privacy.anonymize import Anonymizer, Pseudonymizer, mask
 from candorlm.privacy.fakes import FAKERS
 from candorlm.privacy.pii import (STRUCTURED_TYPES, PIIDetector, fold, id_check_digit, luhn_ok, valid_card,
@@ -63,13 +63,13 @@ def test_names_on_held_out_peoples_daily():
     # Articles of split 4 were never seen in fitting or in choosing the threshold.
     model = zh_names.default_model()
     gold_n = covered = 0
-    for i, article in enumerate(zh_names.articles("test")):
+    for i, article in enumerate(zh_names_fit.articles("test")):
         if i == 120:
             break
         for text, gold in article:
             pred = model.find(text)
             gold_n += len(gold)
-            covered += zh_names._covered(gold, pred)
+            covered += zh_names_fit._covered(gold, pred)
     assert gold_n > 400
     assert covered / gold_n >= 0.85
 
@@ -77,7 +77,7 @@ def test_names_on_held_out_peoples_daily():
 def test_name_scores_equal_their_features():
     # The fast per-position scoring must equal the plain sum over each span's features.
     model = zh_names.default_model()
-    spans, ctx = zh_names.candidate_spans(zh_names.char_ids("国家主席江泽民会见了克林顿总统和欧阳修先生。"), with_features=True)
+    spans, ctx = zh_spans.candidate_spans(zh_spans.char_ids("国家主席江泽民会见了克林顿总统和欧阳修先生。"), with_features=True)
     fast = model.scores(spans, ctx)
     plain = model.weights[spans.features].sum(1)
     assert abs(fast - plain).max() < 1e-4
@@ -164,13 +164,15 @@ def test_bad_operator_and_type_are_clear_errors(tmp_path):
 
 def test_prepare_scrub_keeps_planted_values_out_of_the_shards(tmp_path, corpus_file):
     from candorlm.prepare import prepare
+    from candorlm.privacy.prepare_filters import prepare_filters
     from candorlm.shards import ShardSet
 
     src = tmp_path / "c.txt"
     src.write_text(corpus_file.read_text(encoding="utf-8") + "\n\n联系电话13812345678，邮箱zhangwei@example.com。\n",
                    encoding="utf-8")
     out = tmp_path / "data"
-    prepare([str(src)], out, tokenizer="char", vocab_size=3000, val_fraction=0.1, scrub=True)
+    prepare([str(src)], out, tokenizer="char", vocab_size=3000, val_fraction=0.1,
+            filters=prepare_filters(scrub=True, workers=1))
     shards = ShardSet(out)
     text = "".join(shards.tokenizer.decode(a.tolist()) for s in ("train", "val") for a in shards.arrays(s))
     assert "13812345678" not in text and "zhangwei" not in text and "<PHONE>" in text

@@ -22,7 +22,7 @@ def test_fit_recovers_a_known_power_law():
 
 
 @pytest.mark.slow
-def test_two_size_sweep(data_dir, tmp_path):
+def test_two_size_sweep(data_dir, tmp_path, capsys):
     from candorlm.scaling import sweep
 
     out = tmp_path / "sweep"
@@ -30,6 +30,8 @@ def test_two_size_sweep(data_dir, tmp_path):
                 overrides=["train.precision=fp32"])
     sizes = {r["preset"]: r for r in doc["sizes"]}
     assert set(sizes) == {"nano", "micro"}
+    said = " ".join(capsys.readouterr().err.split())
+    assert "estimated time: about" in said and "real training step(s) timed now" in said and " left (" in said
     assert sizes["micro"]["non_embedding_parameters"] > sizes["nano"]["non_embedding_parameters"]
     assert sizes["micro"]["flops"] > sizes["nano"]["flops"]
     assert sizes["nano"]["tokens"] == sizes["micro"]["tokens"] == 6 * 2 * 32  # the same budget

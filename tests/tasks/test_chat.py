@@ -193,3 +193,19 @@ def test_a_short_evaluation_scores_every_kind_of_turn(tok):
     assert scored["turns"] == 30 and scored["degenerate"] == 0.5 and scored["right"] == 0.5
     assert {"label_accuracy", "right_with_system", "right_without_system"} <= set(scored["by_kind"]["sentiment"])
     assert {"exact_match", "char_f1"} <= set(scored["by_kind"]["reading, follow-up"])
+
+
+def test_the_chat_table_has_a_column_per_kind_and_the_single_task_rows():
+    from candorlm.report.tasks import task_table
+
+    doc = {"task": "chat", "data": "builtin:chat", "split": {"test": 10},
+           "model": {"run": "runs/chat", "right": 0.5, "degenerate": 0.1,
+                     "by_kind": {"sentiment": {"n": 5, "label_accuracy": 0.8},
+                                 "reading, first question": {"n": 5, "exact_match": 0.2, "char_f1": 0.4}}},
+           "single_task": [{"run": "runs/sent", "task": "sentiment", "right": 0.9, "degenerate": 0.0,
+                            "by_kind": {"sentiment": {"n": 5, "label_accuracy": 0.9}}}]}
+    t = task_table("runs/chat", doc)
+    assert "sentiment: label accuracy" in t["columns"] and "reading, first question: exact match" in t["columns"]
+    rows = {r[0]: dict(zip(t["columns"], r)) for r in t["rows"]}
+    single = rows["baseline: the sentiment model sent"]
+    assert single["sentiment: label accuracy"] == 0.9 and single["replies right"] is None

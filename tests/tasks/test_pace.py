@@ -8,7 +8,7 @@ import pytest
 
 from candorlm.config import TrainConfig
 from candorlm.errors import CandorError
-from candorlm.ledger.forecast import after_first_steps, forecast_flops, parse_duration, say_duration
+from candorlm.forecast import after_first_steps, forecast_flops, parse_duration, say_duration
 from candorlm.tasks import finetune
 from candorlm.tasks.pace import BUDGET_STEPS, FIRST_STEPS, Pace, eval_forecast
 from tests.tasks.test_tasks import FAST, TINY_SCRATCH, reviews_file  # noqa: F401 (a fixture)

@@ -144,7 +144,15 @@ def test_cli_trains_for_a_time_and_records_budget_against_actual(tmp_path, data_
     assert train["time_budget"]["unit"] == "s" and "--time" in train["time_budget"]["method"]
     assert train["time_used"]["value"] > 0 and train["time_used_share"]["value"] > 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = train["steps"]["value"][1]
+    steps = train["steps"]["value"]  # a plain number: the steps trained (one session here)
     assert steps > 1 and rows[-1]["step"] == steps and "val_bpb" in rows[-1]  # the last step is evaluated
     assert (out / "model.safetensors").is_file()
     assert "time = \"10s\"" in (out / "config.toml").read_text()
+
+
+def test_a_budget_of_a_few_slow_steps_still_ends_on_time():
+    clock = FakeClock()
+    # 10-s steps in 60 s (a loaded machine): the stop must come before the warmup is even sized
+    budget = TimeBudget(seconds=60, peak_lr=1.0, eval_steps=1.0, clock=clock)
+    _, steps = run(budget, clock, lambda s: 10.0)
+    assert steps == 5 and budget.elapsed() + budget.reserve() <= 60

@@ -1,4 +1,5 @@
-"""How long work will take, said before it starts, and what the figure rests on.
+"""How long work will take, said before it starts, and what the figure rests on (below the
+features, so that every one of them, training's tasks, the audit, the sweep, can say it).
 
 Two bases, best first:
 - measured: a run's ledger.json holds the FLOP/s its training achieved on this machine; work on
@@ -13,32 +14,23 @@ Durations a person types (`--time 5m`) are parsed here too.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from candorlm.config import parse_duration as config_duration
+from candorlm.device import device_name
 from candorlm.errors import CandorError
 from candorlm.io.files import read_json
 
-_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0}
-
 
 def parse_duration(text: str | float) -> float:
-    """Seconds in '90', '90s', '5m', '1.5h' or '1h30m'; a number is seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        raw = str(text).strip().lower().replace(" ", "")
-        parts = re.findall(r"(\d+(?:\.\d+)?)([a-z]*)", raw)
-        if not raw or "".join(n + u for n, u in parts) != raw or any(u not in _UNITS for _, u in parts):
-            raise CandorError(f"'{text}' is not a duration: write e.g. 90s, 5m, 1.5h or 1h30m")
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise CandorError(f"a duration must be more than 0 seconds, got '{text}'")
-    return seconds
+    """Seconds in '90', '90s', '5m', '1h' or '1h30m' (config.parse_duration), as a CandorError."""
+    try:
+        return config_duration(text)
+    except ValueError as exc:
+        raise CandorError(f"'{text}' is not a duration: {exc}") from None
 
 
 def say_duration(seconds: float) -> str:
@@ -80,8 +72,6 @@ def measured_flops_per_s(run: str | Path | None) -> tuple[float, str] | None:
 
 
 def _this_machine(device: str) -> bool:
-    from candorlm.ledger.hardware import device_name
-
     names = {device_name(torch.device("cpu"))}
     if torch.cuda.is_available():
         names.add(device_name(torch.device("cuda")))

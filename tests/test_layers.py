@@ -34,12 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
 INFERENCE = {"lm", "generate", "beam", "evaluate"}  # siblings of training that never import it
 
 KNOWN: dict[str, str] = {
-    # violation: the helper removing it
-    "file cycle: candorlm.privacy.fakes <-> candorlm.privacy.pii <-> candorlm.privacy.zh_names": "scrub",
-    # prepare's --scrub and --canaries wrap the corpus with privacy's filters; the fix (the CLI
-    # passes the filters in) changes prepare's Python API, so it waits for the lead's call.
-    "up: candorlm.prepare -> candorlm.privacy.canaries (data -> features)": "lead",
-    "up: candorlm.prepare -> candorlm.privacy.scrub (data -> features)": "lead",
+    # violation: the helper removing it (none left)
 }
 
 

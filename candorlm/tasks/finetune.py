@@ -183,7 +183,7 @@ class _Epochs(Callback):
         self.history: list[dict[str, Any]] = []
         self.best_score, self.best_state = -math.inf, None
 
-    def on_start(self, loop: Loop) -> None:
+    def on_begin(self, loop: Loop) -> None:
         self.pace.begin(len(self.prepared.dev))
 
     def score(self) -> dict[str, Any]:

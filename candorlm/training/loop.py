@@ -49,6 +49,10 @@ class Callback:
 
     def on_start(self, loop: "Loop") -> None: ...
 
+    def on_begin(self, loop: "Loop") -> None:
+        """After every callback's on_start (the ledger's peak probe), just before the first step:
+        where a clock that budgets the steps starts."""
+
     def on_log(self, loop: "Loop", row: dict[str, Any]) -> None: ...
 
     def on_evaluate(self, loop: "Loop", scores: dict[str, Any], row: dict[str, Any], seconds: float) -> None: ...
@@ -178,6 +182,7 @@ class Loop:
         result = LoopResult(self.step)
         self._each("on_start")
         health = self._health
+        self._each("on_begin")
         self.start_time = last_time = time.perf_counter()
         last_step = self.step
         total = self.max_steps if self.show_total else None

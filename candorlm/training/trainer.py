@@ -299,7 +299,7 @@ class _PretrainEvents(Callback):
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
-    def on_start(self, loop: Loop) -> None:
+    def on_begin(self, loop: Loop) -> None:
         if self.trainer.budget:
             self.trainer.budget.begin(loop.step)
 

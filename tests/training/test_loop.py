@@ -67,7 +67,8 @@ def test_the_loop_logs_evaluates_saves_and_ends_in_order():
                   callbacks=[rec], model=model).run()
     assert lrs == [0, 1, 2, 3, 4] and saved == [3, 5] and result.steps == 5 and not result.interrupted
     kinds = [e[:2] for e in rec.events]
-    assert kinds == [("start", 0), ("begin", 0), ("log", 2), ("row", 2), ("save", 3), ("log", 4), ("evaluate", 4), ("row", 4),
+    assert kinds == [("start", 0), ("begin", 0), ("log", 2), ("row", 2), ("save", 3), ("log", 4), ("evaluate", 4),
+                     ("row", 4),
                      ("log", 5), ("evaluate", 5), ("row", 5), ("save", 5), ("end", 5)]
     assert "seen_by_recorder" in rec.events[3][2] and "loss" in rec.events[3][2]
 

@@ -74,3 +74,16 @@ def test_plan_reads_a_sweep_and_says_what_is_missing(tmp_path):
     assert out["throughput"] == "the sweep's own tokens/s"
     with pytest.raises(CandorError, match="duration"):
         plan("ten minutes", sweep=tmp_path, probe=False)
+
+
+def test_plan_command_prints_the_sizes_and_the_choice(tmp_path):
+    from candorlm.io.files import write_json
+    from tests.conftest import assert_clean_error, run_cli
+
+    write_json(tmp_path / "sweep.json", sweep_doc())
+    proc = run_cli("plan", "--time", "10m", "--sweep", tmp_path, "--no-probe")
+    assert "nano" in proc.stdout and "tiny" in proc.stdout and "best:" in proc.stderr
+    assert_clean_error(run_cli("plan", "--time", "soon", "--sweep", tmp_path, "--no-probe", check=False),
+                       "duration")
+    assert_clean_error(run_cli("train", "--data", tmp_path, "--out", tmp_path / "run", "--auto-size", check=False),
+                       "--time")

@@ -84,6 +84,10 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.world = World.from_env(config.train.strategy, config.train.device)  # one process unless under torchrun
         self.agree = self.world.agree
+        if config.train.dp_epsilon is not None and self.world.distributed:  # before the model is wrapped
+            raise CandorError(f"--dp-epsilon trains in one process: its privacy accounting assumes one process drawing "
+                              f"Poisson-sampled batches, and clipping and noise across {self.world.world_size} "
+                              f"processes is not implemented. Drop --nproc (or torchrun), or drop --dp-epsilon.")
         self.config = config
         t = config.train
         self.device = self.world.device

@@ -106,7 +106,7 @@ def measure(args: argparse.Namespace) -> dict:
     device = trainer.device
     flash = flash_check(trainer)
     # Warm-up: compilation, kernel autotuning, the allocator's pools.
-    first_loss = float(world.mean(trainer.train_step()[0]))
+    first_loss = trainer.agree.mean(trainer.train_step()[0])
     for _ in range(max(0, args.warmup - 1)):
         trainer.train_step()
     sync(device)
@@ -138,7 +138,7 @@ def measure(args: argparse.Namespace) -> dict:
 
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         memory_what = "peak RSS of the process (CPU dry run)"
-    last_loss = float(world.mean(loss))
+    last_loss = trainer.agree.mean(loss)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)",
         "processes": world.world_size, "strategy": world.strategy if world.distributed else "single",

@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     from candorlm.device import set_threads
     from candorlm.scaling.plan import plan
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     set_threads(args.threads)
     data = ensure_data()

@@ -36,7 +36,7 @@ def main() -> None:
     from candorlm.prepare import prepare
     from candorlm.privacy.audit import audit
     from candorlm.privacy.prepare_filters import prepare_filters
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     out = __import__("pathlib").Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def bench_run(out: Path, steps: int) -> Path:
         return out
     from candorlm.corpus import peoples_daily_documents
     from candorlm.prepare import prepare
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     work = Path(tempfile.mkdtemp(prefix="candorlm-bench-"))
     docs = [doc.text for _, doc in zip(range(400), peoples_daily_documents())]

@@ -36,7 +36,8 @@ from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.interop.hf import _NAMES, _rename
 from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
 from candorlm.model import DecoderLM
-from candorlm.training.trainer import Trainer, build_optimizer
+from candorlm.training.optim import build_optimizer
+from candorlm.training.trainer import Trainer
 
 SHAPES = {
     "issue (d256 L4 H4)": {"d_model": 256, "n_layers": 4, "n_heads": 4, "max_seq_len": 256},

@@ -29,7 +29,7 @@ _EXPORTS = {
     "prepare": "candorlm.prepare",
     "train_tokenizer_file": "candorlm.prepare",
     "TrainResult": "candorlm.training",
-    "train": "candorlm.training",
+    "train": "candorlm.pretrain",
     "load_task": "candorlm.tasks.predict",
     "TaskModel": "candorlm.tasks.predict",
 }

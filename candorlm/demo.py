@@ -24,7 +24,7 @@ from candorlm.prepare import prepare
 from candorlm.progress import console
 from candorlm.rundir import RunDir
 from candorlm.shards import ShardSet, is_validation
-from candorlm.training import train
+from candorlm.pretrain import train
 
 CORPUS = "builtin:peoples-daily"
 VOCAB_SIZE = 8192

@@ -79,7 +79,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Pat
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(out, data=data_dir, model=TINY_MODEL, max_steps=30, **TINY_TRAIN)

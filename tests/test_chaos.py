@@ -128,7 +128,7 @@ def _chaos(case: Case, uninterrupted_first: bool = True) -> None:
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Shared inputs, made in this process: a corpus with a secret, its data, a tiny run, a key."""
     from candorlm.prepare import prepare
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     root = tmp_path_factory.mktemp("chaos-world")
     corpus = write_articles(root / "pd.txt", 0, 60)

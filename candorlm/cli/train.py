@@ -13,7 +13,7 @@ from candorlm.cli.options import KeyFile, options_from, reading_with
 PANEL = "Training"
 
 
-@options_from("candorlm.training:train", skip=("model",))
+@options_from("candorlm.pretrain:train", skip=("model",))
 def train(
     preset: Optional[str] = typer.Option(None, help="Model size preset (default: tiny, unless --config is given)."),
     arch: Optional[str] = typer.Option(None, help="Model family: decoder (GPT, next-token), encoder (BERT, "
@@ -59,7 +59,7 @@ def train(
 
         raise typer.Exit(launch(nproc, strip_option(sys.argv[1:], "--nproc")))
     from candorlm.progress import console
-    from candorlm.training import train as run_train
+    from candorlm.pretrain import train as run_train
 
     settings = {k: v for k, v in dict(max_steps=max_steps, save_every=save_every, eval_every=eval_every, seed=seed,
                                       dp_epsilon=dp_epsilon, dp_delta=dp_delta,

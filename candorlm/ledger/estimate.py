@@ -106,7 +106,7 @@ def calibrate(cfg: ModelConfig, batch: int, seq_len: int, precision: str, steps:
     tokens; the trainer's step: autocast, fused loss, clipping, AdamW), and read the peak
     resident memory they reached. The median step: the first steps after start-up pay for
     oneDNN kernel selection and allocator growth, which a long run does not."""
-    from candorlm.training.trainer import build_optimizer
+    from candorlm.training.optim import build_optimizer
 
     keep_freed_memory()
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ peak memory, and counts the FLOPs of all ranks against the peak of all their dev
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from candorlm.config import RunConfig
 from candorlm.ledger.book import record_sessions
 from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
 from candorlm.ledger.meter import Meter, Prices, figure, mfu_figure
+from candorlm.training.loop import Callback, Loop, LoopResult
+
+log = logging.getLogger("candorlm")
 
 _SHARED = ("energy", "co2", "cost")
 
@@ -208,6 +212,48 @@ class TrainingMeter:
                 out[key] = dict(session[key], value=session[key]["value"] * share,
                                 method=session[key]["method"] + f"; x {share:.3f}, the session's time spent evaluating")
         return out
+
+
+class LedgerMeter(Callback):
+    """The meter attached to the training loop (training/loop.py): started before the first step,
+    told of each evaluation and save, finished (and written into ledger.json) at the end. Every
+    rank runs it at the same points, so its sums over ranks line up."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, device: torch.device, precision: str,
+                 threads: int | None, n_params: int, resumed: bool, node_leader: bool = True,
+                 extra: Callable[[], dict[str, Any] | None] | None = None) -> None:
+        self.config, self.run_dir, self.device, self.precision = config, run_dir, device, precision
+        self.threads, self.n_params, self.resumed, self.node_leader = threads, n_params, resumed, node_leader
+        self.extra = extra  # more figures for the session at the end (a time budget's record)
+        self.meter: TrainingMeter | None = None
+
+    def on_start(self, loop: Loop) -> None:
+        a = loop.agree
+        ranks = Ranks(size=a.size, is_main=a.is_main, node_leader=self.node_leader,
+                      reduce=a.reduce if a.distributed else None)
+        self.meter = TrainingMeter(self.config, self.device, self.precision, self.threads, loop.step, self.n_params,
+                                   ranks).start()
+
+    def on_log(self, loop: Loop, row: dict[str, Any]) -> None:
+        assert self.meter is not None
+        if "tokens_per_s" in row:
+            row["mfu"] = round(self.meter.mfu(row["tokens_per_s"]), 6)
+        self.meter.log(self.run_dir, loop.step, resumed=self.resumed)  # the session so far: survives kill -9
+
+    def on_evaluate(self, loop: Loop, scores: dict[str, Any], row: dict[str, Any], seconds: float) -> None:
+        assert self.meter is not None
+        self.meter.eval_s += seconds
+        self.meter.count_eval(scores["tokens"])
+
+    def on_save(self, loop: Loop, seconds: float) -> None:
+        assert self.meter is not None
+        self.meter.save_s += seconds
+
+    def on_end(self, loop: Loop, result: LoopResult) -> None:
+        assert self.meter is not None
+        result.extra["ledger"] = self.meter.finish(self.run_dir, loop.step, resumed=self.resumed,
+                                                   extra=self.extra() if self.extra else None)
+        log.info("ledger: %s", ledger_summary(result.extra["ledger"]))
 
 
 def ledger_summary(total: dict[str, Any]) -> str:

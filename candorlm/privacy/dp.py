@@ -30,6 +30,8 @@ from torch import nn
 
 from candorlm.errors import CandorError
 from candorlm.shards import WindowIndex
+from candorlm.training.loop import Callback, Loop
+from candorlm.training.trainer import Trainer
 
 log = logging.getLogger("candorlm")
 GRAD_SAMPLE_MODE = "functorch"
@@ -172,15 +174,46 @@ class DPSGD:
                 "expected_batch": b.expected_batch, "training_windows": b.windows}
 
 
+class DPRecord(Callback):
+    """Writes the spent budget to RUN/dp.json at every checkpoint (one process: DP-SGD trains in one)."""
+
+    def __init__(self, dp: DPSGD, path: Path) -> None:
+        self.dp, self.path = dp, path
+
+    def on_save(self, loop: Loop, seconds: float) -> None:
+        from candorlm.io.files import write_json
+
+        write_json(self.path, self.dp.record(loop.step))
+
+
+def attach(trainer: Trainer) -> DPSGD:
+    """Train `trainer`'s run with DP-SGD (train.dp_*): its step becomes the private one, and the
+    budget is recorded at every checkpoint. Refused with several processes or a non-decoder."""
+    from candorlm.device import autocast
+
+    t = trainer.config.train
+    if trainer.world.distributed:
+        raise CandorError(f"--dp-epsilon trains in one process: its privacy accounting assumes one process drawing "
+                          f"Poisson-sampled batches, and clipping and noise across {trainer.world.world_size} "
+                          f"processes is not implemented. Drop --nproc (or torchrun), or drop --dp-epsilon.")
+    if trainer.config.model.arch != "decoder":
+        raise CandorError(f"--dp-epsilon trains decoders only (next-token windows are its privacy unit); "
+                          f"this run's model.arch is '{trainer.config.model.arch}'. Drop --dp-epsilon or use "
+                          "--arch decoder.")
+    assert t.dp_epsilon is not None
+    dp = DPSGD(trainer.model, trainer.optimizer, trainer.train_windows, epsilon=t.dp_epsilon, delta=t.dp_delta,
+               max_grad_norm=t.dp_max_grad_norm, batch_size=t.batch_size, grad_accum=t.grad_accum,
+               steps=trainer.max_steps, seed=t.seed, autocast_ctx=lambda: autocast(trainer.precision, trainer.device))
+    if trainer.resume:
+        check_resume(trainer.run.path / "dp.json", dp.budget)
+    trainer.use_step(lambda step: dp.step(step, trainer.device), private=True)
+    trainer.callbacks.append(DPRecord(dp, trainer.run.path / "dp.json"))
+    return dp
+
+
 def _per_sample_norms(optimizer) -> torch.Tensor:
     grads = [g.reshape(len(g), -1).norm(2, dim=-1) for g in optimizer.grad_samples]
     return torch.stack(grads, dim=1).norm(2, dim=1).detach().float()
-
-
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    from candorlm.io.files import write_json
-
-    write_json(path, record)
 
 
 def check_resume(record_path: Path, budget: DPBudget) -> None:

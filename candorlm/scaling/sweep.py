@@ -83,7 +83,7 @@ def sweep(data: str | Path, out: str | Path, presets: Sequence[str] = DEFAULT_PR
         overrides: Config values for every size, as section.key=value.
         overwrite: Replace a sweep in `out`.
     """
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     out = Path(out)
     presets = list(presets)

@@ -11,12 +11,11 @@ and renamed into place at the end, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -28,14 +27,15 @@ from candorlm.checkpoint.weights import save_weights
 from candorlm.io.files import atomic_write_text, swapped_into_place, write_json
 from candorlm.io.manifest import write_manifest
 from candorlm.io.outputs import claim_dir, write_marker
-from candorlm.progress import progress_bar
 from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.tasks.base import load_base
 from candorlm.tasks.registry import get_task
 from candorlm.errors import CandorError
 from candorlm.forecast import parse_duration, say_duration
 from candorlm.tasks.pace import BUDGET_STEPS, Pace, eval_forecast, train_forecast
-from candorlm.training.trainer import build_optimizer
+from candorlm.training.callbacks import MetricsFile
+from candorlm.training.loop import Callback, Loop
+from candorlm.training.optim import build_optimizer
 
 log = logging.getLogger("candorlm")
 
@@ -133,58 +133,77 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
 
 def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, t: TrainConfig,
           device: torch.device, precision: str, metrics_path: Path, pace: Pace | None = None) -> list[dict[str, Any]]:
+    """The one training loop (training/loop.py) with a fine-tuning step: shuffled task examples,
+    the dev split scored at the end of each epoch, the best epoch's weights kept. `pace` is the
+    schedule and the clock (a step count, or a time budget that sizes and ends the run)."""
     pace = pace or Pace(t)
     rng = np.random.default_rng(t.seed)
-    step, best_score, best_state = 0, -math.inf, None
-    history: list[dict[str, Any]] = []
     n = len(prepared.train)
-    start = time.perf_counter()
-    total = None if pace.budget_s else t.max_steps
-    with open(metrics_path, "w", encoding="utf-8") as metrics, progress_bar("fine-tuning", total=total) as bar:
-        epoch = 0
-        pace.begin(len(prepared.dev))
-        while step < pace.max_steps:
+    epochs = _Epochs(spec, prepared, model, device, pace)
+
+    def batches() -> Iterator[list[Any]]:
+        while True:  # a permutation per epoch, drawn when the epoch starts
             order = rng.permutation(n)
             model.train()
             for i in range(0, n, t.batch_size):
-                if step >= pace.max_steps:
-                    break
-                lr = pace.lr(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = [prepared.train[j] for j in order[i:i + t.batch_size]]
-                with autocast(precision, device):
-                    loss = spec.loss(model, batch, device, prepared)
-                loss.backward()
-                loss = loss.detach()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if pace.after_step(step):
-                    bar.update(total=pace.max_steps)
-                bar.advance(1)
-                if step % t.log_every == 0 or step == pace.max_steps:
-                    row = {"step": step, "epoch": epoch, "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm),
-                           "elapsed_s": round(time.perf_counter() - start, 3)}
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
-                    bar.update(status=f"loss {float(loss):.3f}")
-            epoch += 1
-            with pace.evaluating(len(prepared.dev)):
-                scores = spec.dev_metrics(model, prepared, device)
-            row = {"step": step, "epoch": epoch, **{f"dev_{k}": v for k, v in scores.items()},
-                   "elapsed_s": round(time.perf_counter() - start, 3)}
-            history.append(row)
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
-            log.info("epoch %d (step %d): %s", epoch, step, ", ".join(f"dev {k} {v:.4f}" for k, v in scores.items()))
-            if scores["score"] > best_score:
-                best_score, best_state = scores["score"], copy.deepcopy(model.state_dict())
-                history[-1]["best"] = True
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return history
+                yield [prepared.train[j] for j in order[i:i + t.batch_size]]
+            epochs.epoch += 1
+
+    stream = batches()
+
+    def step(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = next(stream)
+        with autocast(precision, device):
+            loss = spec.loss(model, batch, device, prepared)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), grad_norm
+
+    def out_of_time(done: int) -> bool:
+        pace.after_step(done)  # may size or end the run (a time budget)
+        return done >= pace.max_steps
+
+    Loop(step, optimizer, schedule=pace.lr, max_steps=t.max_steps, device=device, log_every=t.log_every,
+         eval_every=math.ceil(n / t.batch_size), evaluate=epochs.score, grad_clip=t.grad_clip, precision=precision,
+         stop_signals=(), peak_lr=t.lr, out_of_time=out_of_time, label="fine-tuning", model=model,
+         show_total=not pace.budget_s, callbacks=[epochs, MetricsFile(metrics_path, mode="w")]).run()
+    if epochs.best_state is not None:
+        model.load_state_dict(epochs.best_state)
+    return epochs.history
+
+
+class _Epochs(Callback):
+    """Epochs of a fine-tuning: the epoch in each logged row, the dev scores at each epoch's end
+    (timed by the pace: they count against a time budget), and a copy of the best one's weights."""
+
+    def __init__(self, spec: Any, prepared: Any, model: torch.nn.Module, device: torch.device, pace: Pace) -> None:
+        self.spec, self.prepared, self.model, self.device, self.pace = spec, prepared, model, device, pace
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, Any]] = []
+        self.best_score, self.best_state = -math.inf, None
+
+    def on_begin(self, loop: Loop) -> None:
+        self.pace.begin(len(self.prepared.dev))
+
+    def score(self) -> dict[str, Any]:
+        with self.pace.evaluating(len(self.prepared.dev)):
+            return self.spec.dev_metrics(self.model, self.prepared, self.device)
+
+    def on_log(self, loop: Loop, row: dict[str, Any]) -> None:
+        row["epoch"] = self.epoch
+
+    def on_evaluate(self, loop: Loop, scores: dict[str, Any], row: dict[str, Any], seconds: float) -> None:
+        done = self.epoch + 1  # this epoch ends here (or the run does, part way through it)
+        entry = {"step": loop.step, "epoch": done, **{f"dev_{k}": v for k, v in scores.items()},
+                 "elapsed_s": round(time.perf_counter() - loop.start_time, 3)}
+        self.history.append(entry)
+        row.update({k: v for k, v in entry.items() if k != "step"})
+        log.info("epoch %d (step %d): %s", done, loop.step, ", ".join(f"dev {k} {v:.4f}" for k, v in scores.items()))
+        if scores["score"] > self.best_score:
+            self.best_score, self.best_state = scores["score"], copy.deepcopy(self.model.state_dict())
+            entry["best"] = row["best"] = True
 
 
 def _write_run(tmp: Path, config: RunConfig, prepared: Any, model: torch.nn.Module, base: Any, task: str, data: str,

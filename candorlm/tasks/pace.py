@@ -29,7 +29,7 @@ from candorlm.forecast import (
     say_duration,
 )
 from candorlm.training.budget import NO_LIMIT, TimeBudget
-from candorlm.training.trainer import lr_at
+from candorlm.training.optim import lr_at
 
 log = logging.getLogger("candorlm")
 

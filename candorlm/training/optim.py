@@ -6,6 +6,8 @@ same rate. It is defined for hidden matrices only: the token embedding (a lookup
 map), the output layer (tied to it by default) and the norm gains stay with AdamW, as in
 modded-nanoGPT. Muon's step is RMS-matched to AdamW's (`adjust_lr_fn="match_rms_adamw"`, the
 Moonlight rule), so `train.muon_lr` (default: `train.lr`) is on AdamW's scale.
+
+Also the step-sized learning-rate schedule (`lr_at`) that pretraining and fine-tuning share.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from candorlm.config import RunConfig
 from candorlm.errors import CandorError
+from candorlm.training.budget import DECAYS
 
 
 def _adamw(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
@@ -49,6 +52,14 @@ def build_optimizers(model: nn.Module, cfg: RunConfig) -> list[torch.optim.Optim
         optimizers.insert(0, torch.optim.Muon(muon, lr=t.muon_lr or t.lr, weight_decay=t.weight_decay,
                                               adjust_lr_fn="match_rms_adamw"))
     return optimizers
+
+
+def lr_at(step: int, peak: float, warmup: int, max_steps: int, min_ratio: float, schedule: str = "cosine") -> float:
+    """Linear warmup to `peak`, then a decay (cosine, or warmup-stable-decay's) to `peak * min_ratio` at `max_steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return peak * DECAYS[schedule](progress, min_ratio)
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:

@@ -89,7 +89,7 @@ def test_every_page_was_read():
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A scratch directory holding runs/demo: a decoder with the demo's four layers (small), trained briefly."""
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     root = tmp_path_factory.mktemp("docs-blocks")
     train(root / "runs" / "demo", data=data_dir, model={"d_model": 32, "n_layers": 4, "n_heads": 2, "max_seq_len": 64},

@@ -52,7 +52,7 @@ def test_the_files_pages_link_to_are_in_the_site(site: Path) -> None:
 
 def test_api_reference_renders_the_docstrings(site: Path) -> None:
     api = (site / "reference" / "index.html").read_text(encoding="utf-8")
-    for name in ("candorlm.training.train", "candorlm.prepare.prepare", "candorlm.lm.load"):
+    for name in ("candorlm.pretrain.train", "candorlm.prepare.prepare", "candorlm.lm.load"):
         assert f'id="{name}"' in api, f"the API reference lost {name}"
     # text that only the docstrings hold
     assert "Train a model and write the run directory" in api

@@ -13,7 +13,7 @@ from candorlm.explain.report import explain
 from candorlm.explain.subject import load_subject
 from candorlm.model import EncoderLM, Seq2SeqLM
 from candorlm.model.hooks import compile_out_hook_points, hook_points, hooks, run_with_cache
-from candorlm.training import train
+from candorlm.pretrain import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, run_cli
 
 MASKED = "人民日<|mask|>记者"

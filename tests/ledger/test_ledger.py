@@ -18,7 +18,7 @@ from candorlm.ledger.book import ledger, ledger_table, total
 from candorlm.ledger.energy import _Rapl, start_energy_meter
 from candorlm.ledger.estimate import compute_optimal, estimate, estimate_compute_budget, shape_for_params
 from candorlm.ledger.flops import train_flops_per_token
-from candorlm.training import train
+from candorlm.pretrain import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 FIGURES = {"wall_time", "busy_time", "tokens", "tokens_per_s", "flops", "achieved_flops_per_s", "peak_flops_per_s",

@@ -14,7 +14,7 @@ from candorlm.config import ModelConfig
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.model import DecoderLM, EncoderLM, Seq2SeqLM, SequenceClassifier, build_model, lm_loss
 from candorlm.tokenizer import Tokenizer
-from candorlm.training import train
+from candorlm.pretrain import train
 from candorlm.training.objectives import corrupt_spans, mask_tokens
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 

@@ -8,7 +8,7 @@ from candorlm.config import resolve
 from candorlm.model import build_model
 from candorlm.training.budget import wsd
 from candorlm.training.optim import build_optimizers, hidden_matrices
-from candorlm.training.trainer import lr_at
+from candorlm.training.optim import lr_at
 
 SHAPE = {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 32, "vocab_size": 64}
 

@@ -11,7 +11,7 @@ from candorlm.privacy.audit import audit, exposure_from_fit, roc_auc, split_docu
 from candorlm.privacy.canaries import CanaryCorpus, make_canaries, parse_repeats
 from candorlm.privacy.integrity import verify
 from candorlm.shards import is_validation
-from candorlm.training import train
+from candorlm.pretrain import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, assert_clean_error, run_cli, write_articles
 
 

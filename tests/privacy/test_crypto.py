@@ -15,7 +15,7 @@ from candorlm.io.sealed import (HEADER_SIZE, TAG, DecryptionError, Key, decrypt_
                                 encrypt_stream, read_bytes)
 from candorlm.privacy.crypto import decrypt_path, encrypt_path
 from candorlm.io.manifest import write_manifest
-from candorlm.training import train
+from candorlm.pretrain import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN, assert_clean_error, run_cli
 
 KEY = Key(raw=bytes(range(32)))

@@ -10,7 +10,7 @@ from candorlm.config import ModelConfig
 from candorlm.errors import CandorError
 from candorlm.model import DecoderLM, lm_loss
 from candorlm.privacy.dp import DPSGD, plan, spent_epsilon
-from candorlm.training import train
+from candorlm.pretrain import train
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 

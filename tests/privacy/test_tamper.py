@@ -221,7 +221,7 @@ def test_resume_checks_an_encrypted_run_then_sends_it_to_a_decrypted_copy(tmp_pa
                                                                           data_dir):
     from tests.conftest import TINY_MODEL, TINY_TRAIN
 
-    from candorlm.training import train
+    from candorlm.pretrain import train
 
     key = Key.from_file(key_file)
     tree = _tampered(tmp_path, encrypted["run"], encrypted["older"], trained_run, "roll back to an older copy")

@@ -139,7 +139,7 @@ def test_qa_decoder_and_seq2seq(tmp_path, trained_run, qa_file, data_dir):
     assert result["baselines"]["align_and_copy"]["exact_match"] > 0.8  # the rule is mostly solvable by matching
     again = evaluate_task(tmp_path / "qa", "qa")
     assert again["model"] == result["model"]  # deterministic (greedy)
-    from candorlm.training import train
+    from candorlm.pretrain import train
     from tests.conftest import TINY_MODEL, TINY_TRAIN
 
     train(tmp_path / "s2s", data=data_dir, model=dict(TINY_MODEL, arch="seq2seq"), max_steps=2, **TINY_TRAIN)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from candorlm.errors import CandorError
 from candorlm.lm import load
 from candorlm.shards import BatchSampler, ShardSet
-from candorlm.training import train
+from candorlm.pretrain import train
 from candorlm.checkpoint.retention import list_checkpoints
 from candorlm.training.distributed import World
 from candorlm.training.launch import launch, strip_option

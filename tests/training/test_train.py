@@ -10,7 +10,7 @@ import pytest
 
 from candorlm.errors import CandorError
 from candorlm.lm import load
-from candorlm.training import train
+from candorlm.pretrain import train
 from candorlm.checkpoint.retention import list_checkpoints
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 

@@ -148,7 +148,7 @@ def loss_caption(curve: dict[str, list]) -> str:
     val = curve["val"]
     if len(val) < 2:
         return text + f" Training loss went from {sig(first[1])} to {sig(last[1])}."
-    (s0, v0, _), (s1, v1, _), (s2, v2, _) = val[0], val[-2], val[-1]
+    (_, v0, _), (s1, v1, _), (s2, v2, _) = val[0], val[-2], val[-1]
     text += f" Validation went from {sig(v0)} to {sig(v2)}"
     recent = v2 - v1
     if recent < -0.005 * abs(v1):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import TINY_MODEL, TINY_TRAIN, assert_clean_error, run_cli
+from tests.conftest import TINY_MODEL, assert_clean_error, run_cli
 
 
 @pytest.mark.slow

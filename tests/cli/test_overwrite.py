@@ -20,7 +20,7 @@ from candorlm.errors import CandorError
 from candorlm.io.files import swapped_into_place, temp_path
 from candorlm.io.outputs import MARKER, claim_dir, claim_file, read_marker, record_file
 from candorlm.rundir import looks_like_old_run
-from tests.conftest import TINY_MODEL, TINY_TRAIN, write_articles
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.conftest import assert_clean_error, run_cli
 
 pytestmark = pytest.mark.slow  # real subprocesses: prepare, train, interrupts

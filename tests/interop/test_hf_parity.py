@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from candorlm.checkpoint.weights import save_weights
-from candorlm.config import ModelConfig
 from candorlm.config import RunConfig
 from candorlm.generate import SamplingConfig, generate_ids
 from candorlm.interop.hf import export_hf, import_hf
 from candorlm.io.files import atomic_write_text
 from candorlm.io.manifest import write_manifest
-from candorlm.lm import LanguageModel, load
+from candorlm.lm import load
 from candorlm.model import DecoderLM
 from candorlm.rundir import RunDir
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from candorlm.errors import CandorError
-from candorlm.io.manifest import MANIFEST_NAME, read_manifest, verify_manifest, write_manifest
+from candorlm.io.manifest import MANIFEST_NAME, read_manifest, verify_manifest
 from candorlm.privacy.integrity import backup, verify
 from candorlm.checkpoint.retention import best_checkpoint, list_checkpoints, retain
 from tests.conftest import assert_clean_error, run_cli

@@ -180,7 +180,6 @@ def test_a_diverged_training_stops_at_the_first_non_finite_loss(tmp_path, data_d
 
 
 def test_generation_refuses_non_finite_weights(tmp_path, trained_run):
-    import torch
     from safetensors.torch import load_file, save_file
 
     from candorlm.io.manifest import write_manifest

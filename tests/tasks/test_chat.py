@@ -120,9 +120,10 @@ def test_repl_streams_keeps_history_and_trims(chat_run):
     assert any("dropped" in n for n in notices)  # the context guard trimmed old turns instead of failing
     assert any("unknown command /nonsense" in n for n in notices)
     assert session.system == "你是助手"
+    assert [m["role"] for m in session.history][-2:] == ["user", "assistant"]
+    # The next prompt fits (prompt_ids trims the history itself, so it is read last).
     ids, _ = session.prompt_ids()
     assert len(ids) <= lm.model.cfg.max_seq_len - session.max_new_tokens
-    assert [m["role"] for m in session.history][-2:] == ["user", "assistant"]
 
 
 def test_chat_command_line(chat_run):

@@ -30,6 +30,7 @@ def _learns(model_keys=None, train_keys=None, steps=30):
     return model, opts, losses
 
 
+@pytest.mark.slow  # each lever trains a few steps
 @pytest.mark.parametrize("model_keys, train_keys", [
     ({"qk_norm": True}, None), ({"mlp": "relu2"}, None), ({"zero_init_out": True}, None),
     ({"tie_embeddings": False}, None), (None, {"optimizer": "muon"}), (None, {"optimizer": "muon", "muon_lr": 0.02}),

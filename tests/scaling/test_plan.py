@@ -76,6 +76,7 @@ def test_plan_reads_a_sweep_and_says_what_is_missing(tmp_path):
         plan("ten minutes", sweep=tmp_path, probe=False)
 
 
+@pytest.mark.slow  # starts the command line and probes this machine
 def test_plan_command_prints_the_sizes_and_the_choice(tmp_path):
     from candorlm.io.files import write_json
     from tests.conftest import assert_clean_error, run_cli

@@ -35,13 +35,13 @@ from typing import Any
 import torch
 
 from candorlm.config import ModelConfig, RunConfig, resolve
-from candorlm.device import autocast, cpu_has_bf16, keep_freed_memory
+from candorlm.device import autocast, cpu_has_bf16, keep_freed_memory, peak_rss_bytes
 from candorlm.errors import CandorError
 from candorlm.ledger.energy import CPU_WATTS_PER_CORE
 from candorlm.ledger.flops import forward_flops_per_token, train_flops_per_token
 from candorlm.ledger.hardware import device_name, measured_peak_flops
 from candorlm.ledger.launches import KERNEL_LAUNCH_S, MAX_OPERATORS_PER_LAYER, launch_floor_s
-from candorlm.ledger.memory import memory_breakdown, param_count, peak_rss_bytes, runtime_baseline
+from candorlm.ledger.memory import memory_breakdown, param_count, runtime_baseline
 from candorlm.ledger.meter import DEFAULT_GRID_KG_PER_KWH, DEFAULT_PRICE_PER_HOUR
 from candorlm.tokenizer import DEFAULT_VOCAB_SIZE
 

@@ -7,7 +7,6 @@ See candorlm.ledger.estimate for how the terms add up and how well they match re
 from __future__ import annotations
 
 import os
-import resource
 from typing import Any
 
 from candorlm.config import ModelConfig
@@ -85,6 +84,3 @@ def runtime_baseline() -> tuple[int, str]:
     return process_rss_bytes(), "measured: resident memory of this process with torch, the trainer and the energy meter loaded"
 
 
-def peak_rss_bytes() -> int:
-    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -21,7 +21,6 @@ files only on rank 0 (`loop.agree.is_main`).
 from __future__ import annotations
 
 import logging
-import resource
 import signal
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from candorlm.device import peak_rss_bytes
 from candorlm.progress import progress_bar
 from candorlm.training.agreement import Agreement
 from candorlm.training.health import Health
@@ -38,9 +38,6 @@ log = logging.getLogger("candorlm")
 
 StepFn = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]  # step index (0-based) -> (loss, grad norm)
 
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class Callback:

@@ -19,6 +19,8 @@ and differ only in where keys and values come from.
 
 The conventions are Llama's (RMSNorm, rotate-half RoPE, no biases, q/k/v/o and gate/up/down
 projections), so a decoder exports to `transformers.LlamaForCausalLM` with the same logits.
+The q/k/v weights (and gate/up) are separate parameters but run as one matmul, their weights
+concatenated at compute time (model/fused.py); queries and keys are then rotated together.
 Shapes: B batch, T query length, S key length (cache included), H heads, Hkv key/value heads,
 D head dim, C model width.
 """
@@ -33,6 +35,7 @@ from torch import nn
 
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
+from candorlm.model.fused import fused_linear, watched
 from candorlm.model.hooks import HookPoint
 
 
@@ -94,12 +97,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     written, so that the hooks see (and may replace) the scores and the weights; the two paths
     agree to float rounding (tests/test_hooks.py).
     """
-    if k.shape[1] != q.shape[1]:
+    grouped = k.shape[1] != q.shape[1]
+    if not (hook_attn_scores.active or hook_pattern.active):
+        # enable_gqa: SDPA serves each key/value head to its group of query heads without the
+        # (B, H, S, D) copies that repeat_interleave makes.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                              dropout_p=dropout_p, enable_gqa=grouped)
+    if grouped:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, H, S, D)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    if not (hook_attn_scores.active or hook_pattern.active):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                              dropout_p=dropout_p)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
@@ -164,12 +170,25 @@ class Attention(AttentionHeads):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
                 cache: KVCache | None = None) -> torch.Tensor:
-        q = self.heads(x, self.q_proj, self.n_heads, self.hook_q)  # (B, H, T, D)
-        k = self.heads(x, self.k_proj, self.n_kv_heads, self.hook_k)  # (B, Hkv, T, D)
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        fused = not watched(self.q_proj, self.k_proj, self.v_proj)  # module hooks must see each projection run
+        if fused:  # one matmul for q, k and v (model/fused.py)
+            qkv = fused_linear(x, self, (self.q_proj, self.k_proj, self.v_proj)).view(B, T, H + 2 * Hkv, D)
+            q, k, v = qkv.split((H, Hkv, Hkv), dim=2)
+        else:
+            q, k, v = (p(x).view(B, T, n, D) for p, n in ((self.q_proj, H), (self.k_proj, Hkv), (self.v_proj, Hkv)))
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # (B, T, heads, D), before rotation
         if hasattr(self, "q_norm"):  # QK-norm: bounded attention logits whatever the weights' scale
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        v = self.heads(x, self.v_proj, self.n_kv_heads, self.hook_v)
+        # Rotary positions in the projections' (B, T, heads, D) layout: the tables as (B or 1, T, 1, D).
+        cos, sin = (t.transpose(1, 2) for t in rope)
+        if fused and not (self.hook_q.active or self.hook_k.active or hasattr(self, "q_norm")):
+            # q and k are still side by side in qkv: rotated together, one set of operators for both
+            q, k = apply_rope(qkv[:, :, :H + Hkv], cos, sin).split((H, Hkv), dim=2)
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): the cached positions, then these
         return self.attend(q, k, v, mask, is_causal)
@@ -219,7 +238,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            if watched(self.gate_proj, self.up_proj):  # module hooks must see each projection run
+                gate, up = self.gate_proj(x), self.up_proj(x)
+            else:  # one matmul for gate and up (model/fused.py)
+                gate, up = fused_linear(x, self, (self.gate_proj, self.up_proj)).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         if self.kind == "relu2":
             return self.down_proj(F.relu(self.up_proj(x)).square())
         act = F.relu if self.kind == "relu" else F.gelu

@@ -40,7 +40,12 @@ from candorlm.model.hooks import HookPoint
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 whatever the input dtype."""
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 whatever the input dtype.
+
+    Under autocast the output is written in autocast's dtype, the dtype the next matmul casts it
+    to anyway (the same numbers, one pass fewer), by `_RMSNormFunction`'s forward and backward
+    written out. Under torch.func's transforms (Opacus' per-sample gradients vmap a copy of the
+    norm) or with a module hook on it, the plain composite runs instead, which they can trace."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -48,8 +53,47 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * normed
+        if watched(self) or torch._C._functorch.is_functorch_wrapped_tensor(x):  # hooked, or under torch.func
+            return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        if out_dtype == torch.float32 and torch.amp.is_autocast_available(x.device.type) \
+                and torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        return _RMSNormFunction.apply(x, self.weight, self.eps, out_dtype)[0]
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with its gradient written out: a handful of operators where autograd's record of
+    the composite (pow, mean, add, rsqrt, two products, a cast) replays about twice as many."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, eps: float,  # type: ignore[override]
+                out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xf = x.float()
+        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # (..., 1), fp32
+        normed = (xf * rstd).to(x.dtype)  # as the composite rounds it, for a bf16 model
+        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        return torch.mul(normed, weight, out=out), normed, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        x, weight, _, _ = inputs
+        _, normed, rstd = output
+        ctx.save_for_backward(normed, rstd, weight)
+        ctx.x_dtype = x.dtype
+        ctx.mark_non_differentiable(normed, rstd)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
+        normed, rstd, weight = ctx.saved_tensors
+        g, n = grad.float(), normed.float()
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (g * n).sum(tuple(range(g.dim() - 1))).to(weight.dtype)
+        gn = g * weight.float()
+        # d/dx [x * rstd] applied to gn: rstd * (gn - n * mean(gn * n))
+        grad_x = torch.addcmul(gn, n, (gn * n).mean(-1, keepdim=True), value=-1.0).mul_(rstd).to(ctx.x_dtype)
+        return grad_x, grad_w, None, None
 
 
 class RotaryEmbedding(nn.Module):
@@ -172,20 +216,22 @@ class Attention(AttentionHeads):
                 cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        fused = not watched(self.q_proj, self.k_proj, self.v_proj)  # module hooks must see each projection run
-        if fused:  # one matmul for q, k and v (model/fused.py)
-            qkv = fused_linear(x, self, (self.q_proj, self.k_proj, self.v_proj)).view(B, T, H + 2 * Hkv, D)
-            q, k, v = qkv.split((H, Hkv, Hkv), dim=2)
-        else:
+        # Rotary positions in the projections' (B, T, heads, D) layout: the tables as (B or 1, T, 1, D).
+        cos, sin = (t.transpose(1, 2) for t in rope)
+        if watched(self.q_proj, self.k_proj, self.v_proj):  # module hooks must see each projection run
             q, k, v = (p(x).view(B, T, n, D) for p, n in ((self.q_proj, H), (self.k_proj, Hkv), (self.v_proj, Hkv)))
+            qk = None
+        else:  # one matmul for q, k and v (model/fused.py)
+            qk, v = fused_linear(x, self, (self.q_proj, self.k_proj, self.v_proj)).view(
+                B, T, H + 2 * Hkv, D).split((H + Hkv, Hkv), dim=2)
+            q, k = qk.split((H, Hkv), dim=2)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # (B, T, heads, D), before rotation
         if hasattr(self, "q_norm"):  # QK-norm: bounded attention logits whatever the weights' scale
             q, k = self.q_norm(q), self.k_norm(k)
-        # Rotary positions in the projections' (B, T, heads, D) layout: the tables as (B or 1, T, 1, D).
-        cos, sin = (t.transpose(1, 2) for t in rope)
-        if fused and not (self.hook_q.active or self.hook_k.active or hasattr(self, "q_norm")):
-            # q and k are still side by side in qkv: rotated together, one set of operators for both
-            q, k = apply_rope(qkv[:, :, :H + Hkv], cos, sin).split((H, Hkv), dim=2)
+        if qk is not None and not (self.hook_q.active or self.hook_k.active or hasattr(self, "q_norm")):
+            # q and k are still side by side: rotated together, one set of operators for both (and
+            # one two-way split, whose backward is a single cat, not zero-filled slices added up)
+            q, k = apply_rope(qk, cos, sin).split((H, Hkv), dim=2)
         else:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)

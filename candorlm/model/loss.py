@@ -54,6 +54,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # Mean over the tokens that count; a batch where none counts gives 0, not NaN.
         scale = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # Pretraining: every token counts, no mask to apply per chunk. Asked on the CPU only (on a
+        # GPU the answer would wait for the device; on the meta device there is none).
+        every_token_counts = need_grad and hidden.device.type == "cpu" and bool(valid.all())
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(h) if need_grad else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
@@ -66,12 +69,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += torch.where(keep, nll, 0.0).sum()
             if need_grad:
                 # d(loss)/d(logits) = (softmax - one-hot) / tokens; ignored tokens are masked on the
-                # narrow side (hidden states, width C) rather than on the logits (width V).
-                g = logp.exp_()
+                # narrow side (hidden states, width C) rather than on the logits (width V). The
+                # softmax is written straight in the matmuls' dtype: one pass over the chunk's
+                # logits instead of an exp and then a cast (under bf16, two of the loss's costliest).
+                g = torch.exp(logp, out=torch.empty(logp.shape, dtype=compute_dtype, device=logp.device))
                 g.scatter_add_(1, t, torch.full_like(t, -1, dtype=g.dtype))
-                g = g.to(compute_dtype)
-                h_kept = h[start:end] * keep[:, None].to(compute_dtype)
-                grad_h[start:end] = (g @ w) * keep[:, None].to(compute_dtype)
+                if every_token_counts:
+                    h_kept = h[start:end]
+                    torch.mm(g, w, out=grad_h[start:end])
+                else:
+                    h_kept = h[start:end] * keep[:, None].to(compute_dtype)
+                    grad_h[start:end] = (g @ w) * keep[:, None].to(compute_dtype)
                 if compute_dtype == torch.float32:
                     torch.addmm(grad_w, g.t(), h_kept, out=grad_w)  # (addmm_ is invisible to torch's FLOP counter)
                 else:

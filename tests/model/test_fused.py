@@ -117,3 +117,25 @@ def test_the_weight_kept_for_gradient_free_calls_follows_every_update():
     kept_dtypes = {entry[2] for entry in model.blocks[0].attn.__dict__["_fused_weights"].values()}
     assert kept_dtypes == {torch.bfloat16}
     assert not any("fused" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_rms_norm_written_out_is_the_composite(autocast):
+    from candorlm.model.layers import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = norm(x)
+        ref = norm.weight * F.rms_norm(x.float(), (16,), eps=norm.eps)
+    # Under autocast the output is already in bf16, rounded as the next matmul would round it.
+    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert torch.equal(out, ref.to(out.dtype))
+    g = torch.randn(out.shape)
+    got = torch.autograd.grad(out, (x, norm.weight), g.to(out.dtype))
+    want = torch.autograd.grad(ref, (x, norm.weight), g.to(out.dtype).float())
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5)

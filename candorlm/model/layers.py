@@ -37,15 +37,13 @@ from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
 from candorlm.model.fused import fused_linear, watched
 from candorlm.model.hooks import HookPoint
+from candorlm.model.ops import rms_norm, rope, swiglu
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 whatever the input dtype.
-
-    Under autocast the output is written in autocast's dtype, the dtype the next matmul casts it
-    to anyway (the same numbers, one pass fewer), by `_RMSNormFunction`'s forward and backward
-    written out. Under torch.func's transforms (Opacus' per-sample gradients vmap a copy of the
-    norm) or with a module hook on it, the plain composite runs instead, which they can trace."""
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 whatever the input dtype; under
+    autocast the output is in autocast's dtype, the dtype the next matmul casts it to anyway
+    (model/ops.py). With a module hook on it (Opacus), the plain composite."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -53,47 +51,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if watched(self) or torch._C._functorch.is_functorch_wrapped_tensor(x):  # hooked, or under torch.func
-            return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
-        if out_dtype == torch.float32 and torch.amp.is_autocast_available(x.device.type) \
-                and torch.is_autocast_enabled(x.device.type):
-            out_dtype = torch.get_autocast_dtype(x.device.type)
-        return _RMSNormFunction.apply(x, self.weight, self.eps, out_dtype)[0]
-
-
-class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm with its gradient written out: a handful of operators where autograd's record of
-    the composite (pow, mean, add, rsqrt, two products, a cast) replays about twice as many."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, weight: torch.Tensor, eps: float,  # type: ignore[override]
-                out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        xf = x.float()
-        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # (..., 1), fp32
-        normed = (xf * rstd).to(x.dtype)  # as the composite rounds it, for a bf16 model
-        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-        return torch.mul(normed, weight, out=out), normed, rstd
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        x, weight, _, _ = inputs
-        _, normed, rstd = output
-        ctx.save_for_backward(normed, rstd, weight)
-        ctx.x_dtype = x.dtype
-        ctx.mark_non_differentiable(normed, rstd)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
-        normed, rstd, weight = ctx.saved_tensors
-        g, n = grad.float(), normed.float()
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = (g * n).sum(tuple(range(g.dim() - 1))).to(weight.dtype)
-        gn = g * weight.float()
-        # d/dx [x * rstd] applied to gn: rstd * (gn - n * mean(gn * n))
-        grad_x = torch.addcmul(gn, n, (gn * n).mean(-1, keepdim=True), value=-1.0).mul_(rstd).to(ctx.x_dtype)
-        return grad_x, grad_w, None, None
+        return rms_norm(x, self.weight, self.eps, plain=watched(self))
 
 
 class RotaryEmbedding(nn.Module):
@@ -117,15 +75,10 @@ class RotaryEmbedding(nn.Module):
         return self.cos[None, None, start:start + length], self.sin[None, None, start:start + length]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # In x's dtype, as Llama does: under bf16 autocast an fp32 table would promote q and k to
-    # fp32 and cost a cast back (a profile showed those copies at 6% of a training step).
-    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+    """x * cos + rotate_half(x) * sin (model/ops.py), in x's dtype, as Llama does: under bf16
+    autocast an fp32 table would promote q and k to fp32 and cost a cast back."""
+    return rope(x, cos, sin)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
@@ -285,10 +238,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
             if watched(self.gate_proj, self.up_proj):  # module hooks must see each projection run
-                gate, up = self.gate_proj(x), self.up_proj(x)
-            else:  # one matmul for gate and up (model/fused.py)
-                gate, up = fused_linear(x, self, (self.gate_proj, self.up_proj)).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+                return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            # one matmul for gate and up (model/fused.py), the gated activation written out (model/ops.py)
+            return self.down_proj(swiglu(fused_linear(x, self, (self.gate_proj, self.up_proj))))
         if self.kind == "relu2":
             return self.down_proj(F.relu(self.up_proj(x)).square())
         act = F.relu if self.kind == "relu" else F.gelu

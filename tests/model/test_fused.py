@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from candorlm.config import ModelConfig
-from candorlm.model import DecoderLM
+from candorlm.model import DecoderLM, ops
 from candorlm.model.fused import watched
 from candorlm.model.layers import apply_rope
 
@@ -121,21 +121,38 @@ def test_the_weight_kept_for_gradient_free_calls_follows_every_update():
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_rms_norm_written_out_is_the_composite(autocast):
-    from candorlm.model.layers import RMSNorm
-
     torch.manual_seed(0)
-    norm = RMSNorm(16)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
+    weight = torch.empty(16).uniform_(0.5, 1.5).requires_grad_()
     x = torch.randn(3, 5, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        out = norm(x)
-        ref = norm.weight * F.rms_norm(x.float(), (16,), eps=norm.eps)
+        out = ops.rms_norm(x, weight, 1e-5)
+        ref = ops.rms_norm(x, weight, 1e-5, plain=True)
     # Under autocast the output is already in bf16, rounded as the next matmul would round it.
     assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
     assert torch.equal(out, ref.to(out.dtype))
-    g = torch.randn(out.shape)
-    got = torch.autograd.grad(out, (x, norm.weight), g.to(out.dtype))
-    want = torch.autograd.grad(ref, (x, norm.weight), g.to(out.dtype).float())
+    g = torch.randn(out.shape).to(out.dtype)
+    got = torch.autograd.grad(out, (x, weight), g)
+    want = torch.autograd.grad(ref, (x, weight), g.float())
     for a, b in zip(got, want):
         assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_and_rope_written_out_are_the_composites(dtype):
+    torch.manual_seed(0)
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    gate_up = torch.randn(2, 7, 12, dtype=dtype, requires_grad=True)
+    qk = torch.randn(2, 7, 6, 8, dtype=dtype)[:, :, :5].requires_grad_()  # a slice, as of the fused qkv
+    cos, sin = small().rope.span(0, 7)
+    cos, sin = cos.transpose(1, 2), sin.transpose(1, 2)  # (1, T, 1, D)
+    for fn, x in ((ops.swiglu, gate_up), (lambda t, plain=False: ops.rope(t, cos, sin, plain=plain), qk)):
+        out, ref = fn(x), fn(x, plain=True)
+        assert out.dtype == dtype and torch.allclose(out, ref, atol=tol)
+        g = torch.randn(out.shape, dtype=dtype)
+        (a,), (b,) = torch.autograd.grad(out, (x,), g), torch.autograd.grad(ref, (x,), g)
+        assert torch.allclose(a, b, atol=tol)
+    # rope as the layers call it: apply_rope on (B, H, T, D) with the (B or 1, 1, T, D) tables
+    q = torch.randn(2, 4, 7, 8)
+    cos, sin = small().rope.span(0, 7)
+    x1, x2 = q.chunk(2, dim=-1)
+    assert torch.allclose(apply_rope(q, cos, sin), q * cos + torch.cat((-x2, x1), -1) * sin, atol=1e-6)

@@ -9,8 +9,8 @@ place, and RMSNorm writes its output in the dtype the next matmul casts it to (a
 The numbers are the composites' to float rounding (tests/model/test_fused.py compares each).
 
 Under torch.func's transforms (Opacus' per-sample gradients vmap copies of the layers), an
-autograd.Function would need a vmap rule: there, and wherever the caller asks (`plain`), each
-runs as its composite.
+autograd.Function would need a vmap rule; under torch.compile the composites fuse better. There,
+and wherever the caller asks (`plain`), each runs as its composite.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 
 def transformed(x: torch.Tensor) -> bool:
-    """True inside a torch.func transform (vmap, grad): the written-out operators step aside."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+    """True inside a torch.func transform (vmap, grad), or while torch.compile traces (its own
+    fusion does better than these, from the composites): the written-out operators step aside."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 # --------------------------------------------------------------------------- RMSNorm
@@ -33,18 +34,29 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, plain: bool = Fa
     if out_dtype == torch.float32 and torch.amp.is_autocast_available(x.device.type) \
             and torch.is_autocast_enabled(x.device.type):
         out_dtype = torch.get_autocast_dtype(x.device.type)
+    if not _needs_grad(x, weight):  # (generation: no autograd.Function to dispatch per token)
+        return _rms_norm(x, weight, eps, out_dtype)[0]
     return _RMSNorm.apply(x, weight, eps, out_dtype)[0]
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+              out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    xf = x.float()
+    rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # (..., 1), fp32
+    normed = (xf * rstd).to(x.dtype)  # as the composite rounds it, for a bf16 model
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    return torch.mul(normed, weight, out=out), normed, rstd
 
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, eps: float,  # type: ignore[override]
                 out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        xf = x.float()
-        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # (..., 1), fp32
-        normed = (xf * rstd).to(x.dtype)  # as the composite rounds it, for a bf16 model
-        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-        return torch.mul(normed, weight, out=out), normed, rstd
+        return _rms_norm(x, weight, eps, out_dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
@@ -70,7 +82,7 @@ class _RMSNorm(torch.autograd.Function):
 # --------------------------------------------------------------------------- SwiGLU
 def swiglu(gate_up: torch.Tensor, plain: bool = False) -> torch.Tensor:
     """silu(gate) * up, for gate and up the two halves of gate_up's last dimension."""
-    if plain or transformed(gate_up):
+    if plain or transformed(gate_up) or not _needs_grad(gate_up):
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
     return _SwiGLU.apply(gate_up)
@@ -103,7 +115,13 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plain: bool = Fa
     if plain or transformed(x):
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-    return _Rope.apply(x, cos, sin)
+    # With s = (-sin1, sin2) (a table: small): rotate_half(x) * sin = swap(x) * s, so
+    # y = x * cos + swap(x) * s, and the gradient is  g * cos + swap(g * s) = g * cos + swap(g) * swap(s).
+    s1, s2 = sin.chunk(2, dim=-1)
+    signed = torch.cat((-s1, s2), dim=-1)
+    if not _needs_grad(x):
+        return torch.addcmul(x * cos, _swap_halves(x), signed)
+    return _Rope.apply(x, cos, signed)
 
 
 def _swap_halves(x: torch.Tensor) -> torch.Tensor:
@@ -112,16 +130,12 @@ def _swap_halves(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Rope(torch.autograd.Function):
-    # With s = (-sin1, sin2): rotate_half(x) * sin = swap(x) * s, so  y = x * cos + swap(x) * s,
-    # and the gradient is  g * cos + swap(g * s) = g * cos + swap(g) * swap(s).
     @staticmethod
-    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        s1, s2 = sin.chunk(2, dim=-1)
-        signed = torch.cat((-s1, s2), dim=-1)  # a table: small
-        ctx.save_for_backward(cos, _swap_halves(signed))
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(cos, signed)
         return torch.addcmul(x * cos, _swap_halves(x), signed)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        cos, swapped_signed = ctx.saved_tensors
-        return torch.addcmul(grad * cos, _swap_halves(grad), swapped_signed), None, None
+        cos, signed = ctx.saved_tensors
+        return torch.addcmul(grad * cos, _swap_halves(grad), _swap_halves(signed)), None, None

@@ -83,7 +83,7 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 31))
 
 
-def idle_cpus(sample_s: float = 0.2, stat: str = "/proc/stat") -> float | None:
+def idle_cpus(sample_s: float = 0.1, stat: str = "/proc/stat") -> float | None:
     """How many CPUs' worth of time went idle over a short sample (None where /proc/stat is not)."""
     def read() -> tuple[int, int]:
         with open(stat, encoding="ascii") as f:

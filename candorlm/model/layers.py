@@ -37,7 +37,8 @@ from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
 from candorlm.model.fused import fused_linear, watched
 from candorlm.model.hooks import HookPoint
-from candorlm.model.ops import rms_norm, rope, swiglu
+from candorlm.model.ops import rms_norm, swiglu
+from candorlm.model.ops import rope as rotate
 
 
 class RMSNorm(nn.Module):
@@ -78,7 +79,7 @@ class RotaryEmbedding(nn.Module):
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin (model/ops.py), in x's dtype, as Llama does: under bf16
     autocast an fp32 table would promote q and k to fp32 and cost a cast back."""
-    return rope(x, cos, sin)
+    return rotate(x, cos, sin)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,

@@ -28,7 +28,7 @@ from candorlm.checkpoint.state import set_rng_state
 from candorlm.config import RunConfig
 from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_threads, to_device
 from candorlm.errors import CandorError
-from candorlm.evaluate import evaluate_bpb
+from candorlm.evaluate import eval_window_count, evaluate_bpb
 from candorlm.io.files import atomic_write_text, set_aside
 from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.model import build_model, lm_loss
@@ -276,7 +276,9 @@ class Trainer:
         self._write_run_files()
         t = self.config.train
         tokens_per_step = t.batch_size * t.grad_accum * self.config.seq_len * self.world.world_size
-        self.budget = budget_for(self.config, tokens_per_step, self.run.path, self.resume_from is not None)
+        self.budget = budget_for(self.config, tokens_per_step, self.run.path, self.resume_from is not None,
+                                 eval_tokens=eval_window_count(len(self.val_windows), self.config.seq_len,
+                                                               t.eval_tokens) * self.config.seq_len)
         log.info("training %s parameters for %s (%d tokens/step, %s, %s threads)", f"{self.model.num_params():,}",
                  f"{t.time}" if self.budget else f"{self.max_steps} steps", tokens_per_step, self.precision,
                  self.threads)

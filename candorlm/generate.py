@@ -154,6 +154,7 @@ class _Steps:
         B, T, L = cache.batch_size, cache.length, cache.max_len
         device = cache.device
         self.model, self.step, self.cache = model, step, cache
+        step.prepare(model)
         self.slot = torch.tensor([T], dtype=torch.long, device=device)
         if mask is None:
             self.positions = torch.full((B,), T, dtype=torch.long, device=device)
@@ -232,6 +233,8 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
     seen_buf[:, :T] = ids
     seen = seen_buf[:, :T]
     step_input = ids
+    # The tokens so far are read only by the uncached pass, the repetition penalty and the n-gram ban.
+    track_seen = cache is None or cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram > 0
     was_training = model.training
     model.eval()
     try:
@@ -253,14 +256,18 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
                     if banned:
                         logits[row, banned] = float("-inf")
             token = choose_next(logits, seen, cfg, generator)
-            token = torch.where(finished, torch.full_like(token, pad_id), token)
-            newly_stopped = torch.isin(token, stop) & ~finished
-            yield token, finished | newly_stopped
-            finished |= newly_stopped
-            if bool(finished.all()):
-                break
-            seen_buf[:, seen.shape[1]] = token
-            seen = seen_buf[:, :seen.shape[1] + 1]
+            if len(stop):
+                token = torch.where(finished, torch.full_like(token, pad_id), token)
+                newly_stopped = torch.isin(token, stop) & ~finished
+                yield token, finished | newly_stopped
+                finished |= newly_stopped
+                if bool(finished.all()):
+                    break
+            else:  # no stop token: no row ever finishes (a few operators less per token)
+                yield token, finished
+            if track_seen:
+                seen_buf[:, seen.shape[1]] = token
+                seen = seen_buf[:, :seen.shape[1] + 1]
             step_input = token if steps is not None else token[:, None]
             if mask is not None and steps is None:
                 mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)

@@ -12,7 +12,7 @@ the next:
   left-padded prompt's padding), instead of a slice that grows each token;
 - the rotary rows are looked up once per step for every layer; queries and keys rotate together;
 - q/k/v and gate/up are one matmul each, on weights concatenated once and refreshed whenever a
-  parameter changes (`_fused`); the state dict keeps q_proj/k_proj/v_proj, gate_proj/up_proj;
+  parameter changes (`prepare`); the state dict keeps q_proj/k_proj/v_proj, gate_proj/up_proj;
 - no hook points: the step is only used while no hook is attached (`supports`).
 
 Eager, this is ~5x fewer operators than the general pass. Because every shape is fixed by (batch,
@@ -34,8 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from candorlm.model.cache import KVCache
+from candorlm.model.decoder import DecoderLM
 from candorlm.model.hooks import HookPoint
 from candorlm.model.layers import apply_rope
+
+
+COMPILE_OPTIONS: dict[str, object] = {}  # inductor options for the compiled step
 
 
 class StaticKVCache(KVCache):
@@ -71,12 +75,20 @@ class StaticKVCache(KVCache):
         return self.ks[layer][:, :, :end], self.vs[layer][:, :, :end]
 
 
+# The model settings DecodeStep implements. A setting added later (a new lever) keeps generation
+# on the forward pass whenever it is not at its default, until the step learns it.
+KNOWN_SETTINGS = {"arch", "vocab_size", "n_encoder_layers", "src_vocab_size", "cross_attention_rope", "d_model",
+                  "n_layers", "n_heads", "n_kv_heads", "d_ff", "mlp", "qk_norm", "zero_init_out", "max_seq_len",
+                  "rope_theta", "norm_eps", "tie_embeddings", "dropout", "init_std"}
+
+
 def supports(model: nn.Module) -> bool:
-    """Whether `DecodeStep` computes what `model`'s forward pass would: a decoder-only Trunk
-    (no cross-attention) with no hook attached, neither a HookPoint's nor nn.Module's own."""
-    if not (hasattr(model, "blocks") and hasattr(model, "rope") and getattr(model, "lm_head", None) is not None):
+    """Whether `DecodeStep` computes what `model`'s forward pass would: a DecoderLM whose settings
+    it knows, with no hook attached, neither a HookPoint's nor nn.Module's own."""
+    if type(model) is not DecoderLM or model.cfg.arch != "decoder":
         return False
-    if hasattr(model, "encoder") or any(hasattr(block, "cross_attn") for block in model.blocks):
+    cfg, defaults = model.cfg, type(model.cfg)()
+    if any(getattr(cfg, key) != getattr(defaults, key) for key in type(cfg).model_fields if key not in KNOWN_SETTINGS):
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
@@ -106,9 +118,10 @@ class DecodeStep:
         self.compiled_shapes: set[tuple] = set()  # (batch, cache length, dtype) compiled so far
         self.steps = 0  # decode steps run for this model in this process
 
-    def fused(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per block: the q/k/v weights concatenated, and gate/up (None for a one-matrix MLP).
+    def prepare(self, model: nn.Module) -> None:
+        """Make the fused weights current; call before each generation (not per token).
 
+        Per block: the q/k/v weights concatenated, and gate/up (None for a one-matrix MLP).
         Rebuilt when any source parameter was replaced or changed in place (an optimizer step
         between two generations bumps its version counter), so they are never stale."""
         sources = []
@@ -127,7 +140,6 @@ class DecodeStep:
                     gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) if hasattr(mlp, "gate_proj") else None
                     self._fused.append((qkv, gate_up))
             self._fused_key = key
-        return self._fused
 
     def make_cache(self, model: nn.Module, batch_size: int, max_len: int) -> StaticKVCache:
         cfg = model.cfg
@@ -138,7 +150,7 @@ class DecodeStep:
                  key_ok: torch.Tensor | None, cache: StaticKVCache, compiled: bool = False) -> torch.Tensor:
         fn = self._compiled if compiled and self._compiled is not None else self.forward
         self.steps += 1
-        return fn(model, self.fused(model), token, slot, positions, key_ok, cache.ks, cache.vs)
+        return fn(model, self._fused, token, slot, positions, key_ok, cache.ks, cache.vs)
 
     def compile(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
                 key_ok: torch.Tensor | None, cache: StaticKVCache) -> torch.Tensor:
@@ -146,8 +158,8 @@ class DecodeStep:
 
         The compiled step writes the cache as the eager one does, so this call is the step itself."""
         if self._compiled is None:
-            self._compiled = torch.compile(self.forward, fullgraph=True, dynamic=False)
-        out = self._compiled(model, self.fused(model), token, slot, positions, key_ok, cache.ks, cache.vs)
+            self._compiled = torch.compile(self.forward, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
+        out = self._compiled(model, self._fused, token, slot, positions, key_ok, cache.ks, cache.vs)
         self.compiled_shapes.add(shape_key(cache))
         self.steps += 1
         return out

@@ -9,7 +9,7 @@ from candorlm.config import ModelConfig
 from candorlm.errors import CandorError
 from candorlm.generate import SamplingConfig, cache_length, generate_ids
 from candorlm.model import DecoderLM
-from candorlm.model.decode import decode_step
+from candorlm.model.decode import KNOWN_SETTINGS, decode_step, supports
 from candorlm.model.hooks import hooks
 
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]  # left-padded: rows at different positions
@@ -45,6 +45,7 @@ def test_the_decode_step_logits_match_the_forward_pass():
     with torch.inference_mode():
         full = model(ids)[0, -1]
         step = decode_step(model)
+        step.prepare(model)
         cache = step.make_cache(model, 1, 64)
         model(ids[:, :-1], cache=cache)
         slot, positions = torch.tensor([5]), torch.tensor([5])
@@ -104,3 +105,21 @@ def test_compiled_step_generates_what_the_forward_pass_does():
     # Compiled once for this shape: the default uses it from now on, without compiling again.
     assert generate_ids(model, PROMPTS, GREEDY) == expected
     assert generate_ids(model, [PROMPTS[0]], GREEDY, compile=False) == expected[:1]
+
+
+def test_a_setting_the_step_does_not_know_keeps_the_forward_pass(monkeypatch):
+    model = tiny(qk_norm=True)
+    assert supports(model)
+    monkeypatch.setattr("candorlm.model.decode.KNOWN_SETTINGS", KNOWN_SETTINGS - {"qk_norm"})  # as a new lever would be
+    assert not supports(model)
+    assert supports(tiny())  # a setting at its default does not matter
+
+
+def test_any_hook_keeps_the_forward_pass():
+    model = tiny()
+    with hooks(model, {"blocks.0.attn.hook_q": lambda x, hook: None}):
+        assert not supports(model)
+    handle = model.blocks[1].mlp.register_forward_hook(lambda module, args, out: None)
+    assert not supports(model)
+    handle.remove()
+    assert supports(model)

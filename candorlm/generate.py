@@ -156,12 +156,11 @@ class _Steps:
         self.model, self.step, self.cache = model, step, cache
         step.prepare(model)
         self.slot = torch.tensor([T], dtype=torch.long, device=device)
+        self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
         if mask is None:
             self.positions = torch.full((B,), T, dtype=torch.long, device=device)
-            self.key_ok = None
         else:  # left padding: each row's position is its count of real tokens so far
             self.positions = mask.sum(-1)
-            self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
             self.key_ok[:, :T] = mask.bool()
         if compile is None:
             compile = (shape_key(cache) in step.compiled_shapes

@@ -106,7 +106,7 @@ class DecodeStep:
     `step(model, token, slot, positions, key_ok, cache)`: token (B,) the newest ids; slot (1,) the
     cache column they take (every row the same: prompts are left-padded); positions (B,) their
     rotary positions (each row's count of real tokens before them); key_ok (B, max_len) bool,
-    False at padding columns (or None without padding); the cache's columns after `slot` are
+    False at padding columns (a tensor even without padding: one compiled graph for both); the cache's columns after `slot` are
     masked whatever they hold. The caller advances slot, positions and `cache.length` after.
     """
 
@@ -147,13 +147,13 @@ class DecodeStep:
                              model.tok_emb.weight.device)
 
     def __call__(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
-                 key_ok: torch.Tensor | None, cache: StaticKVCache, compiled: bool = False) -> torch.Tensor:
+                 key_ok: torch.Tensor, cache: StaticKVCache, compiled: bool = False) -> torch.Tensor:
         fn = self._compiled if compiled and self._compiled is not None else self.forward
         self.steps += 1
         return fn(model, self._fused, token, slot, positions, key_ok, cache.ks, cache.vs)
 
     def compile(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
-                key_ok: torch.Tensor | None, cache: StaticKVCache) -> torch.Tensor:
+                key_ok: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
         """Compile the step for this shape (once) and run it; raises whatever compiling raises.
 
         The compiled step writes the cache as the eager one does, so this call is the step itself."""
@@ -166,7 +166,7 @@ class DecodeStep:
 
     @staticmethod
     def forward(model: nn.Module, fused: list[tuple[torch.Tensor, torch.Tensor | None]], token: torch.Tensor,
-                slot: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor | None,
+                slot: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor,
                 ks: list[torch.Tensor], vs: list[torch.Tensor]) -> torch.Tensor:
         cfg = model.cfg
         B, H, Hkv, D = token.shape[0], cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -174,9 +174,10 @@ class DecodeStep:
         x = model.tok_emb(token)  # (B, C)
         cos = model.rope.cos[positions].view(B, 1, 1, D)  # once for every layer
         sin = model.rope.sin[positions].view(B, 1, 1, D)
-        allowed = (torch.arange(L, device=token.device) <= slot).view(1, 1, 1, L)  # columns 0..slot
-        if key_ok is not None:
-            allowed = allowed & key_ok.view(B, 1, 1, L)
+        allowed = (torch.arange(L, device=token.device) <= slot) & key_ok  # (B, L): columns 0..slot, no padding
+        # Additive, made once: SDPA would turn a boolean mask into this in every layer.
+        bias = torch.zeros((B, 1, 1, L), dtype=x.dtype, device=x.device).masked_fill_(~allowed.view(B, 1, 1, L),
+                                                                                   float("-inf"))
         for i, block in enumerate(model.blocks):
             attn, (w_qkv, w_gate_up) = block.attn, fused[i]
             qkv = F.linear(block.attn_norm(x), w_qkv)  # (B, (H + 2 Hkv) D)
@@ -189,7 +190,7 @@ class DecodeStep:
             v = qkv[:, (H + Hkv) * D:].view(B, Hkv, 1, D)
             ks[i].index_copy_(2, slot, k)
             vs[i].index_copy_(2, slot, v)
-            y = F.scaled_dot_product_attention(q, ks[i], vs[i], attn_mask=allowed, enable_gqa=H != Hkv)
+            y = F.scaled_dot_product_attention(q, ks[i], vs[i], attn_mask=bias, enable_gqa=H != Hkv)
             x = x + attn.o_proj(y.view(B, H * D))  # (B, H, 1, D): the heads side by side
             h = block.mlp_norm(x)
             mlp = block.mlp

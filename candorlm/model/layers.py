@@ -163,13 +163,16 @@ class Attention(AttentionHeads):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, ve: torch.Tensor | None = None) -> torch.Tensor:
+        """ve: (B, T, Hkv * D) added to the values, or None (model/value_embeds.py)."""
         q = self.heads(x, self.q_proj, self.n_heads, self.hook_q)  # (B, H, T, D)
         k = self.heads(x, self.k_proj, self.n_kv_heads, self.hook_k)  # (B, Hkv, T, D)
         if hasattr(self, "q_norm"):  # QK-norm: bounded attention logits whatever the weights' scale
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         v = self.heads(x, self.v_proj, self.n_kv_heads, self.hook_v)
+        if ve is not None:
+            v = v + ve.view(v.shape[0], v.shape[2], self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): the cached positions, then these
         return self.attend(q, k, v, mask, is_causal)
@@ -253,9 +256,10 @@ class Block(nn.Module):
                 mask: torch.Tensor | None = None, is_causal: bool = True,
                 cache: KVCache | None = None, memory: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None,
-                memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ve: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache))
+        attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache, ve))
         x = self.hook_resid_mid(x + self.dropout(attn_out))
         if memory is not None:
             cross_out = self.hook_cross_out(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache,

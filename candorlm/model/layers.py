@@ -172,7 +172,7 @@ class Attention(AttentionHeads):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         v = self.heads(x, self.v_proj, self.n_kv_heads, self.hook_v)
         if ve is not None:
-            v = v + ve.view(v.shape[0], v.shape[2], self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = v + ve.to(v.dtype).view(v.shape[0], v.shape[2], self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): the cached positions, then these
         return self.attend(q, k, v, mask, is_causal)

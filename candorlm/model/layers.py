@@ -167,7 +167,8 @@ class Attention(AttentionHeads):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, ve: torch.Tensor | None = None) -> torch.Tensor:
+        """ve: (B, T, Hkv * D) added to the values, or None (model/value_embeds.py)."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         # Rotary positions in the projections' (B, T, heads, D) layout: the tables as (B or 1, T, 1, D).
@@ -188,6 +189,8 @@ class Attention(AttentionHeads):
             q, k = apply_rope(qk, cos, sin).split((H, Hkv), dim=2)
         else:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if ve is not None:
+            v = v + ve.to(v.dtype).view(B, T, Hkv, D)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): the cached positions, then these
@@ -275,9 +278,10 @@ class Block(nn.Module):
                 mask: torch.Tensor | None = None, is_causal: bool = True,
                 cache: KVCache | None = None, memory: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None,
-                memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ve: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache))
+        attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache, ve))
         x = self.hook_resid_mid(x + self.dropout(attn_out))
         if memory is not None:
             cross_out = self.hook_cross_out(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache,

@@ -146,6 +146,8 @@ def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.opt
     def batches() -> Iterator[list[Any]]:
         while True:  # a permutation per epoch, drawn when the epoch starts
             order = rng.permutation(n)
+            if hasattr(spec, "batch_order"):  # a task may regroup it (examples of like length together)
+                order = spec.batch_order(prepared, order, t.batch_size, rng)
             model.train()
             for i in range(0, n, t.batch_size):
                 yield [prepared.train[j] for j in order[i:i + t.batch_size]]

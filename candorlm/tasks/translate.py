@@ -34,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -199,6 +200,14 @@ def loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int], Any]], de
     src_pad = (prepared.source_tokenizer or prepared.tokenizer).pad_id
     inputs, labels = teacher_forced(prepared.tokenizer, batch, src_pad, device)
     return lm_loss(model(**inputs), labels)
+
+
+def batch_order(prepared: Prepared, order: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The training order of an epoch: a tagger batches sentences of like length (less padding to
+    compute); the seq2seq keeps the plain permutation."""
+    if prepared.info.get("head") != "tag":
+        return order
+    return translate_tag.bucketed(order, [len(e[0]) for e in prepared.train], batch_size, rng)
 
 
 # ---------------------------------------------------------------- decoding and metrics

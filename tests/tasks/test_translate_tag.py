@@ -112,3 +112,16 @@ def test_tagger_trains_evaluates_and_predicts(tmp_path, pairs_file):
     proc = run_cli("predict", out, "--input", "zhong guo ren min")
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["input"] == "zhong guo ren min" and len(line["translation"]) == 4
+
+
+def test_batches_hold_sentences_of_like_length():
+    import numpy as np
+
+    from candorlm.tasks.translate_tag import bucketed
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 65, size=1000).tolist()
+    order = bucketed(rng.permutation(1000), lengths, 16, rng)
+    assert sorted(order.tolist()) == list(range(1000))  # every example once
+    spread = [np.ptp([lengths[i] for i in order[k:k + 16]]) for k in range(0, 1000, 16)]
+    assert max(spread) <= 10  # a random batch spans about 60

@@ -68,6 +68,7 @@ def builtin_conversations() -> dict[str, list[Record]]:
                          {"role": "assistant", "content": qs[1]["answer"]}]
         sources = [{"context": q["context"], "question": q["question"]} for q in qs[:2]]
         splits[split_of(article)].append(_record(messages, "reading", f"{BUILTIN}#qa{i}", first["context"], sources))
+    _drop_seen_paragraphs(splits)
     for i, (text, label) in enumerate(review_records()):
         if i % 3:  # a third of the reviews: about as many conversations as the reading ones
             continue
@@ -75,6 +76,22 @@ def builtin_conversations() -> dict[str, list[Record]]:
                     {"role": "assistant", "content": "好评" if label == "pos" else "差评"}]
         splits[split_of(text)].append(_record(messages, "sentiment", f"{BUILTIN}#review{i}", text, [{"text": text}]))
     return splits
+
+
+def _drop_seen_paragraphs(splits: dict[str, list[Record]]) -> None:
+    """builtin:qa's dedupe: a held-out reading conversation whose paragraph is also in train (the
+    same paragraph printed in two articles) or earlier in its own split is dropped, so reading
+    turns are scored on unseen paragraphs only and on the same paragraphs as builtin:qa's test."""
+    seen = {r["sources"][0]["context"] for r in splits["train"] if r["kind"] == "reading"}
+    for name in ("dev", "test"):
+        kept = []
+        for r in splits[name]:
+            if r["kind"] == "reading":
+                if r["sources"][0]["context"] in seen:
+                    continue
+                seen.add(r["sources"][0]["context"])
+            kept.append(r)
+        splits[name] = kept
 
 
 def _record(messages: list[dict[str, str]], kind: str, where: str, key: str,
@@ -89,7 +106,8 @@ def _record(messages: list[dict[str, str]], kind: str, where: str, key: str,
 
 def load_splits(data: str) -> tuple[dict[str, list[Record]], str]:
     if data == BUILTIN:
-        return builtin_conversations(), "reading: by article; sentiment: by review text (10% test, 5% of the rest dev)"
+        return builtin_conversations(), ("reading: by article, held-out paragraphs also in train dropped (as builtin:qa); "
+                                         "sentiment: by review text (10% test, 5% of the rest dev)")
     if data.startswith("builtin:"):
         raise CandorError(f"the chat task's built-in data is {BUILTIN}, not {data}")
     records = read_jsonl_records(data, {"messages": list},

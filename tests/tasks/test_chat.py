@@ -181,6 +181,22 @@ def test_builtin_chat_has_both_skills_with_and_without_the_system_prompt():
     assert r["sources"] == [{"text": r["messages"][-2]["content"].split("\n", 1)[1]}]
 
 
+def test_builtin_chat_reading_turns_are_builtin_qa_held_out_paragraphs():
+    from candorlm.tasks.chat import builtin_conversations
+    from candorlm.tasks.qa import builtin_splits
+
+    splits = builtin_conversations()
+    train = {r["sources"][0]["context"] for r in splits["train"] if r["kind"] == "reading"}
+    for name in ("dev", "test"):
+        held = [r["sources"][0]["context"] for r in splits[name] if r["kind"] == "reading"]
+        assert not train & set(held) and len(held) == len(set(held))
+    # the first questions are builtin:qa's test items, so the QA reader's figure applies to them
+    first = sorted((r["sources"][0]["context"], r["sources"][0]["question"],
+                    next(m["content"] for m in r["messages"] if m["role"] == "assistant"))
+                   for r in splits["test"] if r["kind"] == "reading")
+    assert first == sorted((r["context"], r["question"], r["answer"]) for r in builtin_splits()["test"])
+
+
 def test_a_short_evaluation_scores_every_kind_of_turn(tok):
     from candorlm.tasks.chat import builtin_conversations
     from candorlm.tasks.chat_eval import score_turns, turns

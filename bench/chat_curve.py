@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="section.key=value")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--prompt-loss", type=float, default=0.0, help="weight of the loss on non-assistant tokens")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall minutes (scoring excluded)")
@@ -56,7 +57,8 @@ def main() -> None:
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     base = load_base(args.run, preset=args.preset, arch="decoder", overrides=args.overrides)
-    prepared = chat.prepare(base, chat.BUILTIN, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+    prepared = chat.prepare(base, chat.BUILTIN, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                            prompt_loss=args.prompt_loss)
     model, tok, cfg = prepared.model, prepared.tokenizer, prepared.model_config
     splits, _ = chat.load_splits(chat.BUILTIN)
     items = turns(tok, splits["dev"], cfg.max_seq_len, MAX_REPLY_TOKENS, args.limit)
@@ -70,7 +72,7 @@ def main() -> None:
     print(json.dumps({"setup": {"params": sum(p.numel() for p in model.parameters()), "vocab": tok.vocab_size,
                                 "tokenizer": tok.kind, "train": n, "dropped": prepared.info["dropped_too_long"],
                                 "dev_turns": len(items), "precision": precision, "threads": args.threads,
-                                "overrides": args.overrides, "lr": args.lr, "run": args.run,
+                                "overrides": args.overrides, "lr": args.lr, "prompt_loss": args.prompt_loss, "run": args.run,
                                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}), flush=True)
 
     def score(step: int, seen: int, cpu: float, wall: float, losses: list[float]) -> None:

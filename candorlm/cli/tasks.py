@@ -29,6 +29,9 @@ def finetune(
                                              "(default: the task's)."),
     head: Optional[str] = typer.Option(None, help="qa: generate (write the answer; decoder or seq2seq) or span "
                                        "(an extractive reader pointing at it; encoder or decoder). Default: generate."),
+    prompt_loss: Optional[float] = typer.Option(None, help="chat: weight of a next-token loss on the system and "
+                                                "user messages' tokens beside the assistant's (0 to 1; default 0: "
+                                                "the assistant's tokens only)."),
     key_file: KeyFile = None, no_verify: NoVerify = False,
     **options: Any,
 ) -> None:
@@ -47,7 +50,10 @@ def finetune(
     from candorlm.tasks.finetune import finetune as run_finetune
 
     task_options = {k: v for k, v in dict(labels=labels.split(",") if labels else None, tokenizer=tokenizer,
-                                          vocab_size=vocab_size, head=head).items() if v is not None}
+                                          vocab_size=vocab_size, head=head, prompt_loss=prompt_loss).items()
+                    if v is not None}
+    if prompt_loss is not None and options["task"] != "chat":
+        raise CandorError(f"--prompt-loss is a chat option, not a {options['task']} one")
     beam_size = options.pop("beam_size")
     if options["task"] == "translate":
         task_options["beam_size"] = beam_size

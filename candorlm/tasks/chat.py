@@ -136,7 +136,11 @@ def sft_example(tok: Tokenizer, messages: list[dict[str, str]], max_len: int) ->
 
 
 def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_size: int = 4096,
-            **_: Any) -> Prepared:
+            prompt_loss: float = 0.0, **_: Any) -> Prepared:
+    """The chat model and its examples; `prompt_loss` weighs a next-token loss on the other
+    messages' tokens (system and user) beside the assistant's (see `loss`)."""
+    if not 0.0 <= prompt_loss <= 1.0:
+        raise CandorError(f"--prompt-loss must be between 0 and 1, got {prompt_loss}")
     splits, rule = load_splits(data)
     if base.arch != "decoder":
         raise CandorError(f"{base.run}: chat fine-tuning needs a decoder run, not a{'n' if base.arch == 'encoder' else ''} "
@@ -162,7 +166,8 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_
         return out
 
     train, dev = examples("train"), examples("dev")
-    info = {"split_rule": rule, "test_size": len(splits["test"]), "dropped_too_long": dropped}
+    info = {"split_rule": rule, "test_size": len(splits["test"]), "dropped_too_long": dropped,
+            "prompt_loss": prompt_loss}
     return Prepared(model, cfg, tok, None, train, dev, info)
 
 
@@ -174,8 +179,20 @@ def _batch(batch: Sequence[tuple[list[int], list[int], Any]], pad: int,
 
 
 def loss(model: nn.Module, batch: Sequence[Any], device: torch.device, prepared: Prepared) -> torch.Tensor:
+    """Mean loss over the assistant's tokens, plus, with a prompt-loss weight w > 0, w times the
+    mean next-token loss over the other messages' tokens. The reading skill is copying a span of
+    the paragraph, and a user's question is itself a near-copy of a paragraph sentence, so the
+    prompt's tokens train the copying (induction) heads with ten times the assistant's signal,
+    from the forward pass the assistant loss already pays for."""
     ids, targets = _batch(batch, prepared.tokenizer.pad_id, device)
-    return lm_loss(model(ids), targets)
+    logits = model(ids)
+    value = lm_loss(logits, targets)
+    weight = float(prepared.info.get("prompt_loss") or 0.0)
+    if weight > 0:
+        prompt, _ = right_pad([[i[t + 1] if t + 1 < len(i) and g[t] == -100 else -100 for t in range(len(i))]
+                               for i, g, _ in batch], -100)
+        value = value + weight * lm_loss(logits, prompt.to(device))
+    return value
 
 
 @torch.no_grad()

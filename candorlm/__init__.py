@@ -12,18 +12,11 @@ Names are imported on first use, so `import candorlm` (and `candorlm --help`) st
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import types
 from typing import Any, Iterable
 
 __version__ = "0.1.0"
-
-# OpenMP threads that spin while they wait turn a shared CPU into a stall: two training threads
-# beside two other busy processes moved 624 tokens/s spinning and 5,276 sleeping (docs/training.md,
-# "Threads"). libgomp reads this once, when torch loads, so it is set before anything imports
-# torch; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "CandorError": "candorlm.errors",

@@ -28,9 +28,14 @@ def finetune(
     vocab_size: Optional[int] = typer.Option(None, help="Without RUN: vocabulary size of that tokenizer "
                                              "(default: the task's)."),
     head: Optional[str] = typer.Option(None, help="qa: generate (write the answer; decoder or seq2seq) or span "
-                                       "(an extractive reader pointing at it; encoder or decoder). Default: generate."),
+                                       "(an extractive reader pointing at it; encoder or decoder). translate: "
+                                       "generate (seq2seq) or tag (aligned pairs such as builtin:pinyin: an "
+                                       "encoder picks one character per source token). Default: generate."),
     mlm_weight: Optional[float] = typer.Option(None, help="sentiment, an encoder: add this times the masked-LM "
                                                "loss of the (masked) training texts to the classification loss."),
+    prompt_loss: Optional[float] = typer.Option(None, help="chat: weight of a next-token loss on the system and "
+                                                "user messages' tokens beside the assistant's (0 to 1; default 0: "
+                                                "the assistant's tokens only)."),
     key_file: KeyFile = None, no_verify: NoVerify = False,
     **options: Any,
 ) -> None:
@@ -51,8 +56,11 @@ def finetune(
     from candorlm.tasks.finetune import finetune as run_finetune
 
     task_options = {k: v for k, v in dict(labels=labels.split(",") if labels else None, tokenizer=tokenizer,
-                                          vocab_size=vocab_size, head=head, mlm_weight=mlm_weight).items()
+                                          vocab_size=vocab_size, head=head, mlm_weight=mlm_weight,
+                                          prompt_loss=prompt_loss).items()
                     if v is not None}
+    if prompt_loss is not None and options["task"] != "chat":
+        raise CandorError(f"--prompt-loss is a chat option, not a {options['task']} one")
     beam_size = options.pop("beam_size")
     if options["task"] == "translate":
         task_options["beam_size"] = beam_size

@@ -26,7 +26,7 @@ from candorlm.beam import right_pad
 from candorlm.errors import CandorError
 from candorlm.progress import batched
 from candorlm.tokenizer import Tokenizer
-from candorlm.training.objectives import IGNORE, _generator, mask_tokens
+from candorlm.training.objectives import IGNORE, mask_tokens, seeded_generator
 
 _DEV_SEED = 20240602  # dev masks: the same positions at every epoch, so the epochs compare
 
@@ -66,7 +66,7 @@ class MaskedLM:
         total, n = 0.0, 0
         try:
             for i, rows in enumerate(batched(self.dev, 64)):
-                total += self.masked_loss(model, rows, device, _generator(_DEV_SEED, i)).item() * len(rows)
+                total += self.masked_loss(model, rows, device, seeded_generator(_DEV_SEED, i)).item() * len(rows)
                 n += len(rows)
         finally:
             model.train(was_training)

@@ -2,10 +2,9 @@
 activation, rotary positions.
 
 On a CPU each operator is a pass over the activations, and autograd replays a composite
-operator by operator: RMSNorm's pow, mean, add, rsqrt, two products and a cast, SwiGLU's
-product and a `cat` to join the two halves' gradients, rotate-half's negation and `cat`.
-Written out, each takes fewer passes forward and backward, writes its gradient straight into
-place, and RMSNorm writes its output in the dtype the next matmul casts it to (autocast's).
+operator by operator: RMSNorm's pow, mean, add, rsqrt, two products and a cast, rotate-half's
+negation and `cat`, SwiGLU's three products. Written out, each takes fewer passes forward and
+backward, and RMSNorm writes its output in the dtype the next matmul casts it to (autocast's).
 The numbers are the composites' to float rounding (tests/model/test_fused.py compares each).
 
 Under torch.func's transforms (Opacus' per-sample gradients vmap copies of the layers), an
@@ -80,31 +79,24 @@ class _RMSNorm(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- SwiGLU
-def swiglu(gate_up: torch.Tensor, plain: bool = False) -> torch.Tensor:
-    """silu(gate) * up, for gate and up the two halves of gate_up's last dimension."""
-    if plain or transformed(gate_up) or not _needs_grad(gate_up):
-        gate, up = gate_up.chunk(2, dim=-1)
+def swiglu(gate: torch.Tensor, up: torch.Tensor, plain: bool = False) -> torch.Tensor:
+    """silu(gate) * up."""
+    if plain or transformed(gate) or not _needs_grad(gate, up):
         return F.silu(gate) * up
-    return _SwiGLU.apply(gate_up)
+    return _SwiGLU.apply(gate, up)
 
 
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        gate, up = gate_up.chunk(2, dim=-1)
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         act = F.silu(gate)
-        ctx.save_for_backward(gate_up, act)
+        ctx.save_for_backward(gate, up, act)
         return act * up
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        gate_up, act = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, dim=-1)
-        grad_in = torch.empty_like(gate_up)  # both halves written in place: no cat of the two
-        grad_gate, grad_up = grad_in.chunk(2, dim=-1)
-        torch.mul(grad, act, out=grad_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
-        return grad_in
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        gate, up, act = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad * up, gate), grad * act
 
 
 # --------------------------------------------------------------------------- rotary positions

@@ -156,19 +156,20 @@ class _Steps:
         self.model, self.step, self.cache = model, step, cache
         step.prepare(model)
         self.slot = torch.tensor([T], dtype=torch.long, device=device)
-        self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
+        self.key_ok = None
         if mask is None:
             self.positions = torch.full((B,), T, dtype=torch.long, device=device)
         else:  # left padding: each row's position is its count of real tokens so far
             self.positions = mask.sum(-1)
+            self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
             self.key_ok[:, :T] = mask.bool()
         if compile is None:
-            compile = (shape_key(cache) in step.compiled_shapes
+            compile = (shape_key(cache, self.key_ok) in step.compiled_shapes
                        or (step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER))
             self.explicit = False
         else:
             self.explicit = compile
-        self.compiled = compile and shape_key(cache) in step.compiled_shapes
+        self.compiled = compile and shape_key(cache, self.key_ok) in step.compiled_shapes
         self.to_compile = compile and not self.compiled
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ the next:
 
 - the KV cache is preallocated (`StaticKVCache`: one tensor per layer, so that a compiled step
   writes into it in place) and written at a slot given as a tensor (`index_copy_`);
-- attention reads the whole preallocated cache and masks the columns past the slot (and a
-  left-padded prompt's padding), instead of a slice that grows each token;
+- attention reads the cache's filled columns, a length that is the step's one dynamic size
+  (so one compiled graph serves every length), and masks a left-padded prompt's padding;
 - the rotary rows are looked up once per step for every layer; queries and keys rotate together;
 - q/k/v and gate/up are one matmul each, on weights concatenated once and refreshed whenever a
   parameter changes (`prepare`); the state dict keeps q_proj/k_proj/v_proj, gate_proj/up_proj;
@@ -54,6 +54,7 @@ class StaticKVCache(KVCache):
         super().__init__(n_layers, batch_size, n_kv_heads, max_len, head_dim, device)
         self.ks: list[torch.Tensor] = []
         self.vs: list[torch.Tensor] = []
+        self.span: torch.Tensor | None = None  # see DecodeStep._span
 
     def allocate(self, dtype: torch.dtype) -> None:
         shape = self.shape[1:]
@@ -106,8 +107,7 @@ class DecodeStep:
     `step(model, token, slot, positions, key_ok, cache)`: token (B,) the newest ids; slot (1,) the
     cache column they take (every row the same: prompts are left-padded); positions (B,) their
     rotary positions (each row's count of real tokens before them); key_ok (B, max_len) bool,
-    False at padding columns (a tensor even without padding: one compiled graph for both); the cache's columns after `slot` are
-    masked whatever they hold. The caller advances slot, positions and `cache.length` after.
+    False at padding columns, None without padding. Attention reads columns 0..slot only. The caller advances slot, positions and `cache.length` after.
     """
 
     def __init__(self) -> None:
@@ -147,37 +147,49 @@ class DecodeStep:
                              model.tok_emb.weight.device)
 
     def __call__(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
-                 key_ok: torch.Tensor, cache: StaticKVCache, compiled: bool = False) -> torch.Tensor:
+                 key_ok: torch.Tensor | None, cache: StaticKVCache, compiled: bool = False) -> torch.Tensor:
         fn = self._compiled if compiled and self._compiled is not None else self.forward
         self.steps += 1
-        return fn(model, self._fused, token, slot, positions, key_ok, cache.ks, cache.vs)
+        return fn(model, self._fused, token, slot, positions, key_ok, self._span(cache), cache.ks, cache.vs)
 
     def compile(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
-                key_ok: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+                key_ok: torch.Tensor | None, cache: StaticKVCache) -> torch.Tensor:
         """Compile the step for this shape (once) and run it; raises whatever compiling raises.
 
         The compiled step writes the cache as the eager one does, so this call is the step itself."""
         if self._compiled is None:
-            self._compiled = torch.compile(self.forward, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
-        out = self._compiled(model, self._fused, token, slot, positions, key_ok, cache.ks, cache.vs)
-        self.compiled_shapes.add(shape_key(cache))
+            self._compiled = torch.compile(self.forward, fullgraph=True, options=COMPILE_OPTIONS or None)
+        out = self._compiled(model, self._fused, token, slot, positions, key_ok, self._span(cache), cache.ks, cache.vs)
+        self.compiled_shapes.add(shape_key(cache, key_ok))
         self.steps += 1
         return out
 
     @staticmethod
+    def _span(cache: StaticKVCache) -> torch.Tensor:
+        """A (n,) tensor whose length is the number of cache columns this step attends to (those
+        written, and the new one): its one dynamic size, so that one compiled graph serves every
+        length and attention reads only what is filled (a whole 512-column cache would cost batch
+        8 three times the attention of the positions actually there)."""
+        if cache.span is None:
+            cache.span = torch.empty(cache.max_len, dtype=torch.uint8, device=cache.device)
+        span = cache.span[:cache.length + 1]
+        torch._dynamo.maybe_mark_dynamic(span, 0)
+        return span
+
+    @staticmethod
     def forward(model: nn.Module, fused: list[tuple[torch.Tensor, torch.Tensor | None]], token: torch.Tensor,
-                slot: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor,
+                slot: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor | None, span: torch.Tensor,
                 ks: list[torch.Tensor], vs: list[torch.Tensor]) -> torch.Tensor:
         cfg = model.cfg
         B, H, Hkv, D = token.shape[0], cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        L = ks[0].shape[2]
+        n = span.shape[0]  # columns 0..slot: the cached ones and this step's
         x = model.tok_emb(token)  # (B, C)
         cos = model.rope.cos[positions].view(B, 1, 1, D)  # once for every layer
         sin = model.rope.sin[positions].view(B, 1, 1, D)
-        allowed = (torch.arange(L, device=token.device) <= slot) & key_ok  # (B, L): columns 0..slot, no padding
-        # Additive, made once: SDPA would turn a boolean mask into this in every layer.
-        bias = torch.zeros((B, 1, 1, L), dtype=x.dtype, device=x.device).masked_fill_(~allowed.view(B, 1, 1, L),
-                                                                                   float("-inf"))
+        bias = None  # additive and made once: SDPA would turn a boolean mask into this in every layer
+        if key_ok is not None:
+            bias = torch.zeros((B, 1, 1, n), dtype=x.dtype, device=x.device).masked_fill_(
+                ~key_ok[:, :n].view(B, 1, 1, n), float("-inf"))
         for i, block in enumerate(model.blocks):
             attn, (w_qkv, w_gate_up) = block.attn, fused[i]
             qkv = F.linear(block.attn_norm(x), w_qkv)  # (B, (H + 2 Hkv) D)
@@ -190,7 +202,8 @@ class DecodeStep:
             v = qkv[:, (H + Hkv) * D:].view(B, Hkv, 1, D)
             ks[i].index_copy_(2, slot, k)
             vs[i].index_copy_(2, slot, v)
-            y = F.scaled_dot_product_attention(q, ks[i], vs[i], attn_mask=bias, enable_gqa=H != Hkv)
+            y = F.scaled_dot_product_attention(q, ks[i][:, :, :n], vs[i][:, :, :n], attn_mask=bias,
+                                               enable_gqa=H != Hkv)
             x = x + attn.o_proj(y.view(B, H * D))  # (B, H, 1, D): the heads side by side
             h = block.mlp_norm(x)
             mlp = block.mlp
@@ -202,8 +215,9 @@ class DecodeStep:
         return model.lm_head(model.norm(x))  # (B, vocab)
 
 
-def shape_key(cache: StaticKVCache) -> tuple:
-    return (cache.batch_size, cache.max_len, cache.ks[0].dtype if cache.ks else None)
+def shape_key(cache: StaticKVCache, key_ok: torch.Tensor | None) -> tuple:
+    """What a compiled graph is specialised to: batch, cache length, dtype, padded or not."""
+    return (cache.batch_size, cache.max_len, cache.ks[0].dtype if cache.ks else None, key_ok is not None)
 
 
 _STEPS: weakref.WeakKeyDictionary[nn.Module, DecodeStep] = weakref.WeakKeyDictionary()

@@ -40,7 +40,7 @@ from candorlm.errors import CandorError
 from candorlm.io.manifest import MANIFEST_NAME, check_files, read_manifest
 from candorlm.io.sealed import Key, read_text, use_key
 from candorlm.io.sealedtree import SealedTree, open_tree, tree_format
-from candorlm.model import SequenceClassifier, SpanReader, build_model
+from candorlm.model import SequenceClassifier, SpanReader, TokenTagger, build_model
 from candorlm.rundir import RunDir, open_run
 from candorlm.tokenizer import Tokenizer
 
@@ -85,7 +85,8 @@ class LoadedRun:
         return self.info.get("task")
 
     def build_model(self, device: str = "cpu", model_config: ModelConfig | None = None) -> nn.Module:
-        """The run's model with its weights (a sentiment classifier or a QA span reader with its head), in eval mode."""
+        """The run's model with its weights (a sentiment classifier, a QA span reader or a pinyin tagger with its
+        head), in eval mode."""
         if self.weights is None:
             raise CandorError(f"{self.path} has no weights yet (no model.safetensors, no checkpoint); train it first")
         model = build_model(model_config or self.config.model)
@@ -93,6 +94,8 @@ class LoadedRun:
             model = SequenceClassifier(model, len(self.info["labels"]), self.info["pooling"])
         elif self.task == "qa" and self.info.get("head") == "span":
             model = SpanReader(model)
+        elif self.task == "translate" and self.info.get("head") == "tag":
+            model = TokenTagger(model, self.info["tags"])
         try:
             with use_key(self.key):
                 if self.weights.is_dir():  # checked (or deliberately not) by load_run already
@@ -126,7 +129,7 @@ def load_run(path: str | Path, *, key: Key | None = None, verify: bool | None = 
         tokenizer = Tokenizer.load(run.tokenizer)
         source_file = run.path / SOURCE_TOKENIZER
         source = Tokenizer.load(source_file) if source_file.is_file() else None
-    _check_vocabulary(run, config.model, tokenizer, source)
+    _check_vocabulary(run, config.model, tokenizer, source, info)
     return LoadedRun(run, config, info, tokenizer, source, weights, key, pending)
 
 
@@ -202,10 +205,14 @@ def refuse_encrypted_resume(path: Path) -> None:
                       f"--out {path}.plain --resume, then `candorlm encrypt {path}.plain -o NEW {flag}`")
 
 
-def _check_vocabulary(run: RunDir, cfg: ModelConfig, target: Tokenizer, source: Tokenizer | None) -> None:
-    sides = [(run.tokenizer, target, cfg.vocab_size)]
+def _check_vocabulary(run: RunDir, cfg: ModelConfig, target: Tokenizer, source: Tokenizer | None,
+                      info: dict[str, Any]) -> None:
+    # A tagger's encoder embeds the source vocabulary; its head scores the target one (task.json's tags).
+    tagger = info.get("head") == "tag"
+    sides = [(run.tokenizer, target, int(info.get("tags") or 0) if tagger else cfg.vocab_size)]
     if source is not None:
-        sides.append((run.path / SOURCE_TOKENIZER, source, cfg.src_vocab_size or cfg.vocab_size))
+        source_rows = cfg.vocab_size if tagger else cfg.src_vocab_size or cfg.vocab_size
+        sides.append((run.path / SOURCE_TOKENIZER, source, source_rows))
     for file, tok, rows in sides:
         if tok.vocab_size > rows:
             raise CandorError(f"{file} has {tok.vocab_size:,} tokens but the model in {run.path} embeds only {rows:,}: "

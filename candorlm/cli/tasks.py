@@ -28,7 +28,9 @@ def finetune(
     vocab_size: Optional[int] = typer.Option(None, help="Without RUN: vocabulary size of that tokenizer "
                                              "(default: the task's)."),
     head: Optional[str] = typer.Option(None, help="qa: generate (write the answer; decoder or seq2seq) or span "
-                                       "(an extractive reader pointing at it; encoder or decoder). Default: generate."),
+                                       "(an extractive reader pointing at it; encoder or decoder). translate: "
+                                       "generate (seq2seq) or tag (aligned pairs such as builtin:pinyin: an "
+                                       "encoder picks one character per source token). Default: generate."),
     key_file: KeyFile = None, no_verify: NoVerify = False,
     **options: Any,
 ) -> None:

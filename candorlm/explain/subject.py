@@ -188,6 +188,9 @@ def load_subject(run: str | Path, device: str = "cpu", verify: bool | None = Non
     if info.get("task") == "sentiment":
         raise CandorError(f"{loaded.path} holds a sentiment classifier, which predicts a label, not tokens; explain "
                           f"the pretrained run it started from ({info.get('base_run') or 'see its task.json'})")
+    if info.get("head") == "tag":
+        raise CandorError(f"{loaded.path} holds a tagger (finetune --head tag), which labels each source token, not "
+                          f"a model that writes tokens; explain reads language models and seq2seq translators")
     model = loaded.build_model(device)
     source = loaded.source_tokenizer or loaded.tokenizer
     return Subject(model, loaded.tokenizer, source, loaded.config.model.arch, finetuned=bool(info))

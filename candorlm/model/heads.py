@@ -1,5 +1,5 @@
-"""Task heads on top of a backbone's hidden states: a pooled sequence classifier, and an
-extractive span reader (SpanReader, best_spans).
+"""Task heads on top of a backbone's hidden states: a pooled sequence classifier, a per-token
+tagger (TokenTagger), and an extractive span reader (SpanReader, best_spans).
 
     logits = W · dropout(pool(hidden_states)) + b        pool: mean over real tokens, or the last one
 
@@ -50,6 +50,34 @@ class SequenceClassifier(nn.Module):
         mask = attention_mask if self.backbone.cfg.arch == "encoder" else None
         hidden = self.backbone.hidden_states(input_ids, mask)
         return self.head(self.dropout(pool(hidden, attention_mask, self.pooling)))
+
+
+class TokenTagger(nn.Module):
+    """A backbone with a linear head on every position's hidden state: one label per input token
+    (BERT's token classification). On an encoder each position has seen the whole input, which is
+    what settles a homophone in the pinyin tagger (candorlm.tasks.translate_tag).
+
+        logits[b, t] = W · dropout(hidden_states(ids)[b, t]) + b
+    """
+
+    def __init__(self, backbone: nn.Module, n_labels: int, dropout: float = 0.1):
+        super().__init__()
+        if n_labels < 2:
+            raise ValueError(f"a tagger needs at least 2 labels, got {n_labels}")
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.cfg.d_model, n_labels)
+        nn.init.normal_(self.head.weight, std=backbone.cfg.init_std)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def cfg(self):  # noqa: ANN201 - the backbone's ModelConfig
+        return self.backbone.cfg
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Label logits (B, T, n_labels), float32, for right-padded input_ids (B, T)."""
+        mask = attention_mask if self.backbone.cfg.arch == "encoder" else None  # causal: pads come last anyway
+        return self.head(self.dropout(self.backbone.hidden_states(input_ids, mask))).float()
 
 
 class SpanReader(nn.Module):

@@ -59,7 +59,8 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
         scratch: Use RUN's config and tokenizer but not its weights (a from-scratch control with the
             same shape).
         preset: Model size when there is no RUN.
-        arch: Model family when there is no RUN: decoder, encoder or seq2seq (None: the task's default).
+        arch: Model family when there is no RUN: decoder, encoder or seq2seq (None: the task's default;
+            translate --head tag: encoder).
         epochs: Passes over the training split.
         batch_size: Examples per step.
         lr: Peak learning rate (None: 5e-4 from a run, 1e-3 from scratch).
@@ -82,7 +83,8 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     spec = get_task(task)
     out = Path(out)
     claim_dir(out, "run", overwrite=overwrite, inputs=[p for p in (run, data) if p], legacy=looks_like_old_run)
-    base = load_base(run, scratch=scratch, preset=preset, arch=arch or spec.default_arch, overrides=overrides)
+    default = spec.default_arch_for(**options) if hasattr(spec, "default_arch_for") else spec.default_arch
+    base = load_base(run, scratch=scratch, preset=preset, arch=arch or default, overrides=overrides)
     torch.manual_seed(seed)
     prepared = spec.prepare(base, data, seed=seed, **options)
     model = prepared.model
@@ -144,6 +146,8 @@ def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.opt
     def batches() -> Iterator[list[Any]]:
         while True:  # a permutation per epoch, drawn when the epoch starts
             order = rng.permutation(n)
+            if hasattr(spec, "batch_order"):  # a task may regroup it (examples of like length together)
+                order = spec.batch_order(prepared, order, t.batch_size, rng)
             model.train()
             for i in range(0, n, t.batch_size):
                 yield [prepared.train[j] for j in order[i:i + t.batch_size]]

@@ -51,7 +51,7 @@ class TaskModel:
         Args:
             inputs: Strings, or objects with the task's fields (qa: context and question; chat: a
                 user message, or messages).
-            **options: translate: beam_size, length_penalty; chat: system, max_new_tokens,
+            **options: translate: beam_size, length_penalty (a tagger takes none); chat: system, max_new_tokens,
                 no_repeat_ngram; qa: max_answer.
         """
         if isinstance(inputs, (str, dict)):
@@ -86,6 +86,11 @@ class TaskModel:
         from candorlm.tasks.translate import encode_source, translate
 
         src = self.source_tokenizer or self.tokenizer
+        if self.info.get("head") == "tag":  # a tagger: one character per source token, no search to tune
+            from candorlm.tasks.translate_tag import tag
+
+            texts = [_field(x, "source", i) for i, x in enumerate(inputs)]
+            return [{"translation": h} for h in tag(self.model, src, self.tokenizer, texts, self.info["lexicon"])]
         sources = [encode_source(src, _field(x, "source", i), self.config.model.max_seq_len)
                    for i, x in enumerate(inputs)]
         hyps = translate(self.model, self.tokenizer, sources, beam_size=beam_size, length_penalty=length_penalty,

@@ -34,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +44,7 @@ from candorlm.errors import CandorError
 from candorlm.io.files import write_json
 from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
+from candorlm.tasks import translate_tag
 from candorlm.tasks.data import Record, read_pairs, split_of, split_records
 from candorlm.tokenizer import Tokenizer, train_tokenizer
 from candorlm.progress import batched
@@ -131,13 +133,24 @@ def _encode_target(tok: Tokenizer, text: str, max_len: int) -> list[int]:
     return tok.encode(text)[:max_len - 1]
 
 
+def default_arch_for(head: str | None = None, **_: Any) -> str:
+    """The architecture a from-scratch run of this head uses: the tagger is an encoder."""
+    return "encoder" if head == "tag" else default_arch
+
+
 def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab_size: int = 8192,
             src_tokenizer: str = "bpe", src_vocab_size: int = 2048, shared_vocab: bool = False,
-            **_: Any) -> Prepared:
+            head: str = "generate", **_: Any) -> Prepared:
+    """head: generate (an encoder-decoder writes the translation, beam search at test time) or tag
+    (aligned pairs only: an encoder picks one character per source token; candorlm.tasks.translate_tag)."""
+    if head not in ("generate", "tag"):
+        raise CandorError(f"unknown translate head '{head}'. Valid: generate, tag.")
     splits, rule = load_records(data)
     if not splits["train"] or not splits["test"]:
         raise CandorError(f"{data}: too few pairs to split ({sum(map(len, splits.values()))}); "
                           f"the test split takes about 10%")
+    if head == "tag":
+        return translate_tag.prepare(base, splits, {"split_rule": rule, "test_size": len(splits["test"])})
     if base.tokenizer is not None and base.arch != "seq2seq":
         raise CandorError(f"{base.run} is a {base.arch} run; translation needs a seq2seq run "
                           f"(candorlm train --arch seq2seq), or start from scratch (omit the run)")
@@ -182,9 +195,19 @@ def teacher_forced(tgt: Tokenizer, batch: Sequence[tuple[list[int], list[int], A
 
 def loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int], Any]], device: torch.device,
          prepared: Prepared) -> torch.Tensor:
+    if prepared.info.get("head") == "tag":
+        return translate_tag.loss(model, batch, device, prepared)  # type: ignore[arg-type]
     src_pad = (prepared.source_tokenizer or prepared.tokenizer).pad_id
     inputs, labels = teacher_forced(prepared.tokenizer, batch, src_pad, device)
     return lm_loss(model(**inputs), labels)
+
+
+def batch_order(prepared: Prepared, order: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The training order of an epoch: a tagger batches sentences of like length (less padding to
+    compute); the seq2seq keeps the plain permutation."""
+    if prepared.info.get("head") != "tag":
+        return order
+    return translate_tag.bucketed(order, [len(e[0]) for e in prepared.train], batch_size, rng)
 
 
 # ---------------------------------------------------------------- decoding and metrics
@@ -304,6 +327,9 @@ def baseline(train: Sequence[Record], test: Sequence[Record]) -> dict[str, Any]:
 
 
 def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> dict[str, float]:
+    if prepared.info.get("head") == "tag":
+        acc = char_accuracy(*translate_tag.tag_dev(model, prepared))
+        return {"score": acc, "char_accuracy": acc}
     dev = prepared.dev[:400]  # greedy decoding of a fixed slice: enough to rank epochs, cheap
     src_pad = (prepared.source_tokenizer or prepared.tokenizer).pad_id
     hyps = translate(model, prepared.tokenizer, [s for s, _, _ in dev], beam_size=1, src_pad=src_pad)
@@ -324,31 +350,41 @@ def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, lengt
         limit: Score only the first N test examples.
     """
     rd, config, info, model, tgt, src = load_task_run(run)
-    if config.model.arch != "seq2seq":
-        raise CandorError(f"{rd.path} is a {config.model.arch} run; translation is evaluated on seq2seq runs")
+    tagger = info.get("head") == "tag"
+    if config.model.arch != "seq2seq" and not tagger:
+        raise CandorError(f"{rd.path} is a {config.model.arch} run; translation is evaluated on seq2seq runs "
+                          f"and on taggers (finetune --head tag)")
     data = data or info.get("data")
     if not data:
         raise CandorError(f"{rd.path} has no task.json naming its data; give --data")
     splits, rule = load_records(data)
     test = splits["test"][:limit] if limit else splits["test"]
-    src_tok = src or tgt
-    max_len = config.model.max_seq_len
-    sources = [encode_source(src_tok, r["source"], max_len) for r in test]
-    hyps = translate(model, tgt, sources, beam_size=beam_size, length_penalty=length_penalty, src_pad=src_tok.pad_id)
     refs = [r["target"] for r in test]
-    greedy = translate(model, tgt, sources, beam_size=1, src_pad=src_tok.pad_id) if beam_size > 1 else hyps
+    src_tok = src or tgt
+    if tagger:  # one forward pass, one character per source token: nothing to search
+        translate_tag.check_aligned(test, "test")
+        hyps = translate_tag.tag(model, src_tok, tgt, [r["source"] for r in test], info["lexicon"])
+        decoding, greedy = "tagging: one character per source token, among the dictionary's candidates", None
+        command = f"candorlm eval {rd.path} --task translate --data {data}"
+    else:
+        max_len = config.model.max_seq_len
+        sources = [encode_source(src_tok, r["source"], max_len) for r in test]
+        hyps = translate(model, tgt, sources, beam_size=beam_size, length_penalty=length_penalty,
+                         src_pad=src_tok.pad_id)
+        greedy = translate(model, tgt, sources, beam_size=1, src_pad=src_tok.pad_id) if beam_size > 1 else hyps
+        decoding = f"beam search, beam {beam_size}, length penalty {length_penalty}"
+        command = f"candorlm eval {rd.path} --task translate --data {data} --beam-size {beam_size}"
     result = {
         "task": "translate",
         "data": data,
         "split": {"rule": rule, "train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},
-        "model": {"run": str(rd.path), "init": info.get("init"), "base_run": info.get("base_run"),
-                  "parameters": sum(p.numel() for p in model.parameters()),
-                  "decoding": f"beam search, beam {beam_size}, length penalty {length_penalty}", **scores(hyps, refs)},
-        "greedy": scores(greedy, refs),
+        "model": {"run": str(rd.path), "arch": config.model.arch, "head": info.get("head", "generate"),
+                  "init": info.get("init"), "base_run": info.get("base_run"),
+                  "parameters": sum(p.numel() for p in model.parameters()), "decoding": decoding, **scores(hyps, refs)},
+        **({"greedy": scores(greedy, refs)} if greedy is not None else {}),
         "baseline": baseline(splits["train"], test),
         "examples": [{"source": r["source"], "reference": r["target"], "output": h} for r, h in zip(test[:5], hyps)],
-        "command": f"candorlm eval {rd.path} --task translate --data {data} --beam-size {beam_size}"
-                   + (f" --limit {limit}" if limit else ""),
+        "command": command + (f" --limit {limit}" if limit else ""),
     }
     write_json(eval_path(rd, "translate"), result)
     return result

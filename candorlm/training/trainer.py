@@ -41,6 +41,7 @@ from candorlm.training.distributed import World, resumable
 from candorlm.training.loop import Callback, Loop, LoopResult
 from candorlm.training.objectives import make_objective
 from candorlm.training.optim import build_optimizer, lr_at
+from candorlm.training.ramp import batch_shape, ramped_batch
 
 log = logging.getLogger("candorlm")
 
@@ -102,7 +103,7 @@ class Trainer:
         compile = t.compile if t.compile is not None else self.device.type == "cuda"
         self.forward = self.world.wrap(self.model, self.precision, compile)
         self.optimizer = build_optimizer(self.model, config)
-        self.train_windows = self.data.windows("train", config.seq_len)
+        self.train_windows = self.data.windows("train", config.seq_len, aligned=t.align_windows)
         self.val_windows = self.data.windows("val", config.seq_len)
         self.sampler = BatchSampler(self.train_windows, t.batch_size, t.seed, rank=self.world.rank,
                                     world_size=self.world.world_size)
@@ -198,7 +199,7 @@ class Trainer:
         t = self.config.train
         step_loss = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
-            x, y = self.sampler.next_batch()
+            x, y = self.next_batch(step)
             # Each rank masks its own windows with its own draw (encoder/seq2seq); one process: step*accum+micro.
             draw = (step * t.grad_accum + micro) * self.world.world_size + self.world.rank
             inputs, y = self.objective.batch(x, y, draw)
@@ -219,6 +220,18 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, grad_norm
+
+    def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampler's next batch; smaller, or of shorter windows, early in a run with a ramp (ramp.py)."""
+        t = self.config.train
+        if not (t.batch_warmup or t.seq_warmup):
+            return self.sampler.next_batch()
+        if self.budget:
+            progress = self.budget.elapsed() / max(self.budget.end(), 1e-9)
+        else:
+            progress = step / max(1, self.max_steps)
+        return ramped_batch(self.sampler, *batch_shape(t.batch_size, self.config.seq_len, progress,
+                                                       t.batch_warmup, t.seq_warmup))
 
     def lr_at(self, step: int) -> float:
         """The schedule: by elapsed time with a time budget (budget.py), else by step."""

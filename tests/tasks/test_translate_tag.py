@@ -1,0 +1,127 @@
+"""Translation as tagging (`finetune --task translate --head tag`): an encoder picks one character per
+source token among the dictionary's candidates; refused on pairs that are not aligned; predicted,
+evaluated and served like the seq2seq translator."""
+
+import json
+
+import pytest
+import torch
+
+import candorlm
+from candorlm.config import ModelConfig
+from candorlm.errors import CandorError
+from candorlm.model import EncoderLM, TokenTagger
+from candorlm.tasks import evaluate_task, finetune
+from candorlm.tasks.data import Record
+from candorlm.tasks.translate import sentences, to_pinyin
+from candorlm.tasks.translate_tag import candidates, make_lexicon, vocabulary
+from tests.conftest import assert_clean_error, run_cli
+
+FAST = {"batch_size": 16, "threads": 1, "precision": "fp32"}
+TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=96"]
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    # builtin:pinyin's rule on the first People's Daily articles (fast): 400 aligned pairs
+    from candorlm.corpus import peoples_daily_documents
+
+    lines = []
+    for doc in peoples_daily_documents():
+        if len(lines) >= 400:
+            break
+        lines += [f"{to_pinyin(s.replace(' ', ''))}\t{s.replace(' ', '')}" for s in sentences(doc.text)]
+    path = tmp_path_factory.mktemp("tag") / "pairs.tsv"
+    path.write_text("\n".join(lines[:400]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_tagger_scores_each_position_and_ignores_padding():
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="encoder", vocab_size=20, d_model=32, n_layers=2, n_heads=2, max_seq_len=16)
+    tagger = TokenTagger(EncoderLM(cfg), n_labels=7).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 2]])
+    alone = tagger(ids, torch.ones_like(ids))
+    padded_ids = torch.tensor([[1, 5, 6, 7, 2, 0, 0], [1, 8, 2, 0, 0, 0, 0]])
+    padded = tagger(padded_ids, (padded_ids != 0).long())
+    assert alone.shape == (1, 5, 7) and padded.shape == (2, 7, 7) and alone.dtype == torch.float32
+    torch.testing.assert_close(padded[0, :5], alone[0], atol=1e-5, rtol=1e-5)  # padding is never attended to
+    changed = tagger(torch.tensor([[1, 5, 9, 7, 2]]), torch.ones_like(ids))
+    assert not torch.allclose(changed[0, 1], alone[0, 1])  # bidirectional: a later token changes an earlier tag
+
+
+def test_lexicon_limits_each_source_token_to_its_characters():
+    records = [Record({"source": "shi shi", "target": "是事"}, "a:1"), Record({"source": "shi ， 1", "target": "是，1"}, "a:2")]
+    lexicon = make_lexicon(records)
+    assert lexicon == {"shi": "是事", "，": "，", "1": "1"}  # most frequent first
+    src = vocabulary((t for r in records for t in r["source"].split()), characters=False)
+    tgt = vocabulary((c for r in records for c in r["target"]), characters=True)
+    allowed = candidates(lexicon, src, tgt)
+    row = allowed[src.token_id("shi")]
+    assert {tgt.hf.id_to_token(i) for i in row.nonzero().flatten().tolist()} == {"是", "事"}
+    assert src.hf.encode("shi ， 1").ids == [src.token_id("shi"), src.token_id("，"), src.token_id("1")]
+    assert tgt.decode([tgt.token_id("是"), tgt.token_id("事")]) == "是事"
+    assert not allowed[src.unk_id, :10].any() and allowed[src.unk_id, 10:].all()  # unknown: any character
+
+
+def test_tag_head_refuses_pairs_that_are_not_aligned(tmp_path):
+    f = tmp_path / "p.tsv"
+    f.write_text("zhong guo\t中国\nni hao\t你好吗\n" + "".join(f"bei jing x{i}\t北京{chr(0x4e00 + i)}\n" for i in range(40)),
+                 encoding="utf-8")
+    proc = run_cli("finetune", "--task", "translate", "--head", "tag", "--data", f, "--out", tmp_path / "o",
+                   check=False)
+    assert_clean_error(proc, f"{f}:2: --head tag needs aligned pairs", "2 source tokens and 3 target characters")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("arch, head, expect", [("seq2seq", "tag", "--head tag tags with an encoder"),
+                                               ("encoder", "beam", "unknown translate head 'beam'")])
+def test_tag_head_needs_an_encoder(tmp_path, pairs_file, arch, head, expect):
+    with pytest.raises(CandorError, match=expect):
+        finetune(None, task="translate", data=str(pairs_file), out=tmp_path / "o", arch=arch, head=head,
+                 overrides=TINY, **FAST)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_tagger_trains_evaluates_and_predicts(tmp_path, pairs_file):
+    out = tmp_path / "tag"
+    result = finetune(None, task="translate", data=str(pairs_file), out=out, head="tag", overrides=TINY, epochs=3,
+                      lr=3e-3, **FAST)  # no --arch: the tag head's default is the encoder
+    info = json.loads((out / "task.json").read_text(encoding="utf-8"))
+    assert info["head"] == "tag" and (out / "source_tokenizer.json").is_file()
+    assert result["model"]["arch"] == "encoder" and result["model"]["decoding"].startswith("tagging")
+    assert "greedy" not in result  # nothing is searched
+    for key in ("char_accuracy", "han_char_accuracy", "chrf", "bleu"):
+        assert key in result["model"] and key in result["baseline"]
+    # one character per source token, each among that token's candidates
+    assert result["model"]["char_accuracy"] > 0.3
+    for ex in result["examples"]:
+        tokens = ex["source"].split()
+        assert len(ex["output"]) == len(tokens)
+        assert all(ch in info["lexicon"][t] for t, ch in zip(tokens, ex["output"]) if t in info["lexicon"])
+    again = evaluate_task(out, "translate", limit=5)
+    assert again["split"]["test"] == 5 and again["examples"] == result["examples"][:5]
+
+    model = candorlm.load_task(out)
+    got = model.predict(["zhong guo", {"source": "zhong ★ guo"}], beam_size=4)  # beam options are ignored
+    assert [len(o["translation"]) for o in got] == [2, 3]
+    assert got[1]["translation"][1] == "★"  # an unseen character is copied
+    long = model.predict([" ".join(["zhong guo"] * 60)])[0]["translation"]  # longer than the model reads: in pieces
+    assert len(long) == 120
+    proc = run_cli("predict", out, "--input", "zhong guo ren min")
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert line["input"] == "zhong guo ren min" and len(line["translation"]) == 4
+
+
+def test_batches_hold_sentences_of_like_length():
+    import numpy as np
+
+    from candorlm.tasks.translate_tag import bucketed
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 65, size=1000).tolist()
+    order = bucketed(rng.permutation(1000), lengths, 16, rng)
+    assert sorted(order.tolist()) == list(range(1000))  # every example once
+    spread = [np.ptp([lengths[i] for i in order[k:k + 16]]) for k in range(0, 1000, 16)]
+    assert max(spread) <= 10  # a random batch spans about 60

@@ -29,8 +29,9 @@ from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, shape_
 
 log = logging.getLogger("candorlm")
 
-# Decode steps after which compiling pays by default: measured on a 2-core CPU, compiling the
-# d256 step took ~COMPILE_S s and saved ~SAVED_MS ms per step (docs/benchmarks/speed.md).
+# Decode steps after which compiling pays by default: on the 2-core CPU, under load, compiling the
+# d256 4-layer step took 24-44 s and saved about 1.5 ms per step at batch 1 (12.0 -> 10.5 ms),
+# so it pays after some 16,000-30,000 steps (docs/benchmarks/speed.md).
 AUTO_COMPILE_AFTER = 20_000
 
 

@@ -165,7 +165,9 @@ class DecodeStep:
 
         The compiled step writes the cache as the eager one does, so this call is the step itself."""
         if self._compiled is None:
-            self._compiled = torch.compile(_forward, fullgraph=True, options=COMPILE_OPTIONS or None)
+            # dynamic=False: every size static (the head counts in `spec` too: a second model's
+            # would otherwise turn them symbolic) but the span's, marked dynamic.
+            self._compiled = torch.compile(_forward, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
         out = self._compiled(self.spec, self.weights, token, slot, positions, key_ok, self._span(cache),
                              cache.ks, cache.vs)
         self.compiled_shapes.add(shape_key(cache, key_ok))
@@ -181,7 +183,7 @@ class DecodeStep:
         if cache.span is None:
             cache.span = torch.empty(cache.max_len, dtype=torch.uint8, device=cache.device)
         span = cache.span[:cache.length + 1]
-        torch._dynamo.maybe_mark_dynamic(span, 0)
+        torch._dynamo.mark_dynamic(span, 0)  # (the prompt has a token: n >= 2, never specialised)
         return span
 
 

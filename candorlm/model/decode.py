@@ -215,7 +215,7 @@ def _forward(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tenso
         x = x + F.linear(y.view(B, H * D), w_o)  # (B, H, 1, D): the heads side by side
         h = F.linear(rms_norm(x, mlp_norm, eps), w_up)
         if mlp == "swiglu":
-            h = swiglu(h)
+            h = swiglu(*h.chunk(2, dim=-1))  # the fused gate/up output: gate, then up
         else:  # as MLP.forward
             h = F.relu(h).square() if mlp == "relu2" else F.relu(h) if mlp == "relu" else F.gelu(h)
         x = x + F.linear(h, w_down)

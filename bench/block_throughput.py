@@ -5,15 +5,16 @@ and heads, the same batch x sequence of random tokens (vocab 8192, the demo's BP
 autocast on the CPU (candorlm's default), and each its own optimizer step (candorlm's AdamW
 from `build_optimizers`, nanoGPT's fused AdamW) with gradient clipping at 1.0: a whole training
 step, as each recipe trains. The two step in turn, one step each, so that whatever else loads
-the machine loads both alike; each step is timed on its own and the median step time gives the
-tokens/s. Only the ratio is fair while the machine is shared: say so when quoting the figures.
+the machine loads both alike; each step is timed on its own. Tokens/s come from each one's
+median step time; the ratio is the median over back-to-back pairs of steps, with the quartiles
+of the pairs' ratios. Only the ratio is fair while the machine is shared: say so when quoting.
 
 nanoGPT's block (bench/nanogpt.py): one c_attn matmul for q/k/v, one c_fc for the MLP, learned
 positions, LayerNorm, GELU. candorlm's: RMSNorm, rotary positions, SwiGLU, Llama's q/k/v/o and
 gate/up/down weights (fused at compute time, model/layers.py).
 
     .venv/bin/python bench/block_throughput.py [--presets nano,micro,tiny,small] [--batch 8]
-        [--seq-len 256] [--steps 20] [--threads 1] [--precision bf16] [--profile]
+        [--seq-len 256] [--steps 20] [--warmup 2] [--threads 1] [--precision bf16] [--profile]
 
 --profile: instead of timing, torch.profiler over a few steps of each model: operator calls
 per step and the top operators by self CPU time (what to fix first).
@@ -64,15 +65,15 @@ def contestants(preset: str, batch: int, seq_len: int, precision: str = "bf16", 
             for opt in opts:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            return float(loss)
+            return float(loss.detach())
         return step
 
     return {"candorlm": step_of(ours, ours_opts), "nanoGPT": step_of(theirs, theirs_opts)}
 
 
 
-def timed(steps: dict[str, Callable[[], Any]], n: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per step of each, stepping them in turn."""
+def timed(steps: dict[str, Callable[[], Any]], n: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each step of each, stepping them in turn (the i-th steps of all ran back to back)."""
     for _ in range(warmup):
         for fn in steps.values():
             fn()
@@ -84,7 +85,7 @@ def timed(steps: dict[str, Callable[[], Any]], n: int, warmup: int = 3) -> dict[
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def profiled(steps: dict[str, Callable[[], Any]], n: int) -> None:
@@ -112,6 +113,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each first")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     ap.add_argument("--profile", action="store_true")
@@ -123,7 +125,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.precision}, batch {args.batch} x "
           f"{args.seq_len}, vocab {VOCAB}, median of {args.steps} interleaved steps each")
     if not args.profile:
-        print(f"{'preset':<8}{'shape':<14}{'candorlm tok/s':>15}{'nanoGPT tok/s':>15}{'ratio':>8}")
+        print(f"{'preset':<8}{'shape':<14}{'candorlm tok/s':>15}{'nanoGPT tok/s':>15}{'ratio':>8}  (quartiles)")
     for preset in args.presets.split(","):
         steps = contestants(preset, args.batch, args.seq_len, args.precision)
         if args.profile:
@@ -133,11 +135,15 @@ def main() -> None:
         from candorlm.config import resolve
 
         m = resolve(preset).model
-        med = timed(steps, args.steps)
+        times = timed(steps, args.steps, args.warmup)
         tokens = args.batch * args.seq_len
-        ours, theirs = tokens / med["candorlm"], tokens / med["nanoGPT"]
+        ours, theirs = (tokens / statistics.median(times[k]) for k in ("candorlm", "nanoGPT"))
+        # The ratio from steps that ran back to back (a load change hits both of a pair alike):
+        # the median over pairs, and the quartiles of the pairs' ratios as its spread.
+        pairs = sorted(t / o for o, t in zip(times["candorlm"], times["nanoGPT"]))
+        q1, q3 = statistics.quantiles(pairs, n=4)[0], statistics.quantiles(pairs, n=4)[2]
         print(f"{preset:<8}{f'd{m.d_model} L{m.n_layers} H{m.n_heads}':<14}{ours:>15,.0f}{theirs:>15,.0f}"
-              f"{ours / theirs:>7.2f}x", flush=True)
+              f"{statistics.median(pairs):>7.2f}x  ({q1:.2f}-{q3:.2f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ Generation: a 32-token prompt, 256 new tokens, greedy, KV cache on, batch 1 and 
 candorlm's `generate_ids` against `transformers`' `generate` with the same weights (the tokens
 are checked to be identical). candorlm runs twice: its eager decode step (`compile=False`, what
 a one-off generation gets) and the compiled one (`compile=True`; compiling happens in the
-warm-up call and its time is printed on its own, since a process pays it once per shape).
+warm-up call and its time is printed on its own, since a process pays it once per shape). A
+fourth contestant runs only the step's matmuls (each weight matrix read once per token): the
+floor that bounds any fp32 step on this machine, and so the ratio a step without any overhead
+would reach.
 
 The two sides alternate, round after round, so that a noisy machine slows both alike; each
 figure is the median over rounds, and the ratio is taken of the medians. MFU is printed against
@@ -184,8 +187,21 @@ def bench_generation(rounds: int, peaks: dict[str, float], new_tokens: int = 256
                                       eos_token_id=None, pad_token_id=0, use_cache=True)
             out["transformers"] = seq[:, prompt_len:].tolist()
 
+        matrices = [p for name, p in ours.named_parameters() if p.dim() == 2 and name != "tok_emb.weight"]
+        matrices.append(ours.lm_head.weight)  # tied: the embedding once more, as the output layer
+
+        @torch.inference_mode()
+        def run_floor() -> None:
+            # The step's matrices alone, each read once per token as any fp32 decoder must read
+            # them: what neither side can go below without changing the arithmetic.
+            x = torch.randn(batch, cfg.d_model)
+            for _ in range(new_tokens):
+                for w in matrices:
+                    torch.nn.functional.linear(x if w.shape[1] == cfg.d_model else x.new_zeros(batch, w.shape[1]), w)
+
         warmup: dict[str, float] = {}
-        times = alternate({"candorlm": run, "compiled": run_compiled, "transformers": run_hf}, rounds, warmup)
+        times = alternate({"candorlm": run, "compiled": run_compiled, "transformers": run_hf, "floor": run_floor},
+                          rounds, warmup)
         same = {name: out[name] == out["transformers"] for name in ("candorlm", "compiled")}
         tps = {name: batch * new_tokens / statistics.median(ts) for name, ts in times.items()}
         print(f"\nbatch {batch}:  (greedy tokens identical to transformers': eager step "
@@ -196,6 +212,9 @@ def bench_generation(rounds: int, peaks: dict[str, float], new_tokens: int = 256
             print(f"  {label:<18}{tps[name]:>9,.0f} new tokens/s  {step_ms:6.2f} ms/step   {mfu_text(tps[name] * flops, peaks)}")
         for name in ("candorlm", "compiled"):
             print(f"  ratio {labels[name]}/transformers: {tps[name] / tps['transformers']:.2f}x")
+        floor_ms = 1e3 * statistics.median(times["floor"]) / new_tokens
+        print(f"  the matmuls alone (every weight matrix read once per step, nothing else): {floor_ms:.2f} ms/step; "
+              f"transformers/that: {tps['floor'] / tps['transformers']:.2f}x, the most any fp32 step could reach")
         print(f"  first call of the compiled step (compiling + one generation): {warmup['compiled']:.1f} s; "
               f"a generation afterwards: {statistics.median(times['compiled']):.2f} s")
 

@@ -29,8 +29,9 @@ from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, shape_
 
 log = logging.getLogger("candorlm")
 
-# Decode steps after which compiling pays by default: measured on a 2-core CPU, compiling the
-# d256 step took ~COMPILE_S s and saved ~SAVED_MS ms per step (docs/benchmarks/speed.md).
+# Decode steps after which compiling pays by default: on the 2-core CPU, under load, compiling the
+# d256 4-layer step took 24-44 s and saved about 1.5 ms per step at batch 1 (12.0 -> 10.5 ms),
+# so it pays after some 16,000-30,000 steps (docs/benchmarks/speed.md).
 AUTO_COMPILE_AFTER = 20_000
 
 
@@ -156,19 +157,20 @@ class _Steps:
         self.model, self.step, self.cache = model, step, cache
         step.prepare(model)
         self.slot = torch.tensor([T], dtype=torch.long, device=device)
-        self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
+        self.key_ok = None
         if mask is None:
             self.positions = torch.full((B,), T, dtype=torch.long, device=device)
         else:  # left padding: each row's position is its count of real tokens so far
             self.positions = mask.sum(-1)
+            self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
             self.key_ok[:, :T] = mask.bool()
         if compile is None:
-            compile = (shape_key(cache) in step.compiled_shapes
+            compile = (shape_key(cache, self.key_ok) in step.compiled_shapes
                        or (step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER))
             self.explicit = False
         else:
             self.explicit = compile
-        self.compiled = compile and shape_key(cache) in step.compiled_shapes
+        self.compiled = compile and shape_key(cache, self.key_ok) in step.compiled_shapes
         self.to_compile = compile and not self.compiled
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,13 @@ the next:
 
 - the KV cache is preallocated (`StaticKVCache`: one tensor per layer, so that a compiled step
   writes into it in place) and written at a slot given as a tensor (`index_copy_`);
-- attention reads the whole preallocated cache and masks the columns past the slot (and a
-  left-padded prompt's padding), instead of a slice that grows each token;
+- attention reads the cache's filled columns, a length that is the step's one dynamic size
+  (so one compiled graph serves every length), and masks a left-padded prompt's padding;
 - the rotary rows are looked up once per step for every layer; queries and keys rotate together;
-- q/k/v and gate/up are one matmul each, on weights concatenated once and refreshed whenever a
-  parameter changes (`prepare`); the state dict keeps q_proj/k_proj/v_proj, gate_proj/up_proj;
+- q/k/v and gate/up are one matmul each, on concatenated weights kept as model/fused.py keeps
+  them (q/k/v: the very tensor the forward pass uses); the state dict keeps q_proj/k_proj/v_proj,
+  gate_proj/up_proj;
+- the step sees tensors only, not the model (a compiled step's per-call checks stay cheap);
 - no hook points: the step is only used while no hook is attached (`supports`).
 
 Eager, this is ~5x fewer operators than the general pass. Because every shape is fixed by (batch,
@@ -36,7 +38,9 @@ from torch import nn
 from candorlm.model.cache import KVCache
 from candorlm.model.decoder import DecoderLM
 from candorlm.model.hooks import HookPoint
+from candorlm.model.fused import _kept_weight
 from candorlm.model.layers import apply_rope
+from candorlm.model.ops import rms_norm, swiglu
 
 
 COMPILE_OPTIONS: dict[str, object] = {}  # inductor options for the compiled step
@@ -54,6 +58,7 @@ class StaticKVCache(KVCache):
         super().__init__(n_layers, batch_size, n_kv_heads, max_len, head_dim, device)
         self.ks: list[torch.Tensor] = []
         self.vs: list[torch.Tensor] = []
+        self.span: torch.Tensor | None = None  # see DecodeStep._span
 
     def allocate(self, dtype: torch.dtype) -> None:
         shape = self.shape[1:]
@@ -106,40 +111,43 @@ class DecodeStep:
     `step(model, token, slot, positions, key_ok, cache)`: token (B,) the newest ids; slot (1,) the
     cache column they take (every row the same: prompts are left-padded); positions (B,) their
     rotary positions (each row's count of real tokens before them); key_ok (B, max_len) bool,
-    False at padding columns (a tensor even without padding: one compiled graph for both); the cache's columns after `slot` are
-    masked whatever they hold. The caller advances slot, positions and `cache.length` after.
+    False at padding columns, None without padding. Attention reads columns 0..slot only. The
+    caller advances slot, positions and `cache.length` after. `prepare(model)` first, once per
+    generation.
+
+    The step itself (`_forward`) sees tensors only, never the model: a compiled step then checks
+    a few dozen tensors' shapes per call, not the module tree's attributes (which cost more than
+    the step's own pointwise work).
     """
 
-    def __init__(self) -> None:
-        self._fused_key: tuple | None = None
-        self._fused: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    def __init__(self, model: nn.Module) -> None:
+        cfg = model.cfg
+        self.spec = (cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.norm_eps, cfg.mlp)
+        self.weights: tuple = ()
         self._compiled: Callable | None = None
         self.compile_error: str | None = None  # why compiling failed, once it has
-        self.compiled_shapes: set[tuple] = set()  # (batch, cache length, dtype) compiled so far
+        self.compiled_shapes: set[tuple] = set()  # shape_key()s compiled so far
         self.steps = 0  # decode steps run for this model in this process
 
     def prepare(self, model: nn.Module) -> None:
-        """Make the fused weights current; call before each generation (not per token).
+        """Collect the model's weights for this generation (not per token).
 
-        Per block: the q/k/v weights concatenated, and gate/up (None for a one-matrix MLP).
-        Rebuilt when any source parameter was replaced or changed in place (an optimizer step
-        between two generations bumps its version counter), so they are never stale."""
-        sources = []
+        q/k/v and gate/up come concatenated and kept by model/fused.py (rebuilt whenever a weight
+        changes, so never stale; q/k/v's is the forward pass's own, held once)."""
+        device = model.tok_emb.weight.device.type
+        layers = []
         for block in model.blocks:
             attn, mlp = block.attn, block.mlp
-            sources += [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+            qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+            qk_norm = (attn.q_norm.weight, attn.k_norm.weight) if hasattr(attn, "q_norm") else None
             if hasattr(mlp, "gate_proj"):
-                sources += [mlp.gate_proj.weight, mlp.up_proj.weight]
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in sources)
-        if key != self._fused_key:
-            with torch.no_grad():
-                self._fused = []
-                for block in model.blocks:
-                    attn, mlp = block.attn, block.mlp
-                    qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-                    gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) if hasattr(mlp, "gate_proj") else None
-                    self._fused.append((qkv, gate_up))
-            self._fused_key = key
+                up = _kept_weight(mlp, (mlp.gate_proj, mlp.up_proj), (mlp.gate_proj.weight, mlp.up_proj.weight), device)
+            else:
+                up = mlp.up_proj.weight
+            layers.append((block.attn_norm.weight, _kept_weight(attn, qkv, tuple(p.weight for p in qkv), device),
+                           qk_norm, attn.o_proj.weight, block.mlp_norm.weight, up, mlp.down_proj.weight))
+        self.weights = (model.tok_emb.weight, model.rope.cos, model.rope.sin, tuple(layers), model.norm.weight,
+                        model.lm_head.weight)
 
     def make_cache(self, model: nn.Module, batch_size: int, max_len: int) -> StaticKVCache:
         cfg = model.cfg
@@ -147,63 +155,79 @@ class DecodeStep:
                              model.tok_emb.weight.device)
 
     def __call__(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
-                 key_ok: torch.Tensor, cache: StaticKVCache, compiled: bool = False) -> torch.Tensor:
-        fn = self._compiled if compiled and self._compiled is not None else self.forward
+                 key_ok: torch.Tensor | None, cache: StaticKVCache, compiled: bool = False) -> torch.Tensor:
+        fn = self._compiled if compiled and self._compiled is not None else _forward
         self.steps += 1
-        return fn(model, self._fused, token, slot, positions, key_ok, cache.ks, cache.vs)
+        return fn(self.spec, self.weights, token, slot, positions, key_ok, self._span(cache), cache.ks, cache.vs)
 
     def compile(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
-                key_ok: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+                key_ok: torch.Tensor | None, cache: StaticKVCache) -> torch.Tensor:
         """Compile the step for this shape (once) and run it; raises whatever compiling raises.
 
         The compiled step writes the cache as the eager one does, so this call is the step itself."""
         if self._compiled is None:
-            self._compiled = torch.compile(self.forward, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
-        out = self._compiled(model, self._fused, token, slot, positions, key_ok, cache.ks, cache.vs)
-        self.compiled_shapes.add(shape_key(cache))
+            # dynamic=False: every size static (the head counts in `spec` too: a second model's
+            # would otherwise turn them symbolic) but the span's, marked dynamic.
+            self._compiled = torch.compile(_forward, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
+        out = self._compiled(self.spec, self.weights, token, slot, positions, key_ok, self._span(cache),
+                             cache.ks, cache.vs)
+        self.compiled_shapes.add(shape_key(cache, key_ok))
         self.steps += 1
         return out
 
     @staticmethod
-    def forward(model: nn.Module, fused: list[tuple[torch.Tensor, torch.Tensor | None]], token: torch.Tensor,
-                slot: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor,
-                ks: list[torch.Tensor], vs: list[torch.Tensor]) -> torch.Tensor:
-        cfg = model.cfg
-        B, H, Hkv, D = token.shape[0], cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        L = ks[0].shape[2]
-        x = model.tok_emb(token)  # (B, C)
-        cos = model.rope.cos[positions].view(B, 1, 1, D)  # once for every layer
-        sin = model.rope.sin[positions].view(B, 1, 1, D)
-        allowed = (torch.arange(L, device=token.device) <= slot) & key_ok  # (B, L): columns 0..slot, no padding
-        # Additive, made once: SDPA would turn a boolean mask into this in every layer.
-        bias = torch.zeros((B, 1, 1, L), dtype=x.dtype, device=x.device).masked_fill_(~allowed.view(B, 1, 1, L),
-                                                                                   float("-inf"))
-        for i, block in enumerate(model.blocks):
-            attn, (w_qkv, w_gate_up) = block.attn, fused[i]
-            qkv = F.linear(block.attn_norm(x), w_qkv)  # (B, (H + 2 Hkv) D)
-            if hasattr(attn, "q_norm"):
-                q = apply_rope(attn.q_norm(qkv[:, :H * D].view(B, H, 1, D)), cos, sin)
-                k = apply_rope(attn.k_norm(qkv[:, H * D:(H + Hkv) * D].view(B, Hkv, 1, D)), cos, sin)
-            else:  # queries and keys rotate together: one rotation per layer
-                qk = apply_rope(qkv[:, :(H + Hkv) * D].view(B, H + Hkv, 1, D), cos, sin)
-                q, k = qk[:, :H], qk[:, H:]
-            v = qkv[:, (H + Hkv) * D:].view(B, Hkv, 1, D)
-            ks[i].index_copy_(2, slot, k)
-            vs[i].index_copy_(2, slot, v)
-            y = F.scaled_dot_product_attention(q, ks[i], vs[i], attn_mask=bias, enable_gqa=H != Hkv)
-            x = x + attn.o_proj(y.view(B, H * D))  # (B, H, 1, D): the heads side by side
-            h = block.mlp_norm(x)
-            mlp = block.mlp
-            if w_gate_up is not None:
-                gate, up = F.linear(h, w_gate_up).chunk(2, dim=-1)
-                x = x + mlp.down_proj(F.silu(gate) * up)
-            else:
-                x = x + mlp(h)
-        return model.lm_head(model.norm(x))  # (B, vocab)
+    def _span(cache: StaticKVCache) -> torch.Tensor:
+        """A (n,) tensor whose length is the number of cache columns this step attends to (those
+        written, and the new one): its one dynamic size, so that one compiled graph serves every
+        length and attention reads only what is filled (a whole 512-column cache would cost batch
+        8 three times the attention of the positions actually there)."""
+        if cache.span is None:
+            cache.span = torch.empty(cache.max_len, dtype=torch.uint8, device=cache.device)
+        span = cache.span[:cache.length + 1]
+        torch._dynamo.mark_dynamic(span, 0)  # (the prompt has a token: n >= 2, never specialised)
+        return span
 
 
-def shape_key(cache: StaticKVCache) -> tuple:
-    return (cache.batch_size, cache.max_len, cache.ks[0].dtype if cache.ks else None)
+def _forward(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
+             key_ok: torch.Tensor | None, span: torch.Tensor, ks: list[torch.Tensor],
+             vs: list[torch.Tensor]) -> torch.Tensor:
+    """The step: DecoderLM's forward pass for one token per row (model/layers.py's Block, in order)."""
+    H, Hkv, D, eps, mlp = spec
+    tok_emb, cos_table, sin_table, layers, norm, lm_head = weights
+    B, n = token.shape[0], span.shape[0]  # n: columns 0..slot, the cached ones and this step's
+    x = F.embedding(token, tok_emb)  # (B, C)
+    cos = cos_table[positions].view(B, 1, 1, D)  # once for every layer
+    sin = sin_table[positions].view(B, 1, 1, D)
+    bias = None  # additive and made once: SDPA would turn a boolean mask into this in every layer
+    if key_ok is not None:
+        bias = torch.zeros((B, 1, 1, n), dtype=x.dtype, device=x.device).masked_fill_(
+            ~key_ok[:, :n].view(B, 1, 1, n), float("-inf"))
+    for i, (attn_norm, w_qkv, qk_norm, w_o, mlp_norm, w_up, w_down) in enumerate(layers):
+        qkv = F.linear(rms_norm(x, attn_norm, eps), w_qkv)  # (B, (H + 2 Hkv) D)
+        if qk_norm is not None:
+            q = apply_rope(rms_norm(qkv[:, :H * D].view(B, H, 1, D), qk_norm[0], eps), cos, sin)
+            k = apply_rope(rms_norm(qkv[:, H * D:(H + Hkv) * D].view(B, Hkv, 1, D), qk_norm[1], eps), cos, sin)
+        else:  # queries and keys rotate together: one rotation per layer
+            qk = apply_rope(qkv[:, :(H + Hkv) * D].view(B, H + Hkv, 1, D), cos, sin)
+            q, k = qk[:, :H], qk[:, H:]
+        v = qkv[:, (H + Hkv) * D:].view(B, Hkv, 1, D)
+        ks[i].index_copy_(2, slot, k)
+        vs[i].index_copy_(2, slot, v)
+        y = F.scaled_dot_product_attention(q, ks[i][:, :, :n], vs[i][:, :, :n], attn_mask=bias,
+                                           enable_gqa=H != Hkv)
+        x = x + F.linear(y.view(B, H * D), w_o)  # (B, H, 1, D): the heads side by side
+        h = F.linear(rms_norm(x, mlp_norm, eps), w_up)
+        if mlp == "swiglu":  # gate and up from one matmul: at one token a row, one weight read is what counts
+            h = swiglu(*h.chunk(2, dim=-1))
+        else:  # as MLP.forward
+            h = F.relu(h).square() if mlp == "relu2" else F.relu(h) if mlp == "relu" else F.gelu(h)
+        x = x + F.linear(h, w_down)
+    return F.linear(rms_norm(x, norm, eps), lm_head)  # (B, vocab)
+
+
+def shape_key(cache: StaticKVCache, key_ok: torch.Tensor | None) -> tuple:
+    """What a compiled graph is specialised to: batch, cache length, dtype, padded or not."""
+    return (cache.batch_size, cache.max_len, cache.ks[0].dtype if cache.ks else None, key_ok is not None)
 
 
 _STEPS: weakref.WeakKeyDictionary[nn.Module, DecodeStep] = weakref.WeakKeyDictionary()
@@ -214,5 +238,5 @@ def decode_step(model: nn.Module) -> DecodeStep:
     weights and compiled graphs with it)."""
     step = _STEPS.get(model)
     if step is None:
-        step = _STEPS[model] = DecodeStep()
+        step = _STEPS[model] = DecodeStep(model)
     return step

@@ -1,11 +1,12 @@
 """Fused projections: linear layers that read the same input, run as one matmul.
 
-Llama's q/k/v projections read the same normed input, and so do SwiGLU's gate and up
-projections. Run one by one, on a CPU each is a small matmul with its own dispatch, its own
-bf16 cast of the shared input under autocast, and, in the backward pass, an input gradient
-that must be added to the others'. nanoGPT's block has one `c_attn` and one `c_fc` instead.
+Llama's q/k/v projections read the same normed input. Run one by one, on a CPU each is a
+small matmul with its own dispatch and, in the backward pass, an input gradient that must be
+added to the others'; nanoGPT's block has one `c_attn` instead. (SwiGLU's gate and up also read
+one input, but stay two matmuls: the halves of one fused output are strided views, and the
+gated activation's elementwise passes over them cost more than the second matmul; layers.py.)
 
-Here the weights stay separate parameters (`q_proj.weight`, `k_proj.weight`, ...: the state
+Here the weights stay separate parameters (`q_proj.weight`, `k_proj.weight`, `v_proj.weight`: the state
 dict, checkpoints, HF export and import, sharded checkpoints and name-based hooks do not change)
 and are fused at compute time:
 

@@ -19,8 +19,9 @@ and differ only in where keys and values come from.
 
 The conventions are Llama's (RMSNorm, rotate-half RoPE, no biases, q/k/v/o and gate/up/down
 projections), so a decoder exports to `transformers.LlamaForCausalLM` with the same logits.
-The q/k/v weights (and gate/up) are separate parameters but run as one matmul, their weights
-concatenated at compute time (model/fused.py); queries and keys are then rotated together.
+The q/k/v weights are separate parameters but run as one matmul, their weights concatenated at
+compute time (model/fused.py); queries and keys are then rotated together. RMSNorm, rotary
+positions and SwiGLU's gate have their gradients written out (model/ops.py).
 Shapes: B batch, T query length, S key length (cache included), H heads, Hkv key/value heads,
 D head dim, C model width.
 """
@@ -241,10 +242,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
-            if watched(self.gate_proj, self.up_proj):  # module hooks must see each projection run
-                return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-            # one matmul for gate and up (model/fused.py), the gated activation written out (model/ops.py)
-            return self.down_proj(swiglu(fused_linear(x, self, (self.gate_proj, self.up_proj))))
+            # Two matmuls, not one on the concatenated weights as for q/k/v: the halves of one
+            # output are strided views, on which the gated activation's passes ran slower than
+            # the second matmul costs (bench/block_throughput.py's shapes, bf16: 2-5% faster so).
+            return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
         if self.kind == "relu2":
             return self.down_proj(F.relu(self.up_proj(x)).square())
         act = F.relu if self.kind == "relu" else F.gelu

@@ -2,10 +2,9 @@
 activation, rotary positions.
 
 On a CPU each operator is a pass over the activations, and autograd replays a composite
-operator by operator: RMSNorm's pow, mean, add, rsqrt, two products and a cast, SwiGLU's
-product and a `cat` to join the two halves' gradients, rotate-half's negation and `cat`.
-Written out, each takes fewer passes forward and backward, writes its gradient straight into
-place, and RMSNorm writes its output in the dtype the next matmul casts it to (autocast's).
+operator by operator: RMSNorm's pow, mean, add, rsqrt, two products and a cast, rotate-half's
+negation and `cat`, SwiGLU's three products. Written out, each takes fewer passes forward and
+backward, and RMSNorm writes its output in the dtype the next matmul casts it to (autocast's).
 The numbers are the composites' to float rounding (tests/model/test_fused.py compares each).
 
 Under torch.func's transforms (Opacus' per-sample gradients vmap copies of the layers), an
@@ -36,7 +35,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, plain: bool = Fa
         out_dtype = torch.get_autocast_dtype(x.device.type)
     if not _needs_grad(x, weight):  # (generation: no autograd.Function to dispatch per token)
         return _rms_norm(x, weight, eps, out_dtype)[0]
-    return _RMSNorm.apply(x, weight, eps, out_dtype)[0]
+    return _RMSNorm.apply(x, weight, eps, out_dtype)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -45,66 +44,59 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
               out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, x * rstd in x's dtype, rstd)."""
     xf = x.float()
-    rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # (..., 1), fp32
+    # mean(x^2) from one reduction (no x^2 written out): ||x||^2 / C
+    norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # (..., 1), fp32
+    rstd = torch.rsqrt(norm.square_().div_(x.shape[-1]).add_(eps))
     normed = (xf * rstd).to(x.dtype)  # as the composite rounds it, for a bf16 model
     out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     return torch.mul(normed, weight, out=out), normed, rstd
 
 
 class _RMSNorm(torch.autograd.Function):
+    # One output: extra outputs (normed, rstd) would get zero-filled gradients in the backward pass.
     @staticmethod
-    def forward(x: torch.Tensor, weight: torch.Tensor, eps: float,  # type: ignore[override]
-                out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _rms_norm(x, weight, eps, out_dtype)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        x, weight, _, _ = inputs
-        _, normed, rstd = output
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float,  # type: ignore[override]
+                out_dtype: torch.dtype) -> torch.Tensor:
+        out, normed, rstd = _rms_norm(x, weight, eps, out_dtype)
         ctx.save_for_backward(normed, rstd, weight)
         ctx.x_dtype = x.dtype
-        ctx.mark_non_differentiable(normed, rstd)
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         normed, rstd, weight = ctx.saved_tensors
-        g, n = grad.float(), normed.float()
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = (g * n).sum(tuple(range(g.dim() - 1))).to(weight.dtype)
-        gn = g * weight.float()
-        # d/dx [x * rstd] applied to gn: rstd * (gn - n * mean(gn * n))
-        grad_x = torch.addcmul(gn, n, (gn * n).mean(-1, keepdim=True), value=-1.0).mul_(rstd).to(ctx.x_dtype)
+        g, n, w = grad.float(), normed.float(), weight.float()
+        C = g.shape[-1]
+        gn_rows = (g * n).view(-1, C)  # g * n, row by row
+        grad_w = gn_rows.sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        # d/dx [x * rstd] applied to gw = g * w:  rstd * (gw - n * mean(gw * n)), and
+        # mean(gw * n) = (g * n) @ w / C: a matrix-vector product, no third array written out
+        dot = (gn_rows @ w).div_(C).view(*g.shape[:-1], 1)
+        grad_x = torch.addcmul(g * w, n, dot, value=-1.0).mul_(rstd).to(ctx.x_dtype)
         return grad_x, grad_w, None, None
 
 
 # --------------------------------------------------------------------------- SwiGLU
-def swiglu(gate_up: torch.Tensor, plain: bool = False) -> torch.Tensor:
-    """silu(gate) * up, for gate and up the two halves of gate_up's last dimension."""
-    if plain or transformed(gate_up) or not _needs_grad(gate_up):
-        gate, up = gate_up.chunk(2, dim=-1)
+def swiglu(gate: torch.Tensor, up: torch.Tensor, plain: bool = False) -> torch.Tensor:
+    """silu(gate) * up."""
+    if plain or transformed(gate) or not _needs_grad(gate, up):
         return F.silu(gate) * up
-    return _SwiGLU.apply(gate_up)
+    return _SwiGLU.apply(gate, up)
 
 
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        gate, up = gate_up.chunk(2, dim=-1)
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         act = F.silu(gate)
-        ctx.save_for_backward(gate_up, act)
+        ctx.save_for_backward(gate, up, act)
         return act * up
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        gate_up, act = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, dim=-1)
-        grad_in = torch.empty_like(gate_up)  # both halves written in place: no cat of the two
-        grad_gate, grad_up = grad_in.chunk(2, dim=-1)
-        torch.mul(grad, act, out=grad_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
-        return grad_in
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        gate, up, act = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad * up, gate), grad * act
 
 
 # --------------------------------------------------------------------------- rotary positions
@@ -117,6 +109,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, plain: bool = Fa
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
     # With s = (-sin1, sin2) (a table: small): rotate_half(x) * sin = swap(x) * s, so
     # y = x * cos + swap(x) * s, and the gradient is  g * cos + swap(g * s) = g * cos + swap(g) * swap(s).
+    # (Writing each half in place instead, on half-width strided views, measured slower.)
     s1, s2 = sin.chunk(2, dim=-1)
     signed = torch.cat((-s1, s2), dim=-1)
     if not _needs_grad(x):

@@ -49,7 +49,7 @@ def test_the_decode_step_logits_match_the_forward_pass():
         cache = step.make_cache(model, 1, 64)
         model(ids[:, :-1], cache=cache)
         slot, positions = torch.tensor([5]), torch.tensor([5])
-        logits = step(model, ids[:, -1], slot, positions, torch.ones(1, 64, dtype=torch.bool), cache)[0]
+        logits = step(model, ids[:, -1], slot, positions, None, cache)[0]
     torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
 
 
@@ -101,10 +101,13 @@ def test_compiled_step_generates_what_the_forward_pass_does():
     expected = through_forward(model, PROMPTS, GREEDY)
     assert generate_ids(model, PROMPTS, GREEDY, compile=True) == expected
     step = decode_step(model)
-    assert step.compiled_shapes == {(3, 64, torch.float32)}
+    assert step.compiled_shapes == {(3, 64, torch.float32, True)}  # padded prompts
     # Compiled once for this shape: the default uses it from now on, without compiling again.
     assert generate_ids(model, PROMPTS, GREEDY) == expected
     assert generate_ids(model, [PROMPTS[0]], GREEDY, compile=False) == expected[:1]
+    # A second model of another shape compiles its own graph (its head counts stay constants).
+    other = tiny(n_kv_heads=1)  # another graph: one key/value head
+    assert generate_ids(other, PROMPTS, GREEDY, compile=True) == through_forward(other, PROMPTS, GREEDY)
 
 
 def test_a_setting_the_step_does_not_know_keeps_the_forward_pass(monkeypatch):

@@ -240,6 +240,9 @@ def test_a_short_evaluation_scores_every_kind_of_turn(tok):
     items = turns(tok, test, max_len=512, budget=24, limit=30)
     kinds = Counter(t["kind"] for t in items)
     assert set(kinds) == {"sentiment", "reading, first question", "reading, follow-up"} and max(kinds.values()) == 10
+    # evenly spaced over each kind's turns: builtin:reviews lists positive reviews first
+    labels = Counter(t["gold"] for t in turns(tok, test, max_len=512, budget=24, limit=60) if t["kind"] == "sentiment")
+    assert min(labels["好评"], labels["差评"]) >= 6, labels
     preds = [t["gold"] if i % 2 else "、县、县、县、县" for i, t in enumerate(items)]
     scored = score_turns(preds, items)
     assert scored["turns"] == 30 and scored["degenerate"] == 0.5 and scored["right"] == 0.5

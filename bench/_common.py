@@ -25,12 +25,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cpu_setup() -> tuple[int, dict[str, float]]:
-    """Threads as the trainer sets them, freed memory kept (as in training), and the measured
-    fp32 and bf16 matmul peaks that MFU is counted against."""
+def cpu_setup(threads: int | None = None) -> tuple[int, dict[str, float]]:
+    """Threads as the trainer sets them (or `threads`), freed memory kept (as in training), and
+    the measured fp32 and bf16 matmul peaks that MFU is counted against."""
     from candorlm.device import keep_freed_memory, set_threads
     from candorlm.ledger.hardware import measured_peak_flops
 
-    threads = set_threads(None)
+    threads = set_threads(threads)
     keep_freed_memory()
     return threads, {p: measured_peak_flops(p) for p in ("fp32", "bf16")}

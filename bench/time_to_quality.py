@@ -11,11 +11,13 @@ Contestants (`--contestants`, comma-separated):
   default  candorlm's default recipe (whatever `resolve("tiny")` builds today)
   today    the recipe as it was before issue 16, pinned here as a named baseline
   nanogpt  a GPT-2-style model from nanoGPT's published recipe (bench/nanogpt.py)
-and any variant of `today` given as `--variant NAME:section.key=value,section.key=value`
-(for the lever ablations: `--variant qknorm:model.qk_norm=true`).
+and any variant given as `--variant NAME:section.key=value,section.key=value` (for the lever
+ablations: `--variant qknorm:model.qk_norm=true`), a variant of `today`, or with `--base default`
+of the default recipe (`--variant lr2x:train.lr=6e-3 --base default`).
 
     .venv/bin/python bench/time_to_quality.py [--budget 150] [--seeds 1337] [--chunk 3]
-        [--contestants default,today,nanogpt] [--variant NAME:k=v,...] [--json runs/ttq.json]
+        [--contestants default,today,nanogpt] [--variant NAME:k=v,...] [--base today|default]
+        [--json runs/ttq.json]
 
 Prints, per contestant: tokens/s, val bits/byte at 25/50/75/100% of the budget (mean over
 seeds, with the spread when there are several), and the time each needs to reach the others'
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -59,6 +62,8 @@ class Contestant:
     min_lr_ratio: float = 0.1
     clip: float = 1.0
     schedule: str = "cosine"
+    batch_warmup: float = 0.0  # train.batch_warmup / seq_warmup: ramps (candorlm/training/ramp.py)
+    seq_warmup: float = 0.0
     own_s: float = 0.0
     steps: int = 0
     tokens: int = 0
@@ -87,7 +92,14 @@ class Contestant:
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * scale
-        x, y = self.sampler.next_batch()
+        if self.batch_warmup or self.seq_warmup:
+            from candorlm.training.ramp import batch_shape, ramped_batch
+
+            progress = self.budget.elapsed() / max(self.budget.end(), 1e-9)
+            x, y = ramped_batch(self.sampler, *batch_shape(self.sampler.batch_size, self.sampler.windows.seq_len,
+                                                           progress, self.batch_warmup, self.seq_warmup))
+        else:
+            x, y = self.sampler.next_batch()
         with autocast(precision, device):
             loss = self.model(input_ids=x, targets=y)
         loss.backward()
@@ -104,7 +116,7 @@ class Contestant:
 
 
 def build(name: str, overrides: dict[str, dict[str, Any]], seed: int, data: Path, batch: int, seq_len: int,
-          budget_s: float, shape: dict[str, Any]) -> Contestant:
+          budget_s: float, shape: dict[str, Any], base: str = "today") -> Contestant:
     import torch
 
     from candorlm.config import resolve
@@ -122,15 +134,19 @@ def build(name: str, overrides: dict[str, dict[str, Any]], seed: int, data: Path
         d = dict(TODAY_MODEL, **shape)
         model = nanogpt.GPT(vocab, d["d_model"], d["n_layers"], d["n_heads"], seq_len)
         return Contestant(name, seed, model, [nanogpt.optimizer(model)], sampler, budget_s, peak_lr=1e-3, warmup=100)
-    if name == "default":
-        cfg = resolve("tiny", model=dict(shape, vocab_size=vocab), train={"seed": seed})
+    if name == "default" or (base == "default" and name not in ("today",)):  # the default, or a variant of it
+        cfg = resolve("tiny", model={**shape, "vocab_size": vocab, **overrides.get("model", {})},
+                      train={"seed": seed, **overrides.get("train", {})})
     else:  # today, or a variant of it
         model_keys = {**TODAY_MODEL, **shape, "vocab_size": vocab, **overrides.get("model", {})}
         cfg = resolve("tiny", model=model_keys, train=dict(TODAY_TRAIN, seed=seed, **overrides.get("train", {})))
     model = build_model(cfg.model)
     t = cfg.train
+    if t.align_windows:
+        sampler = BatchSampler(shards.windows("train", seq_len, aligned=True), batch, seed)
     return Contestant(name, seed, model, build_optimizers(model, cfg), sampler, budget_s, peak_lr=t.lr,
-                      warmup=t.warmup_steps, min_lr_ratio=t.min_lr_ratio, clip=t.grad_clip, schedule=t.schedule)
+                      warmup=t.warmup_steps, min_lr_ratio=t.min_lr_ratio, clip=t.grad_clip, schedule=t.schedule,
+                      batch_warmup=t.batch_warmup, seq_warmup=t.seq_warmup)
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -176,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = parse_variant("shape:" + args.model)[1].get("model", {}) if args.model else {}
     if args.seq_len > shape.get("max_seq_len", TODAY_MODEL["max_seq_len"]):
         shape["max_seq_len"] = args.seq_len
-    field = [build(n, variants.get(n, {}), s, data, args.batch_size, args.seq_len, args.budget, shape)
+    field = [build(n, variants.get(n, {}), s, data, args.batch_size, args.seq_len, args.budget, shape, args.base)
              for s in args.seeds for n in names]
 
     def score(c: Contestant) -> None:
@@ -231,7 +247,8 @@ def summarize(field: list[Contestant], names: list[str], args: argparse.Namespac
                 continue
             times = [reach_time(c.curve, rows[b]["final"]) for c in field if c.name == a]
             reach[f"{a}->{b}"] = None if any(t is None for t in times) else statistics.mean(times)
-    return {"budget_s": args.budget, "model": args.model or "tiny preset shape", "seeds": args.seeds, "batch": args.batch_size, "seq_len": args.seq_len,
+    return {"budget_s": args.budget, "base": args.base, "load": [args.load_start, [round(x, 1) for x in os.getloadavg()]],
+            "model": args.model or "tiny preset shape", "seeds": args.seeds, "batch": args.batch_size, "seq_len": args.seq_len,
             "precision": precision, "threads": threads, "chunk_s": args.chunk, "wall_s": round(wall, 1),
             "rows": rows, "reach": reach, "command": args.command}
 
@@ -265,7 +282,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1337])
     ap.add_argument("--chunk", type=float, default=3.0, help="seconds per turn in the round robin")
     ap.add_argument("--contestants", default="default,today,nanogpt")
-    ap.add_argument("--variant", action="append", default=[], help="NAME:section.key=value,... (a variant of today)")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:section.key=value,... (a variant of --base)")
+    ap.add_argument("--base", choices=("today", "default"), default="today",
+                    help="the recipe the variants change (default: today's, the pinned baseline)")
     ap.add_argument("--model", default="", help="shape for every contestant, as model.key=value,... "
                     "(default: the tiny preset's, d_model 128, 4 layers, 4 heads)")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -276,12 +295,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "runs" / "time_to_quality.json")
     args = ap.parse_args()
     args.command = "bench/time_to_quality.py " + " ".join(sys.argv[1:])
+    args.load_start = [round(x, 1) for x in os.getloadavg()]  # the machine's load: say it with every figure
     doc = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     print(f"\nshape: {doc['model']}; {doc['budget_s']:.0f} s per contestant, batch {doc['batch']} x {doc['seq_len']}, {doc['precision']}, "
           f"{doc['threads']} threads, seeds {doc['seeds']}, one process, round robin in {doc['chunk_s']:.0f}-s chunks "
-          f"({doc['wall_s']:.0f} s wall); val bits/byte on the first {EVAL_WINDOWS} validation windows\n")
+          f"({doc['wall_s']:.0f} s wall); val bits/byte on the first {EVAL_WINDOWS} validation windows; "
+          f"load average (1, 5, 15 min) {doc['load'][0]} at the start, {doc['load'][1]} at the end\n")
     print(table(doc))
     print(f"\n{doc['command']}  ->  {args.json}")
 

@@ -10,13 +10,19 @@ bf16 autocast.
 
 Generation: a 32-token prompt, 256 new tokens, greedy, KV cache on, batch 1 and 8, fp32:
 candorlm's `generate_ids` against `transformers`' `generate` with the same weights (the tokens
-are checked to be identical).
+are checked to be identical). candorlm runs twice: its eager decode step (`compile=False`, what
+a one-off generation gets) and the compiled one (`compile=True`; compiling happens in the
+warm-up call and its time is printed on its own, since a process pays it once per shape). A
+fourth contestant runs only the step's matmuls (each weight matrix read once per token): the
+floor that bounds any fp32 step on this machine, and so the ratio a step without any overhead
+would reach.
 
 The two sides alternate, round after round, so that a noisy machine slows both alike; each
 figure is the median over rounds, and the ratio is taken of the medians. MFU is printed against
 the measured matmul peak in fp32 and in bf16 (candorlm.ledger.hardware). Never fails on time.
 
     .venv/bin/python bench/vs_transformers.py [--rounds 5] [--steps 3] [--skip-train] [--skip-generate]
+        [--threads N] [--batches 1,8]
 """
 
 from __future__ import annotations
@@ -86,11 +92,16 @@ class HFTrainer:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def alternate(runs: dict[str, callable], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured in turn, `rounds` times."""
+def alternate(runs: dict[str, callable], rounds: int,
+              warmup: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured in turn, `rounds` times (the warm-up call's
+    seconds go into `warmup`, when given)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():
-        fn()  # warm-up: allocator, oneDNN kernel selection
+    for name, fn in runs.items():
+        start = time.perf_counter()
+        fn()  # warm-up: allocator, oneDNN kernel selection, compiling
+        if warmup is not None:
+            warmup[name] = time.perf_counter() - start
     for _ in range(rounds):
         for name, fn in runs.items():
             start = time.perf_counter()
@@ -147,7 +158,8 @@ def DecoderLM_params(shape: dict) -> float:
     return DecoderLM(cfg).num_params() / 1e6
 
 
-def bench_generation(rounds: int, peaks: dict[str, float], new_tokens: int = 256, prompt_len: int = 32) -> None:
+def bench_generation(rounds: int, peaks: dict[str, float], new_tokens: int = 256, prompt_len: int = 32,
+                     batches: tuple[int, ...] = (1, 8)) -> None:
     cfg = ModelConfig(vocab_size=8192, **dict(SHAPES["issue (d256 L4 H4)"], max_seq_len=512))
     torch.manual_seed(0)
     ours = DecoderLM(cfg).eval()
@@ -156,13 +168,16 @@ def bench_generation(rounds: int, peaks: dict[str, float], new_tokens: int = 256
     print(f"\n== generation, issue shape, {ours.num_params() / 1e6:.1f}M parameters, fp32, prompt {prompt_len}, "
           f"{new_tokens} new tokens, greedy, KV cache")
     sampling = SamplingConfig(max_new_tokens=new_tokens, greedy=True)
-    for batch in (1, 8):
+    for batch in batches:
         prompts = torch.randint(10, cfg.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(batch))
         ids = prompts.tolist()
         out: dict[str, object] = {}
 
         def run() -> None:
-            out["candorlm"] = generate_ids(ours, ids, sampling)
+            out["candorlm"] = generate_ids(ours, ids, sampling, compile=False)
+
+        def run_compiled() -> None:
+            out["compiled"] = generate_ids(ours, ids, sampling, compile=True)
 
         @torch.no_grad()
         def run_hf() -> None:
@@ -172,14 +187,36 @@ def bench_generation(rounds: int, peaks: dict[str, float], new_tokens: int = 256
                                       eos_token_id=None, pad_token_id=0, use_cache=True)
             out["transformers"] = seq[:, prompt_len:].tolist()
 
-        times = alternate({"candorlm": run, "transformers": run_hf}, rounds)
-        same = out["candorlm"] == out["transformers"]
+        matrices = [p for name, p in ours.named_parameters() if p.dim() == 2 and name != "tok_emb.weight"]
+        matrices.append(ours.lm_head.weight)  # tied: the embedding once more, as the output layer
+
+        @torch.inference_mode()
+        def run_floor() -> None:
+            # The step's matrices alone, each read once per token as any fp32 decoder must read
+            # them: what neither side can go below without changing the arithmetic.
+            x = torch.randn(batch, cfg.d_model)
+            for _ in range(new_tokens):
+                for w in matrices:
+                    torch.nn.functional.linear(x if w.shape[1] == cfg.d_model else x.new_zeros(batch, w.shape[1]), w)
+
+        warmup: dict[str, float] = {}
+        times = alternate({"candorlm": run, "compiled": run_compiled, "transformers": run_hf, "floor": run_floor},
+                          rounds, warmup)
+        same = {name: out[name] == out["transformers"] for name in ("candorlm", "compiled")}
         tps = {name: batch * new_tokens / statistics.median(ts) for name, ts in times.items()}
-        print(f"\nbatch {batch}:  (greedy tokens identical: {'yes' if same else 'NO'})")
-        for name in ("candorlm", "transformers"):
+        print(f"\nbatch {batch}:  (greedy tokens identical to transformers': eager step "
+              f"{'yes' if same['candorlm'] else 'NO'}, compiled {'yes' if same['compiled'] else 'NO'})")
+        labels = {"candorlm": "candorlm eager", "compiled": "candorlm compiled", "transformers": "transformers"}
+        for name, label in labels.items():
             step_ms = 1e3 * batch / tps[name]
-            print(f"  {name:<14}{tps[name]:>9,.0f} new tokens/s  {step_ms:6.2f} ms/step   {mfu_text(tps[name] * flops, peaks)}")
-        print(f"  ratio candorlm/transformers: {tps['candorlm'] / tps['transformers']:.2f}x")
+            print(f"  {label:<18}{tps[name]:>9,.0f} new tokens/s  {step_ms:6.2f} ms/step   {mfu_text(tps[name] * flops, peaks)}")
+        for name in ("candorlm", "compiled"):
+            print(f"  ratio {labels[name]}/transformers: {tps[name] / tps['transformers']:.2f}x")
+        floor_ms = 1e3 * statistics.median(times["floor"]) / new_tokens
+        print(f"  the matmuls alone (every weight matrix read once per step, nothing else): {floor_ms:.2f} ms/step; "
+              f"transformers/that: {tps['floor'] / tps['transformers']:.2f}x, the most any fp32 step could reach")
+        print(f"  first call of the compiled step (compiling + one generation): {warmup['compiled']:.1f} s; "
+              f"a generation afterwards: {statistics.median(times['compiled']):.2f} s")
 
 
 def main() -> None:
@@ -188,8 +225,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps per round")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as the trainer sets them)")
+    parser.add_argument("--batches", default="1,8", help="generation batch sizes, comma-separated")
     args = parser.parse_args()
-    threads, peaks = cpu_setup()
+    threads, peaks = cpu_setup(args.threads)
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads; measured matmul "
@@ -197,7 +236,7 @@ def main() -> None:
     if not args.skip_train:
         bench_training(args.rounds, args.steps, peaks)
     if not args.skip_generate:
-        bench_generation(args.rounds, peaks)
+        bench_generation(args.rounds, peaks, batches=tuple(int(b) for b in args.batches.split(",")))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ class ModelConfig(_Strict):
     mlp: Literal["swiglu", "gelu", "relu", "relu2"] = "swiglu"  # relu2: ReLU squared (modded-nanoGPT)
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before the rotary positions
     zero_init_out: bool = False  # residual output projections (o_proj, down_proj) start at zero
+    # Value embeddings (modded-nanoGPT): this many extra token-embedding tables whose rows are mixed
+    # into the attention values; table j feeds layer j and layer n_layers-1-j (model/value_embeds.py)
+    value_embeds: int = 0
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c) (Gemma 2, modded-nanoGPT); 0: off
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
@@ -71,6 +75,13 @@ class ModelConfig(_Strict):
             raise ValueError(f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.kv_heads})")
         if self.n_encoder_layers is not None and self.n_encoder_layers <= 0:
             raise ValueError(f"model.n_encoder_layers must be positive, got {self.n_encoder_layers}")
+        if not 0 <= self.value_embeds <= self.n_layers:
+            raise ValueError(f"model.value_embeds must be between 0 and model.n_layers ({self.n_layers}), "
+                             f"got {self.value_embeds}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"model.logit_softcap must be 0 (off) or positive, got {self.logit_softcap}")
+        if self.logit_softcap and self.arch != "decoder":
+            raise ValueError(f"model.logit_softcap is for decoders (model.arch = 'decoder'), not '{self.arch}'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         return self
@@ -140,6 +151,11 @@ class TrainConfig(_Strict):
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
+    # Ramps (training/ramp.py), as shares of the run (of its time with train.time, else of its steps):
+    # the batch grows from a quarter of batch_size, the windows from a quarter of seq_len. 0: off.
+    batch_warmup: float = 0.0
+    seq_warmup: float = 0.0
+    align_windows: bool = False  # training windows start at document starts (shards.AlignedWindows)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool | None = None  # None: on for CUDA, off on the CPU
     strategy: Literal["ddp", "fsdp"] = "ddp"  # with several processes (torchrun): replicate, or shard (FSDP2)
@@ -171,6 +187,9 @@ class TrainConfig(_Strict):
             if self.dp_epsilon is not None:
                 raise ValueError("train.time and train.dp_epsilon do not go together: DP-SGD's privacy accounting "
                                  "needs the number of steps before training starts; give max_steps instead")
+        for key in ("batch_warmup", "seq_warmup"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"train.{key} must be a share of the run between 0 and 1, got {getattr(self, key)}")
         if self.keep_checkpoints < 1:
             raise ValueError("train.keep_checkpoints must be at least 1")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:

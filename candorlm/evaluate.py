@@ -24,6 +24,11 @@ from candorlm.shards import WindowIndex
 LN2 = math.log(2)
 
 
+def eval_window_count(n_windows: int, seq_len: int, max_tokens: int) -> int:
+    """How many of a split's `n_windows` one evaluation reads: all, or `max_tokens` worth (at least one)."""
+    return min(n_windows, max(1, max_tokens // seq_len)) if max_tokens else n_windows
+
+
 @torch.no_grad()
 def evaluate_bpb(model: nn.Module, windows: WindowIndex, token_bytes: np.ndarray, *, batch_size: int = 16,
                  max_tokens: int = 0, precision: str = "fp32",
@@ -36,9 +41,7 @@ def evaluate_bpb(model: nn.Module, windows: WindowIndex, token_bytes: np.ndarray
     bits-per-byte is then over the scored tokens only (for a masked LM: bits per byte of the
     masked tokens, given both sides, which is not comparable to a causal model's)."""
     device = next(model.parameters()).device
-    n_windows = len(windows)
-    if max_tokens:
-        n_windows = min(n_windows, max(1, max_tokens // windows.seq_len))
+    n_windows = eval_window_count(len(windows), windows.seq_len, max_tokens)
     nbytes = torch.as_tensor(token_bytes, dtype=torch.float64, device=device)
     total_nats = total_tokens = total_bytes = 0.0
     bytes_nats = 0.0

@@ -4,10 +4,20 @@
 can print as it goes. Prompts of different lengths are left-padded and masked, so a batch
 decodes together. With `use_cache=False` every step recomputes the whole sequence (slow; kept
 to prove the cache changes nothing).
+
+The prompt goes through the model's forward pass; each later token of a decoder-only model goes
+through `model/decode.py`'s DecodeStep (static shapes over a preallocated cache, ~5x fewer
+operators), unless a hook is attached, when the forward pass runs every step so the hooks see it.
+`compile`: the step compiled with torch.compile, which costs seconds to minutes once per process
+and shape and then makes each token several times cheaper. By default (None) it is used where it
+pays: when already compiled for this shape, or once this process has decoded AUTO_COMPILE_AFTER
+steps with the model; a failure then only logs a warning and decoding goes on eagerly. True
+compiles now and fails loudly if it cannot; False never compiles.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -15,6 +25,14 @@ import torch
 from torch import nn
 
 from candorlm.errors import CandorError
+from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, shape_key, supports
+
+log = logging.getLogger("candorlm")
+
+# Decode steps after which compiling pays by default: on the 2-core CPU, under load, compiling the
+# d256 4-layer step took 24-44 s and saved about 1.5 ms per step at batch 1 (12.0 -> 10.5 ms),
+# so it pays after some 16,000-30,000 steps (docs/benchmarks/speed.md).
+AUTO_COMPILE_AFTER = 20_000
 
 
 @dataclass
@@ -123,14 +141,69 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
     return ids.to(device), (mask.to(device) if padded else None)
 
 
+def cache_length(needed: int, max_len: int) -> int:
+    """The decode cache's length: a power of two from 64 (capped at the model's context), so
+    that generations of similar lengths share one compiled step."""
+    return min(max_len, max(64, 1 << (needed - 1).bit_length()))
+
+
+class _Steps:
+    """The decode steps after the prompt through a DecodeStep: its slot, positions and key mask."""
+
+    def __init__(self, model: nn.Module, step: DecodeStep, cache: StaticKVCache, mask: torch.Tensor | None,
+                 compile: bool | None, remaining: int):
+        B, T, L = cache.batch_size, cache.length, cache.max_len
+        device = cache.device
+        self.model, self.step, self.cache = model, step, cache
+        step.prepare(model)
+        self.slot = torch.tensor([T], dtype=torch.long, device=device)
+        self.key_ok = None
+        if mask is None:
+            self.positions = torch.full((B,), T, dtype=torch.long, device=device)
+        else:  # left padding: each row's position is its count of real tokens so far
+            self.positions = mask.sum(-1)
+            self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
+            self.key_ok[:, :T] = mask.bool()
+        if compile is None:
+            compile = (shape_key(cache, self.key_ok) in step.compiled_shapes
+                       or (step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER))
+            self.explicit = False
+        else:
+            self.explicit = compile
+        self.compiled = compile and shape_key(cache, self.key_ok) in step.compiled_shapes
+        self.to_compile = compile and not self.compiled
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        args = (self.model, token, self.slot, self.positions, self.key_ok, self.cache)
+        if self.to_compile:
+            self.to_compile = False
+            try:
+                logits = self.step.compile(*args)
+                self.compiled = True
+            except Exception as e:  # noqa: BLE001  (any compiler failure: a missing C compiler, an unsupported op)
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                if self.explicit:
+                    raise CandorError(f"could not compile the decode step: {reason}") from None
+                self.step.compile_error = reason
+                log.warning("generation goes on without compiling: %s", reason)
+                logits = self.step(*args)
+        else:
+            logits = self.step(*args, compiled=self.compiled)
+        self.slot += 1
+        self.positions += 1
+        self.cache.advance(1)
+        return logits
+
+
 @torch.inference_mode()  # like no_grad, and also skips autograd's version counting: less per-op overhead
 def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
                stop_ids: Iterable[int] = (), suppress_ids: Iterable[int] = (), pad_id: int = 0,
-               use_cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+               use_cache: bool = True, compile: bool | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next tokens (B,), finished (B,)) per step until every row stops or the budget ends.
 
     A row finishes when it emits a token in `stop_ids` (that token is yielded once); after
-    that its entries are `pad_id`. Tokens in `suppress_ids` are never chosen.
+    that its entries are `pad_id`. Tokens in `suppress_ids` are never chosen. `compile`: see
+    the module's docstring (None: where it pays; True: now, or a CandorError).
     """
     cfg.check()
     device = next(model.parameters()).device
@@ -148,18 +221,31 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = model.make_cache(B, T + cfg.max_new_tokens) if use_cache else None
+    step = decode_step(model) if use_cache and supports(model) else None
+    if compile and step is None:
+        raise CandorError("compile=True needs a decoder-only model, the KV cache on and no hook attached")
+    if step is not None:
+        cache = step.make_cache(model, B, cache_length(T + cfg.max_new_tokens, max_len))
+    else:
+        cache = model.make_cache(B, T + cfg.max_new_tokens) if use_cache else None
+    steps: _Steps | None = None
     # Every token so far, in one buffer filled as decoding goes (no growing copy per step).
     seen_buf = torch.empty((B, T + cfg.max_new_tokens), dtype=ids.dtype, device=device)
     seen_buf[:, :T] = ids
     seen = seen_buf[:, :T]
     step_input = ids
+    # The tokens so far are read only by the uncached pass, the repetition penalty and the n-gram ban.
+    track_seen = cache is None or cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram > 0
     was_training = model.training
     model.eval()
     try:
-        for _ in range(cfg.max_new_tokens):
-            if cache is not None:
+        for i in range(cfg.max_new_tokens):
+            if steps is not None:
+                logits = steps(step_input)
+            elif cache is not None:
                 logits = model(step_input, attention_mask=mask, cache=cache)[:, -1]
+                if step is not None:  # the prompt is in the cache: the DecodeStep takes over
+                    steps = _Steps(model, step, cache, mask, compile, cfg.max_new_tokens - i - 1)
             else:
                 logits = model(seen, attention_mask=mask)[:, -1]
             if len(suppress):
@@ -171,16 +257,20 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
                     if banned:
                         logits[row, banned] = float("-inf")
             token = choose_next(logits, seen, cfg, generator)
-            token = torch.where(finished, torch.full_like(token, pad_id), token)
-            newly_stopped = torch.isin(token, stop) & ~finished
-            yield token, finished | newly_stopped
-            finished |= newly_stopped
-            if bool(finished.all()):
-                break
-            seen_buf[:, seen.shape[1]] = token
-            seen = seen_buf[:, :seen.shape[1] + 1]
-            step_input = token[:, None]
-            if mask is not None:
+            if len(stop):
+                token = torch.where(finished, torch.full_like(token, pad_id), token)
+                newly_stopped = torch.isin(token, stop) & ~finished
+                yield token, finished | newly_stopped
+                finished |= newly_stopped
+                if bool(finished.all()):
+                    break
+            else:  # no stop token: no row ever finishes (a few operators less per token)
+                yield token, finished
+            if track_seen:
+                seen_buf[:, seen.shape[1]] = token
+                seen = seen_buf[:, :seen.shape[1] + 1]
+            step_input = token if steps is not None else token[:, None]
+            if mask is not None and steps is None:
                 mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
     finally:
         model.train(was_training)
@@ -188,12 +278,13 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
 
 def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
                  stop_ids: Iterable[int] = (), suppress_ids: Iterable[int] = (), pad_id: int = 0,
-                 use_cache: bool = True) -> list[list[int]]:
-    """The new tokens of each prompt (a stop token, when hit, is the last one kept)."""
+                 use_cache: bool = True, compile: bool | None = None) -> list[list[int]]:
+    """The new tokens of each prompt (a stop token, when hit, is the last one kept); `compile`: see
+    the module's docstring."""
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for token, finished in stream_ids(model, prompts, cfg, stop_ids=stop_ids, suppress_ids=suppress_ids,
-                                      pad_id=pad_id, use_cache=use_cache):
+                                      pad_id=pad_id, use_cache=use_cache, compile=compile):
         for i, (t, f) in enumerate(zip(token.tolist(), finished.tolist())):
             if not done[i]:
                 out[i].append(t)

@@ -64,14 +64,16 @@ class LanguageModel:
         return [i for i in self.tokenizer.special_ids if i != self.tokenizer.eos_id]
 
     def stream_batch(self, prompts: Sequence[str], *, stop: Sequence[str] = (), use_cache: bool = True,
-                     **sampling: object) -> Iterator[list[str]]:
-        """Yield, per decoding step, the new text of each prompt ('' while a character is incomplete)."""
+                     compile: bool | None = None, **sampling: object) -> Iterator[list[str]]:
+        """Yield, per decoding step, the new text of each prompt ('' while a character is incomplete).
+        `compile`: the compiled decode step (generate.py: None where it pays, True now, False never)."""
         yield from self.stream_batch_ids([self.encode_prompt(p) for p in prompts], stop=stop, use_cache=use_cache,
-                                         **sampling)
+                                         compile=compile, **sampling)
 
     def stream_batch_ids(self, prompts: Sequence[Sequence[int]], *, stop: Sequence[str] = (),
                          stop_ids: Sequence[int] | None = None, suppress_ids: Sequence[int] | None = None,
-                         use_cache: bool = True, **sampling: object) -> Iterator[list[str]]:
+                         use_cache: bool = True, compile: bool | None = None,
+                         **sampling: object) -> Iterator[list[str]]:
         """`stream_batch` for prompts given as token ids (a chat template builds them); generation
         ends at a token in `stop_ids` (default <|eos|>) and never emits `suppress_ids`."""
         cfg = SamplingConfig(**sampling)  # type: ignore[arg-type]
@@ -80,7 +82,8 @@ class LanguageModel:
             stop_ids = [self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else []
         suppress = self._suppressed() if suppress_ids is None else suppress_ids
         steps = stream_ids(self.model, prompts, cfg, stop_ids=stop_ids,
-                           suppress_ids=suppress, pad_id=self.tokenizer.pad_id, use_cache=use_cache)
+                           suppress_ids=suppress, pad_id=self.tokenizer.pad_id, use_cache=use_cache,
+                           compile=compile)
         produced = [0] * len(rows)  # tokens each sequence was fed through the model for
         try:
             for tokens, finished in steps:
@@ -99,13 +102,15 @@ class LanguageModel:
                     self.usage.add(len(prompt), n)
 
     def generate(self, prompt: str | Sequence[str], *, stop: Sequence[str] = (), use_cache: bool = True,
+                 compile: bool | None = None,
                  max_new_tokens: int = 64, greedy: bool = False, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                  no_repeat_ngram: int = 0, seed: int | None = None) -> str | list[str]:
         """Continue one prompt (returns a string) or several at once (returns a list)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         texts = [""] * len(prompts)
-        for deltas in self.stream_batch(prompts, stop=stop, use_cache=use_cache, max_new_tokens=max_new_tokens,
+        for deltas in self.stream_batch(prompts, stop=stop, use_cache=use_cache, compile=compile,
+                                        max_new_tokens=max_new_tokens,
                                         greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                                         repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram,
                                         seed=seed):

@@ -224,7 +224,10 @@ class ShardSet:
             self._maps[split] = maps
         return self._maps[split]
 
-    def windows(self, split: str, seq_len: int) -> "WindowIndex":
+    def windows(self, split: str, seq_len: int, aligned: bool = False) -> "WindowIndex":
+        """The split's windows of seq_len+1 tokens; aligned: starting at document starts (AlignedWindows)."""
+        if aligned:
+            return AlignedWindows(self.arrays(split), seq_len, self.tokenizer.bos_id)
         return WindowIndex(self.arrays(split), seq_len)
 
 
@@ -261,6 +264,46 @@ class WindowIndex:
         return block[:, :-1], block[:, 1:]
 
 
+class AlignedWindows(WindowIndex):
+    """Windows that start where documents start (`train.align_windows`): each document is cut
+    into windows of seq_len+1 tokens from its <|bos|>; its last window runs on into the next
+    document, so every token is still seen, a few (the next document's first tokens) twice.
+    A model then learns each document's opening from its real start, as it is asked to generate."""
+
+    def __init__(self, arrays: list[np.memmap], seq_len: int, bos_id: int | None):
+        if bos_id is None:
+            raise CandorError("aligned windows need documents marked by <|bos|>, and this tokenizer has none")
+        self.arrays, self.seq_len = arrays, seq_len
+        self.starts = [_aligned_starts(a, seq_len, bos_id) for a in arrays]
+        self.counts = [len(s) for s in self.starts]
+        self.offsets = np.cumsum([0] + self.counts)
+        if self.offsets[-1] == 0:
+            raise CandorError(f"the split holds no document start with {seq_len + 1} tokens after it; "
+                              f"use a shorter sequence length or more text")
+
+    def get(self, indices: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for i in indices:
+            shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
+            start = int(self.starts[shard][i - int(self.offsets[shard])])
+            rows.append(np.asarray(self.arrays[shard][start:start + self.seq_len + 1], dtype=np.int64))
+        block = torch.from_numpy(np.stack(rows))
+        return block[:, :-1], block[:, 1:]
+
+
+def _aligned_starts(tokens: np.ndarray, seq_len: int, bos_id: int, block: int = 1 << 24) -> np.ndarray:
+    """Window starts: each <|bos|> and every seq_len tokens after it up to the next one."""
+    bos = np.concatenate([np.flatnonzero(np.asarray(tokens[i:i + block]) == bos_id) + i
+                          for i in range(0, len(tokens), block)] or [np.zeros(0, dtype=np.int64)])
+    if not len(bos):
+        return bos.astype(np.int64)
+    lengths = np.append(bos[1:], len(tokens)) - bos
+    counts = -(-lengths // seq_len)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    starts = np.repeat(bos, counts) + seq_len * (np.arange(int(counts.sum())) - first)
+    return starts[starts + seq_len + 1 <= len(tokens)].astype(np.int64)
+
+
 class BatchSampler:
     """Batches of training windows: each epoch visits every window once in a seeded shuffle.
 
@@ -284,9 +327,10 @@ class BatchSampler:
             self._order = rng.permutation(len(self.windows))
         return self._order
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `size` windows of each rank (default: batch_size): (inputs, targets)."""
         picked: list[int] = []
-        while len(picked) < self.batch_size * self.world_size:
+        while len(picked) < (size or self.batch_size) * self.world_size:
             order = self._permutation()
             if self.position >= len(order):
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None

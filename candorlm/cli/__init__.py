@@ -69,8 +69,10 @@ def _setup() -> None:
     from candorlm.progress import log_console
 
     handler = RichHandler(console=log_console, show_time=False, show_path=False, markup=False)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
-    logging.getLogger("jieba").setLevel(logging.WARNING)
+    # Our own messages at INFO; other libraries' only from WARNING up (fontTools' subsetter alone
+    # logs a hundred lines per page at INFO).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("candorlm").setLevel(logging.INFO)
 
 
 def fail(message: str, code: int = 2) -> None:

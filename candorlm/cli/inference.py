@@ -20,6 +20,9 @@ def generate(
     stop: List[str] = typer.Option([], help="Stop when this text appears (repeatable)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the whole sequence each step (slow; for "
                                   "checking)."),
+    compile: bool = typer.Option(False, "--compile", help="Compile the decode step first (torch.compile: seconds "
+                                 "to minutes once, then each token several times cheaper; pays for long "
+                                 "generations). Fails if it cannot compile."),
     key_file: KeyFile = None, no_verify: NoVerify = False,
     **sampling: Any,
 ) -> None:
@@ -35,12 +38,14 @@ def generate(
         lm = load(run)
     with metered_generation(lm, run):  # a `generate` session in RUN/ledger.json
         if len(prompt) == 1:
-            for piece in lm.stream(prompt[0], stop=stop, use_cache=not no_cache, **sampling):
+            for piece in lm.stream(prompt[0], stop=stop, use_cache=not no_cache, compile=compile or None,
+                                   **sampling):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            for text in lm.generate(prompt, stop=stop, use_cache=not no_cache, **sampling):
+            for text in lm.generate(prompt, stop=stop, use_cache=not no_cache, compile=compile or None,
+                                     **sampling):
                 sys.stdout.write(text + "\n")
 
 

@@ -31,6 +31,11 @@ def finetune(
                                        "(an extractive reader pointing at it; encoder or decoder). translate: "
                                        "generate (seq2seq) or tag (aligned pairs such as builtin:pinyin: an "
                                        "encoder picks one character per source token). Default: generate."),
+    mlm_weight: Optional[float] = typer.Option(None, help="sentiment, an encoder: add this times the masked-LM "
+                                               "loss of the (masked) training texts to the classification loss."),
+    prompt_loss: Optional[float] = typer.Option(None, help="chat: weight of a next-token loss on the system and "
+                                                "user messages' tokens beside the assistant's (0 to 1; default 0: "
+                                                "the assistant's tokens only)."),
     key_file: KeyFile = None, no_verify: NoVerify = False,
     **options: Any,
 ) -> None:
@@ -43,13 +48,19 @@ def finetune(
 
     Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --time 5m --eval-limit 500 --out runs/s5
 
+    Example: candorlm finetune --task sentiment --data builtin:reviews --pretrain-mlm 4 --out runs/sent-tapt
+
     It says how long it will take before it starts, and shows a bar with the time left.
     """
     from candorlm.progress import console
     from candorlm.tasks.finetune import finetune as run_finetune
 
     task_options = {k: v for k, v in dict(labels=labels.split(",") if labels else None, tokenizer=tokenizer,
-                                          vocab_size=vocab_size, head=head).items() if v is not None}
+                                          vocab_size=vocab_size, head=head, mlm_weight=mlm_weight,
+                                          prompt_loss=prompt_loss).items()
+                    if v is not None}
+    if prompt_loss is not None and options["task"] != "chat":
+        raise CandorError(f"--prompt-loss is a chat option, not a {options['task']} one")
     beam_size = options.pop("beam_size")
     if options["task"] == "translate":
         task_options["beam_size"] = beam_size

@@ -106,6 +106,12 @@ def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
     if cfg.qk_norm:
         raise CandorError("this model normalizes queries and keys (model.qk_norm), which LlamaForCausalLM cannot "
                           "express; its weights stay in RUN/model.safetensors (candorlm's format)")
+    if cfg.value_embeds:
+        raise CandorError("this model has value embeddings (model.value_embeds), which LlamaForCausalLM cannot "
+                          "express; its weights stay in RUN/model.safetensors (candorlm's format)")
+    if cfg.logit_softcap:
+        raise CandorError("this model soft-caps its logits (model.logit_softcap), which LlamaForCausalLM cannot "
+                          "express; its weights stay in RUN/model.safetensors (candorlm's format)")
     with swapped_into_place(out) as tmp:
         _write_hf(lm, tmp)
         write_marker(tmp, "hf-export", "candorlm export", source=str(run_dir))

@@ -11,6 +11,8 @@ Every way it departs from the textbook GPT (Vaswani et al. 2017; Radford et al. 
   to `attn.hook_attn_scores` or `attn.hook_pattern` (model/layers.py, model/hooks.py);
 - given targets, the loss comes from the final hidden states a chunk of tokens at a time,
   never holding every token's logits (model/loss.py);
+- options from modded-nanoGPT, off by default and not exportable to Llama: value embeddings
+  (model/value_embeds.py) and logit soft-capping (`logit_softcap`, model/loss.py);
 - a preallocated KV cache for decoding (model/cache.py); left-padded batches set positions
   from the attention mask.
 Each choice is Llama's (or PyTorch's), so `interop/hf.py` exports the model to
@@ -24,7 +26,7 @@ import torch
 
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
-from candorlm.model.loss import linear_cross_entropy, token_losses
+from candorlm.model.loss import cap_logits, linear_cross_entropy, token_losses
 from candorlm.model.trunk import Trunk
 
 
@@ -44,11 +46,12 @@ class DecoderLM(Trunk):
         too (S = cached + T); with left-padded prompts it also sets the positions.
         """
         x = self.hidden_states(input_ids, attention_mask, position_ids, cache)
+        cap = self.cfg.logit_softcap  # 0: off; else every path caps alike (model/loss.py)
         if targets is not None and reduction == "none":
-            return token_losses(x, self.lm_head.weight, targets)
+            return token_losses(x, self.lm_head.weight, targets, softcap=cap)
         if targets is not None:
-            return linear_cross_entropy(x, self.lm_head.weight, targets)
-        return self.lm_head(x)
+            return linear_cross_entropy(x, self.lm_head.weight, targets, softcap=cap)
+        return cap_logits(self.lm_head(x), cap)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:

@@ -19,6 +19,9 @@ and differ only in where keys and values come from.
 
 The conventions are Llama's (RMSNorm, rotate-half RoPE, no biases, q/k/v/o and gate/up/down
 projections), so a decoder exports to `transformers.LlamaForCausalLM` with the same logits.
+The q/k/v weights are separate parameters but run as one matmul, their weights concatenated at
+compute time (model/fused.py); queries and keys are then rotated together. RMSNorm, rotary
+positions and SwiGLU's gate have their gradients written out (model/ops.py).
 Shapes: B batch, T query length, S key length (cache included), H heads, Hkv key/value heads,
 D head dim, C model width.
 """
@@ -33,11 +36,16 @@ from torch import nn
 
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
+from candorlm.model.fused import fused_linear, watched
 from candorlm.model.hooks import HookPoint
+from candorlm.model.ops import rms_norm, swiglu
+from candorlm.model.ops import rope as rotate
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 whatever the input dtype."""
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 whatever the input dtype; under
+    autocast the output is in autocast's dtype, the dtype the next matmul casts it to anyway
+    (model/ops.py). With a module hook on it (Opacus), the plain composite."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -45,8 +53,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * normed
+        return rms_norm(x, self.weight, self.eps, plain=watched(self))
 
 
 class RotaryEmbedding(nn.Module):
@@ -70,15 +77,10 @@ class RotaryEmbedding(nn.Module):
         return self.cos[None, None, start:start + length], self.sin[None, None, start:start + length]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # In x's dtype, as Llama does: under bf16 autocast an fp32 table would promote q and k to
-    # fp32 and cost a cast back (a profile showed those copies at 6% of a training step).
-    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+    """x * cos + rotate_half(x) * sin (model/ops.py), in x's dtype, as Llama does: under bf16
+    autocast an fp32 table would promote q and k to fp32 and cost a cast back."""
+    return rotate(x, cos, sin)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
@@ -94,12 +96,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     written, so that the hooks see (and may replace) the scores and the weights; the two paths
     agree to float rounding (tests/test_hooks.py).
     """
-    if k.shape[1] != q.shape[1]:
+    grouped = k.shape[1] != q.shape[1]
+    if not (hook_attn_scores.active or hook_pattern.active):
+        # enable_gqa: SDPA serves each key/value head to its group of query heads without the
+        # (B, H, S, D) copies that repeat_interleave makes.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                              dropout_p=dropout_p, enable_gqa=grouped)
+    if grouped:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, H, S, D)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    if not (hook_attn_scores.active or hook_pattern.active):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                              dropout_p=dropout_p)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
@@ -163,13 +168,31 @@ class Attention(AttentionHeads):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True,
-                cache: KVCache | None = None) -> torch.Tensor:
-        q = self.heads(x, self.q_proj, self.n_heads, self.hook_q)  # (B, H, T, D)
-        k = self.heads(x, self.k_proj, self.n_kv_heads, self.hook_k)  # (B, Hkv, T, D)
+                cache: KVCache | None = None, ve: torch.Tensor | None = None) -> torch.Tensor:
+        """ve: (B, T, Hkv * D) added to the values, or None (model/value_embeds.py)."""
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        # Rotary positions in the projections' (B, T, heads, D) layout: the tables as (B or 1, T, 1, D).
+        cos, sin = (t.transpose(1, 2) for t in rope)
+        if watched(self.q_proj, self.k_proj, self.v_proj):  # module hooks must see each projection run
+            q, k, v = (p(x).view(B, T, n, D) for p, n in ((self.q_proj, H), (self.k_proj, Hkv), (self.v_proj, Hkv)))
+            qk = None
+        else:  # one matmul for q, k and v (model/fused.py)
+            qk, v = fused_linear(x, self, (self.q_proj, self.k_proj, self.v_proj)).view(
+                B, T, H + 2 * Hkv, D).split((H + Hkv, Hkv), dim=2)
+            q, k = qk.split((H, Hkv), dim=2)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # (B, T, heads, D), before rotation
         if hasattr(self, "q_norm"):  # QK-norm: bounded attention logits whatever the weights' scale
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        v = self.heads(x, self.v_proj, self.n_kv_heads, self.hook_v)
+        if qk is not None and not (self.hook_q.active or self.hook_k.active or hasattr(self, "q_norm")):
+            # q and k are still side by side: rotated together, one set of operators for both (and
+            # one two-way split, whose backward is a single cat, not zero-filled slices added up)
+            q, k = apply_rope(qk, cos, sin).split((H, Hkv), dim=2)
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if ve is not None:
+            v = v + ve.to(v.dtype).view(B, T, Hkv, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): the cached positions, then these
         return self.attend(q, k, v, mask, is_causal)
@@ -219,7 +242,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            # Two matmuls, not one on the concatenated weights as for q/k/v: the halves of one
+            # output are strided views, on which the gated activation's passes ran slower than
+            # the second matmul costs (bench/block_throughput.py's shapes, bf16: 2-5% faster so).
+            return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
         if self.kind == "relu2":
             return self.down_proj(F.relu(self.up_proj(x)).square())
         act = F.relu if self.kind == "relu" else F.gelu
@@ -253,9 +279,10 @@ class Block(nn.Module):
                 mask: torch.Tensor | None = None, is_causal: bool = True,
                 cache: KVCache | None = None, memory: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None,
-                memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                memory_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ve: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache))
+        attn_out = self.hook_attn_out(self.attn(self.attn_norm(x), rope, mask, is_causal, cache, ve))
         x = self.hook_resid_mid(x + self.dropout(attn_out))
         if memory is not None:
             cross_out = self.hook_cross_out(self.cross_attn(self.cross_norm(x), memory, memory_mask, cache,

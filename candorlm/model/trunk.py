@@ -23,6 +23,7 @@ from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
 from candorlm.model.hooks import HookPoint
 from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding
+from candorlm.model.value_embeds import ValueEmbeds
 
 
 class Trunk(nn.Module):
@@ -50,6 +51,8 @@ class Trunk(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.hook_embed, self.hook_norm = HookPoint(), HookPoint()  # (B, T, C); see model/hooks.py
+        if cfg.value_embeds:  # registered last: checkpoints without them keep their parameter order
+            self.value_embeds = ValueEmbeds(cfg)
         init_weights(self, cfg.init_std, cfg.n_layers + (encoder.cfg.n_layers if encoder is not None else 0),
                      zero_out=cfg.zero_init_out)
 
@@ -81,8 +84,9 @@ class Trunk(nn.Module):
         cross: memory, memory_mask, memory_rope for blocks with cross-attention. With a cache,
         the cache moves on by T positions once every block has written to it."""
         x = self.hook_embed(self.tok_emb(input_ids))
-        for block in self.blocks:
-            x = block(x, rope, mask, is_causal, cache, **cross)
+        ves = self.value_embeds(input_ids) if hasattr(self, "value_embeds") else [None] * len(self.blocks)
+        for block, ve in zip(self.blocks, ves):
+            x = block(x, rope, mask, is_causal, cache, ve=ve, **cross)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.hook_norm(self.norm(x))

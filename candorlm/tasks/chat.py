@@ -68,6 +68,7 @@ def builtin_conversations() -> dict[str, list[Record]]:
                          {"role": "assistant", "content": qs[1]["answer"]}]
         sources = [{"context": q["context"], "question": q["question"]} for q in qs[:2]]
         splits[split_of(article)].append(_record(messages, "reading", f"{BUILTIN}#qa{i}", first["context"], sources))
+    _drop_seen_paragraphs(splits)
     for i, (text, label) in enumerate(review_records()):
         if i % 3:  # a third of the reviews: about as many conversations as the reading ones
             continue
@@ -75,6 +76,22 @@ def builtin_conversations() -> dict[str, list[Record]]:
                     {"role": "assistant", "content": "好评" if label == "pos" else "差评"}]
         splits[split_of(text)].append(_record(messages, "sentiment", f"{BUILTIN}#review{i}", text, [{"text": text}]))
     return splits
+
+
+def _drop_seen_paragraphs(splits: dict[str, list[Record]]) -> None:
+    """builtin:qa's dedupe: a held-out reading conversation whose paragraph is also in train (the
+    same paragraph printed in two articles) or earlier in its own split is dropped, so reading
+    turns are scored on unseen paragraphs only and on the same paragraphs as builtin:qa's test."""
+    seen = {r["sources"][0]["context"] for r in splits["train"] if r["kind"] == "reading"}
+    for name in ("dev", "test"):
+        kept = []
+        for r in splits[name]:
+            if r["kind"] == "reading":
+                if r["sources"][0]["context"] in seen:
+                    continue
+                seen.add(r["sources"][0]["context"])
+            kept.append(r)
+        splits[name] = kept
 
 
 def _record(messages: list[dict[str, str]], kind: str, where: str, key: str,
@@ -89,7 +106,8 @@ def _record(messages: list[dict[str, str]], kind: str, where: str, key: str,
 
 def load_splits(data: str) -> tuple[dict[str, list[Record]], str]:
     if data == BUILTIN:
-        return builtin_conversations(), "reading: by article; sentiment: by review text (10% test, 5% of the rest dev)"
+        return builtin_conversations(), ("reading: by article, held-out paragraphs also in train dropped (as builtin:qa); "
+                                         "sentiment: by review text (10% test, 5% of the rest dev)")
     if data.startswith("builtin:"):
         raise CandorError(f"the chat task's built-in data is {BUILTIN}, not {data}")
     records = read_jsonl_records(data, {"messages": list},
@@ -118,7 +136,11 @@ def sft_example(tok: Tokenizer, messages: list[dict[str, str]], max_len: int) ->
 
 
 def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_size: int = 4096,
-            **_: Any) -> Prepared:
+            prompt_loss: float = 0.0, **_: Any) -> Prepared:
+    """The chat model and its examples; `prompt_loss` weighs a next-token loss on the other
+    messages' tokens (system and user) beside the assistant's (see `loss`)."""
+    if not 0.0 <= prompt_loss <= 1.0:
+        raise CandorError(f"--prompt-loss must be between 0 and 1, got {prompt_loss}")
     splits, rule = load_splits(data)
     if base.arch != "decoder":
         raise CandorError(f"{base.run}: chat fine-tuning needs a decoder run, not a{'n' if base.arch == 'encoder' else ''} "
@@ -144,7 +166,8 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_
         return out
 
     train, dev = examples("train"), examples("dev")
-    info = {"split_rule": rule, "test_size": len(splits["test"]), "dropped_too_long": dropped}
+    info = {"split_rule": rule, "test_size": len(splits["test"]), "dropped_too_long": dropped,
+            "prompt_loss": prompt_loss}
     return Prepared(model, cfg, tok, None, train, dev, info)
 
 
@@ -156,8 +179,20 @@ def _batch(batch: Sequence[tuple[list[int], list[int], Any]], pad: int,
 
 
 def loss(model: nn.Module, batch: Sequence[Any], device: torch.device, prepared: Prepared) -> torch.Tensor:
+    """Mean loss over the assistant's tokens, plus, with a prompt-loss weight w > 0, w times the
+    mean next-token loss over the other messages' tokens. The reading skill is copying a span of
+    the paragraph, and a user's question is itself a near-copy of a paragraph sentence, so the
+    prompt's tokens train the copying (induction) heads with ten times the assistant's signal,
+    from the forward pass the assistant loss already pays for."""
     ids, targets = _batch(batch, prepared.tokenizer.pad_id, device)
-    return lm_loss(model(ids), targets)
+    logits = model(ids)
+    value = lm_loss(logits, targets)
+    weight = float(prepared.info.get("prompt_loss") or 0.0)
+    if weight > 0:
+        prompt, _ = right_pad([[i[t + 1] if t + 1 < len(i) and g[t] == -100 else -100 for t in range(len(i))]
+                               for i, g, _ in batch], -100)
+        value = value + weight * lm_loss(logits, prompt.to(device))
+    return value
 
 
 @torch.no_grad()

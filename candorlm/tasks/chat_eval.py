@@ -13,7 +13,8 @@ share of replies in which one character n-gram (2 to 8 characters) occurs more t
 and, when given, the single-task models (a sentiment classifier, a QA reader) scored on the
 same turns, as the baselines the chat model should approach.
 
-A `limit` takes turns round-robin by kind, so a short evaluation still scores every kind.
+A `limit` takes turns round-robin by kind, so a short evaluation still scores every kind, and
+each kind's turns evenly spaced over the split (the data's order is not random).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def turns(tok: Tokenizer, records: Sequence[Record], max_len: int, budget: int,
           limit: int | None = None) -> list[dict[str, Any]]:
     """Every assistant turn that fits the context: prompt ids (the true history before it), gold
     reply, kind, whether the conversation has a system message, and the turn's source (for the
-    baselines). With `limit`, that many turns taken round-robin by kind."""
+    baselines). With `limit`, that many turns taken round-robin by kind, each kind's evenly spaced
+    over its turns."""
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         sources = r.fields.get("sources") or []
@@ -82,9 +84,19 @@ def turns(tok: Tokenizer, records: Sequence[Record], max_len: int, budget: int,
             n += 1
     out: list[dict[str, Any]] = []
     queues = [list(v) for _, v in sorted(by_kind.items())]
-    while any(queues) and (limit is None or len(out) < limit):
+    if limit is not None:
+        # Each kind's share of the limit (round-robin), taken evenly spaced over that kind's turns:
+        # the data's order is not random (builtin:reviews lists positive reviews first, so the
+        # first 20 sentiment turns were all 好评 and a model answering 好评 to everything scored 100%).
+        quota = [0] * len(queues)
+        while sum(quota) < limit and any(q < len(v) for q, v in zip(quota, queues)):
+            for k, v in enumerate(queues):
+                if quota[k] < len(v) and sum(quota) < limit:
+                    quota[k] += 1
+        queues = [[v[i * len(v) // q] for i in range(q)] if q else [] for q, v in zip(quota, queues)]
+    while any(queues):
         for q in queues:
-            if q and (limit is None or len(out) < limit):
+            if q:
                 out.append(q.pop(0))
     return out
 

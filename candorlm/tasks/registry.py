@@ -6,6 +6,8 @@
     dev_metrics(model, prepared, device)  -> {"score": ..., ...} (higher is better; picks the epoch)
     evaluate(run, data, **options)        -> the test metrics and baselines, written to RUN/evals/<task>.json
     eval_options(options)                 -> the evaluation options among the fine-tuning options
+    example_length(example)               -> optional: an example's tokens (training batches then group
+                                             examples of similar length, finetune.length_batches)
 """
 
 from __future__ import annotations

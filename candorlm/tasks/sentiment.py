@@ -27,9 +27,11 @@ from candorlm.corpus import review_records
 from candorlm.errors import CandorError
 from candorlm.io.files import write_json
 from candorlm.model import SequenceClassifier
+from candorlm.model.heads import pool
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split_records, spread
 from candorlm.tokenizer import Tokenizer, train_tokenizer
+from candorlm.training.objectives import IGNORE, mask_tokens
 from candorlm.progress import batched
 
 default_arch = "encoder"
@@ -68,7 +70,17 @@ def encode(tokenizer: Tokenizer, text: str, max_len: int) -> list[int]:
 
 
 def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None = None, max_len: int = MAX_LEN,
-            tokenizer: str = "bpe", vocab_size: int = 4096, **_: Any) -> Prepared:
+            tokenizer: str = "bpe", vocab_size: int = 4096, mlm_weight: float = 0.0, mask_rate: float = 0.15,
+            **_: Any) -> Prepared:
+    """The classifier and its encoded examples. With `mlm_weight` > 0 (an encoder only), every
+    training batch is masked as in BERT's pretraining (`mask_rate` of the tokens) and the loss adds
+    `mlm_weight` times the masked-LM loss of the same forward pass to the classification loss:
+    the review texts of the training split teach the encoder their own domain while it learns
+    the labels, and the classifier sees masked text (a regulariser, like word dropout)."""
+    if mlm_weight < 0 or not 0 < mask_rate < 1:
+        raise CandorError(f"--mlm-weight must be >= 0 and --mask-rate in (0, 1); got {mlm_weight} and {mask_rate}")
+    if mlm_weight and base.arch != "encoder":
+        raise CandorError(f"--mlm-weight needs an encoder (masked LM); {base.run or 'this model'} is a {base.arch}")
     records, label_set = load_records(data, labels)
     splits = split_records(records, key="text")
     if base.arch == "seq2seq":
@@ -89,7 +101,9 @@ def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None =
         return [(encode(tok, r["text"], max_len), index[r["label"]]) for r in splits[split]]
 
     info = {"labels": label_set, "pooling": pooling, "max_len": max_len, "split_rule": SPLIT_RULE,
-            "test_size": len(splits["test"])}
+            "test_size": len(splits["test"]), **({"mlm_weight": mlm_weight, "mask_rate": mask_rate} if mlm_weight else {})}
+    if mlm_weight:
+        require_tokens(tok, base.tokenizer_file(), ("mask",), "sentiment --mlm-weight")
     return Prepared(model, cfg, tok, None, examples("train"), examples("dev"), info)
 
 
@@ -99,10 +113,29 @@ def _batch(tokenizer_pad: int, batch: Sequence[tuple[list[int], int]], device: t
     return ids.to(device), mask.to(device), labels.to(device)
 
 
+def example_length(example: tuple[list[int], int]) -> int:
+    return len(example[0])
+
+
+def mlm_rows(prepared: Prepared) -> tuple[list[list[int]], list[list[int]]]:
+    """The texts of the training and dev examples, for `--pretrain-mlm` (tasks/mlm_stage.py)."""
+    return [ids for ids, _ in prepared.train], [ids for ids, _ in prepared.dev]
+
+
 def loss(model: nn.Module, batch: Sequence[tuple[list[int], int]], device: torch.device,
          prepared: Prepared) -> torch.Tensor:
     ids, mask, labels = _batch(0, batch, device)  # the pad id is never read: masked, or after the pooled token
-    return F.cross_entropy(model(ids, mask).float(), labels)
+    weight = prepared.info.get("mlm_weight", 0.0)
+    if not weight:
+        return F.cross_entropy(model(ids, mask).float(), labels)
+    # the global generator, seeded by finetune: a run masks the same tokens each time it is repeated
+    inputs, targets = mask_tokens(ids.cpu(), prepared.tokenizer, torch.default_generator, prepared.info["mask_rate"])
+    inputs, targets = inputs.to(device), targets.to(device)
+    hidden = model.backbone.hidden_states(inputs, mask)
+    logits = model.head(model.dropout(pool(hidden, mask, model.pooling)))
+    chosen = targets != IGNORE  # the LM head only where there is a target: a 4k-way projection is not free
+    mlm = F.cross_entropy(model.backbone.lm_head(hidden[chosen]).float(), targets[chosen])
+    return F.cross_entropy(logits.float(), labels) + weight * mlm
 
 
 @torch.no_grad()

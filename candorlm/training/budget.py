@@ -34,6 +34,7 @@ Clock = Callable[[], float]
 
 WARMUP_SHARE = 0.05  # of the steps the budget is measured to hold; the configured warmup_steps caps it
 MEASURE_STEPS = 5  # steps timed, after the first, before the schedule is sized
+TRUSTED_AFTER = 3  # step intervals timed before the typical step may bring the stop forward
 RECENT_STEPS = 16  # the typical step time is the median of this many recent steps
 FORWARD_SHARE = 1 / 3  # an evaluation token costs about a third of a training token (no backward)
 NO_LIMIT = 1 << 62  # the step count a time-budgeted run starts with; the budget sets the real one
@@ -67,11 +68,14 @@ def spent_before(run_dir: Path) -> float:
     return float(used) if isinstance(used, (int, float)) else 0.0
 
 
-def budget_for(config: RunConfig, tokens_per_step: int, run_dir: Path, resumed: bool) -> "TimeBudget | None":
-    """The run's time budget, or None when it trains for a number of steps."""
+def budget_for(config: RunConfig, tokens_per_step: int, run_dir: Path, resumed: bool,
+               eval_tokens: int | None = None) -> "TimeBudget | None":
+    """The run's time budget, or None when it trains for a number of steps. `eval_tokens`: what one
+    evaluation really reads (train.eval_tokens capped by the validation split), when known."""
     if config.train.time is None:
         return None
-    return TimeBudget.for_run(config, tokens_per_step, spent=spent_before(run_dir) if resumed else 0.0)
+    return TimeBudget.for_run(config, tokens_per_step, spent=spent_before(run_dir) if resumed else 0.0,
+                              eval_tokens=eval_tokens)
 
 
 @dataclass
@@ -110,12 +114,16 @@ class TimeBudget:
 
     @classmethod
     def for_run(cls, config: RunConfig, tokens_per_step: int, spent: float = 0.0,
-                clock: Clock = time.perf_counter) -> "TimeBudget":
-        """The budget of `config.train.time` for a run that trains `tokens_per_step` per step."""
+                clock: Clock = time.perf_counter, eval_tokens: int | None = None) -> "TimeBudget":
+        """The budget of `config.train.time` for a run that trains `tokens_per_step` per step;
+        one evaluation reads `eval_tokens` (default: train.eval_tokens)."""
         t = config.train
         if t.time is None:
             raise ValueError("the config has no train.time")
-        eval_steps = t.eval_tokens / max(tokens_per_step, 1) * FORWARD_SHARE if t.eval_tokens else 0.0
+        # A small validation split holds fewer tokens than train.eval_tokens asks for: reserving
+        # for the asked-for count kept back three times the final evaluation's real cost.
+        tokens = t.eval_tokens if eval_tokens is None else eval_tokens
+        eval_steps = tokens / max(tokens_per_step, 1) * FORWARD_SHARE if tokens else 0.0
         return cls(seconds=parse_duration(t.time), peak_lr=t.lr, min_lr_ratio=t.min_lr_ratio,
                    max_warmup=max(1, t.warmup_steps), eval_steps=eval_steps, spent=spent, clock=clock,
                    schedule=t.schedule)
@@ -167,6 +175,8 @@ class TimeBudget:
             if done == 1 + MEASURE_STEPS and self._measure_from is not None:
                 self.warmup = max(1, min(self.max_warmup, round(WARMUP_SHARE * self.estimated_steps())))
         self._last = now
+        if len(self._recent) < TRUSTED_AFTER:  # one slow early step must not end a budget that holds hundreds
+            return self.elapsed() >= self.seconds
         return self.elapsed() >= self.end()
 
     def estimated_steps(self) -> int:

@@ -32,7 +32,8 @@ Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 _EVAL_SEED = 20240601
 
 
-def _generator(*seed: int) -> torch.Generator:
+def seeded_generator(*seed: int) -> torch.Generator:
+    """A generator seeded by a stable mix of `seed`'s parts: the same masks for the same parts."""
     value = 0
     for part in seed:  # a simple, stable mix of the parts into one 63-bit seed
         value = (value * 1_000_003 + int(part)) % (2**63 - 1)
@@ -107,11 +108,11 @@ class Objective:
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, draw: int) -> Batch:
         """Inputs and targets for training; `draw` numbers the micro-batch (it seeds the masking)."""
-        return self._make(x, y, _generator(self.seed, draw))
+        return self._make(x, y, seeded_generator(self.seed, draw))
 
     def eval_batch(self, x: torch.Tensor, y: torch.Tensor, index: int) -> Batch:
         """The same for evaluation, with masks that depend only on the batch's index."""
-        return self._make(x, y, _generator(_EVAL_SEED, index))
+        return self._make(x, y, seeded_generator(_EVAL_SEED, index))
 
     def _make(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Batch:
         if self.arch == "decoder":

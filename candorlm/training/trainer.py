@@ -28,7 +28,7 @@ from candorlm.checkpoint.state import set_rng_state
 from candorlm.config import RunConfig
 from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_threads, to_device
 from candorlm.errors import CandorError
-from candorlm.evaluate import evaluate_bpb
+from candorlm.evaluate import eval_window_count, evaluate_bpb
 from candorlm.io.files import atomic_write_text, set_aside
 from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.model import build_model, lm_loss
@@ -41,6 +41,7 @@ from candorlm.training.distributed import World, resumable
 from candorlm.training.loop import Callback, Loop, LoopResult
 from candorlm.training.objectives import make_objective
 from candorlm.training.optim import build_optimizer, lr_at
+from candorlm.training.ramp import batch_shape, ramped_batch
 
 log = logging.getLogger("candorlm")
 
@@ -102,7 +103,7 @@ class Trainer:
         compile = t.compile if t.compile is not None else self.device.type == "cuda"
         self.forward = self.world.wrap(self.model, self.precision, compile)
         self.optimizer = build_optimizer(self.model, config)
-        self.train_windows = self.data.windows("train", config.seq_len)
+        self.train_windows = self.data.windows("train", config.seq_len, aligned=t.align_windows)
         self.val_windows = self.data.windows("val", config.seq_len)
         self.sampler = BatchSampler(self.train_windows, t.batch_size, t.seed, rank=self.world.rank,
                                     world_size=self.world.world_size)
@@ -198,7 +199,7 @@ class Trainer:
         t = self.config.train
         step_loss = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
-            x, y = self.sampler.next_batch()
+            x, y = self.next_batch(step)
             # Each rank masks its own windows with its own draw (encoder/seq2seq); one process: step*accum+micro.
             draw = (step * t.grad_accum + micro) * self.world.world_size + self.world.rank
             inputs, y = self.objective.batch(x, y, draw)
@@ -219,6 +220,18 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, grad_norm
+
+    def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampler's next batch; smaller, or of shorter windows, early in a run with a ramp (ramp.py)."""
+        t = self.config.train
+        if not (t.batch_warmup or t.seq_warmup):
+            return self.sampler.next_batch()
+        if self.budget:
+            progress = self.budget.elapsed() / max(self.budget.end(), 1e-9)
+        else:
+            progress = step / max(1, self.max_steps)
+        return ramped_batch(self.sampler, *batch_shape(t.batch_size, self.config.seq_len, progress,
+                                                       t.batch_warmup, t.seq_warmup))
 
     def lr_at(self, step: int) -> float:
         """The schedule: by elapsed time with a time budget (budget.py), else by step."""
@@ -276,7 +289,9 @@ class Trainer:
         self._write_run_files()
         t = self.config.train
         tokens_per_step = t.batch_size * t.grad_accum * self.config.seq_len * self.world.world_size
-        self.budget = budget_for(self.config, tokens_per_step, self.run.path, self.resume_from is not None)
+        self.budget = budget_for(self.config, tokens_per_step, self.run.path, self.resume_from is not None,
+                                 eval_tokens=eval_window_count(len(self.val_windows), self.config.seq_len,
+                                                               t.eval_tokens) * self.config.seq_len)
         log.info("training %s parameters for %s (%d tokens/step, %s, %s threads)", f"{self.model.num_params():,}",
                  f"{t.time}" if self.budget else f"{self.max_steps} steps", tokens_per_step, self.precision,
                  self.threads)

@@ -100,3 +100,34 @@ def test_truncated_shard_is_detected(tmp_path, corpus_file):
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(CandorError, match="truncated"):
         ShardSet(out).arrays("train")
+
+
+def test_aligned_windows_start_at_documents_and_cover_every_token():
+    from candorlm.shards import AlignedWindows
+
+    bos = 1
+    docs = [[bos, 5, 6, 7, 8, 9, 10, 2], [bos, 11, 2], [bos, 12, 13, 14, 15, 2]]  # <|bos|> ... <|eos|>
+    tokens = np.array([t for d in docs for t in d], dtype=np.uint16)
+    windows = AlignedWindows([tokens], 4, bos)
+    x, _ = windows.get(range(len(windows)))
+    firsts = [row[0] for row in x.tolist()]
+    # doc 1 (8 tokens): at 0 and 4; doc 2 (3): at 8; doc 3 (6): at 11, and 15 has too few tokens after it
+    assert firsts == [bos, 8, bos, bos]
+    seen = {int(t) for row in x for t in row}
+    assert seen >= set(tokens[:-2].tolist())
+
+
+def test_aligned_windows_of_real_data_start_with_bos(data_dir):
+    shards = ShardSet(data_dir)
+    aligned = shards.windows("train", 32, aligned=True)
+    plain = shards.windows("train", 32)
+    assert len(aligned) >= len(plain) * 0.9
+    x, y = aligned.get(range(len(aligned)))
+    assert (x[:, 1:] == y[:, :-1]).all()
+    starting = int((x[:, 0] == shards.tokenizer.bos_id).sum())  # every document starts one (the last may be short)
+    assert shards.meta.documents["train"] - 1 <= starting <= shards.meta.documents["train"]
+
+
+def test_the_sampler_draws_a_batch_of_any_size(data_dir):
+    s = BatchSampler(ShardSet(data_dir).windows("train", 16), 4, seed=0)
+    assert s.next_batch()[0].shape == (4, 16) and s.next_batch(2)[0].shape == (2, 16)

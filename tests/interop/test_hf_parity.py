@@ -47,12 +47,15 @@ def test_transformers_logits_match(exported):
     assert diff < 1e-4, diff
 
 
-def test_greedy_generation_is_token_for_token_the_same(exported):
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
+def test_greedy_generation_is_token_for_token_the_same(exported, compile):
+    """The decode step (model/decode.py), eager and compiled, against transformers' generate."""
     run, out = exported
     lm = load(run, device="cpu")
     theirs = transformers.LlamaForCausalLM.from_pretrained(out, local_files_only=True, torch_dtype=torch.float32).eval()
     prompt = lm.encode_prompt("中国经济")
-    ours = generate_ids(lm.model, [prompt], SamplingConfig(max_new_tokens=20, greedy=True))[0]
+    ours = generate_ids(lm.model, [prompt], SamplingConfig(max_new_tokens=20, greedy=True),
+                        compile=compile)[0]
     with torch.no_grad():
         hf = theirs.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None,
                              pad_token_id=lm.tokenizer.pad_id, min_new_tokens=20)

@@ -80,3 +80,75 @@ def test_the_trainer_refuses_muon_rather_than_silently_using_adamw():
         build_optimizer(build_model(cfg.model), cfg)
     assert isinstance(build_optimizer(build_model(resolve(model=SHAPE).model), resolve(model=SHAPE)),
                       torch.optim.AdamW)
+
+
+# ---------------------------------------------------------------- value embeddings, logit soft-capping
+
+
+@pytest.mark.slow  # trains a few steps
+@pytest.mark.parametrize("model_keys", [{"value_embeds": 1}, {"value_embeds": 2}, {"logit_softcap": 15.0}])
+def test_value_embeds_and_softcap_train(model_keys):
+    _, _, losses = _learns(model_keys)
+    assert losses[-1] < losses[0] * 0.7, losses
+
+
+def test_value_embeds_come_after_the_old_parameters_and_feed_the_outer_layers():
+    from candorlm.model.value_embeds import table_for
+
+    shape = dict(SHAPE, n_layers=4)
+    names = [n for n, _ in build_model(resolve(model=dict(shape, value_embeds=1)).model).named_parameters()]
+    plain = [n for n, _ in build_model(resolve(model=shape).model).named_parameters()]
+    assert names[:len(plain)] == plain and names[len(plain):] == ["value_embeds.gates", "value_embeds.tables.0.weight"]
+    assert [table_for(i, 4, 1) for i in range(4)] == [0, None, None, 0]
+    assert [table_for(i, 4, 2) for i in range(4)] == [0, 1, 1, 0]
+    assert [table_for(i, 3, 3) for i in range(3)] == [0, 1, 2]
+
+
+def test_value_embeds_change_the_output_and_decode_with_a_cache_as_without():
+    torch.manual_seed(0)
+    model = build_model(resolve(model=dict(SHAPE, value_embeds=1, n_kv_heads=1)).model).eval()
+    x = torch.randint(0, 64, (2, 12))
+    full = model(x)
+    cache = model.make_cache(2)
+    steps = [model(x[:, :5], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        model.value_embeds.tables[0].weight.add_(1.0)
+    assert not torch.allclose(model(x), full)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 values, fp32 tables: one dtype into attention
+        assert torch.isfinite(model(x[:, :-1], targets=x[:, 1:]))
+
+
+def test_softcap_bounds_the_logits_and_the_fused_loss_matches_the_plain_one():
+    from candorlm.model.loss import cap_logits, lm_loss
+
+    torch.manual_seed(0)
+    model = build_model(resolve(model=dict(SHAPE, logit_softcap=2.0)).model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)  # logits far beyond the cap
+    x = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        assert float(model(x).abs().max()) <= 2.0
+    fused = model(x[:, :-1], targets=x[:, 1:])
+    fused.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    hidden = model.hidden_states(x[:, :-1])
+    plain = lm_loss(cap_logits(model.lm_head(hidden), 2.0), x[:, 1:])
+    plain.backward()
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    per_token = model(x[:, :-1], targets=x[:, 1:], reduction="none")
+    torch.testing.assert_close(per_token.mean(), plain.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_softcap_and_value_embeds_are_checked():
+    from candorlm.errors import CandorError
+
+    with pytest.raises(CandorError, match="logit_softcap"):
+        resolve(model=dict(SHAPE, logit_softcap=-1.0))
+    with pytest.raises(CandorError, match="decoder"):
+        resolve(model=dict(SHAPE, logit_softcap=10.0, arch="encoder"))
+    with pytest.raises(CandorError, match="value_embeds"):
+        resolve(model=dict(SHAPE, value_embeds=3))

@@ -57,6 +57,37 @@ def test_sft_loss_is_only_on_assistant_tokens(tok):
     assert sft_example(tok, CONVERSATION, max_len=len(tok.encode_chat(CONVERSATION[:2])[0])) is None
 
 
+def test_prompt_loss_adds_the_other_messages_next_tokens(tok):
+    from types import SimpleNamespace
+
+    from candorlm.config import ModelConfig
+    from candorlm.model import build_model
+    from candorlm.tasks import chat
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=64))
+    short = CONVERSATION[:3]
+    batch = [(*sft_example(tok, m, max_len=64), None) for m in (CONVERSATION, short)]  # two lengths: padding
+    plain = SimpleNamespace(tokenizer=tok, info={"prompt_loss": 0.0})
+    weighted = SimpleNamespace(tokenizer=tok, info={"prompt_loss": 0.5})
+    cpu = torch.device("cpu")
+    assistant = chat.loss(model, batch, cpu, plain)
+    both = chat.loss(model, batch, cpu, weighted)
+    # by hand: the next token of every input position that is not an assistant target (pads excluded)
+    rows, wanted = [], []
+    for b, (inputs, targets, _) in enumerate(batch):
+        full = tok.encode_chat(CONVERSATION if b == 0 else short)[0]
+        out = model(torch.tensor([inputs]))[0]
+        for t, g in enumerate(targets):
+            if g == -100:
+                rows.append(out[t])
+                wanted.append(full[t + 1])
+    prompt = torch.nn.functional.cross_entropy(torch.stack(rows), torch.tensor(wanted))
+    assert torch.allclose(both - assistant, 0.5 * prompt, atol=1e-4)
+    with pytest.raises(Exception, match="prompt-loss"):
+        chat.prepare(None, "builtin:chat", prompt_loss=2.0)  # type: ignore[arg-type]
+
+
 def test_chat_template_in_hf_export(tmp_path, trained_run, tok):
     from transformers import AutoTokenizer
 
@@ -81,7 +112,7 @@ def chat_run(tmp_path_factory, trained_run):
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path_factory.mktemp("runs") / "chat"
     result = finetune(trained_run, task="chat", data=str(data), out=out, epochs=2, batch_size=8, threads=1,
-                      precision="fp32")
+                      precision="fp32", prompt_loss=0.3)
     return out, result
 
 
@@ -91,6 +122,7 @@ def test_chat_finetune_reports_metrics_and_baseline(chat_run):
     assert result["baseline"]["run"] and "assistant_loss" in result["baseline"]
     assert result["model"]["assistant_loss"] < result["baseline"]["assistant_loss"]  # SFT taught the format
     assert (out / "evals" / "chat.json").is_file()
+    assert json.loads((out / "task.json").read_text(encoding="utf-8"))["prompt_loss"] == 0.3
 
 
 def scripted(lines):
@@ -133,6 +165,9 @@ def test_chat_command_line(chat_run):
                           env={**__import__("os").environ, "CANDORLM_PROGRESS": "0"})
     assert proc.returncode == 0, proc.stderr
     assert "history cleared" in proc.stderr and "Traceback" not in proc.stderr
+    wrong = subprocess.run([sys.executable, "-m", "candorlm", "finetune", "--task", "qa", "--data", "builtin:qa",
+                            "--out", str(out.parent / "never"), "--prompt-loss", "0.5"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "--prompt-loss is a chat option" in wrong.stderr, wrong.stderr
 
 
 # ---------------------------------------------------------------- scored on what it gets right
@@ -181,6 +216,22 @@ def test_builtin_chat_has_both_skills_with_and_without_the_system_prompt():
     assert r["sources"] == [{"text": r["messages"][-2]["content"].split("\n", 1)[1]}]
 
 
+def test_builtin_chat_reading_turns_are_builtin_qa_held_out_paragraphs():
+    from candorlm.tasks.chat import builtin_conversations
+    from candorlm.tasks.qa import builtin_splits
+
+    splits = builtin_conversations()
+    train = {r["sources"][0]["context"] for r in splits["train"] if r["kind"] == "reading"}
+    for name in ("dev", "test"):
+        held = [r["sources"][0]["context"] for r in splits[name] if r["kind"] == "reading"]
+        assert not train & set(held) and len(held) == len(set(held))
+    # the first questions are builtin:qa's test items, so the QA reader's figure applies to them
+    first = sorted((r["sources"][0]["context"], r["sources"][0]["question"],
+                    next(m["content"] for m in r["messages"] if m["role"] == "assistant"))
+                   for r in splits["test"] if r["kind"] == "reading")
+    assert first == sorted((r["context"], r["question"], r["answer"]) for r in builtin_splits()["test"])
+
+
 def test_a_short_evaluation_scores_every_kind_of_turn(tok):
     from candorlm.tasks.chat import builtin_conversations
     from candorlm.tasks.chat_eval import score_turns, turns
@@ -189,6 +240,9 @@ def test_a_short_evaluation_scores_every_kind_of_turn(tok):
     items = turns(tok, test, max_len=512, budget=24, limit=30)
     kinds = Counter(t["kind"] for t in items)
     assert set(kinds) == {"sentiment", "reading, first question", "reading, follow-up"} and max(kinds.values()) == 10
+    # evenly spaced over each kind's turns: builtin:reviews lists positive reviews first
+    labels = Counter(t["gold"] for t in turns(tok, test, max_len=512, budget=24, limit=60) if t["kind"] == "sentiment")
+    assert min(labels["好评"], labels["差评"]) >= 6, labels
     preds = [t["gold"] if i % 2 else "、县、县、县、县" for i, t in enumerate(items)]
     scored = score_turns(preds, items)
     assert scored["turns"] == 30 and scored["degenerate"] == 0.5 and scored["right"] == 0.5

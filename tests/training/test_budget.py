@@ -156,3 +156,20 @@ def test_a_budget_of_a_few_slow_steps_still_ends_on_time():
     budget = TimeBudget(seconds=60, peak_lr=1.0, eval_steps=1.0, clock=clock)
     _, steps = run(budget, clock, lambda s: 10.0)
     assert steps == 5 and budget.elapsed() + budget.reserve() <= 60
+
+
+def test_budget_for_reserves_what_the_validation_split_holds(tmp_path):
+    # the demo's split holds 292 windows of 256 tokens, under the 262,144 train.eval_tokens asks for
+    cfg = resolve("tiny", train={"time": "1m"})
+    budget = budget_for(cfg, tokens_per_step=2048, run_dir=tmp_path, resumed=False, eval_tokens=292 * 256)
+    assert budget.eval_steps == pytest.approx(292 * 256 / 2048 / 3)
+
+
+def test_one_slow_early_step_does_not_end_the_budget():
+    clock = FakeClock()
+    # a 1-minute budget whose second step is slow (warm caches, another process): seen in a real
+    # run that stopped after 2 steps because the typical step was that one step
+    budget = TimeBudget(seconds=60, peak_lr=1.0, eval_steps=43.0, clock=clock)
+    _, steps = run(budget, clock, lambda s: 2.5 if s < 2 else 0.3)
+    assert steps > 100
+    assert budget.elapsed() + budget.reserve() <= 60 + 0.3

@@ -1,0 +1,125 @@
+"""The decode step (model/decode.py) generates what the model's forward pass generates."""
+
+import logging
+
+import pytest
+import torch
+
+from candorlm.config import ModelConfig
+from candorlm.errors import CandorError
+from candorlm.generate import SamplingConfig, cache_length, generate_ids
+from candorlm.model import DecoderLM
+from candorlm.model.decode import KNOWN_SETTINGS, decode_step, supports
+from candorlm.model.hooks import hooks
+
+PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]  # left-padded: rows at different positions
+GREEDY = SamplingConfig(max_new_tokens=20, greedy=True)
+
+
+def tiny(**kw: object) -> DecoderLM:
+    torch.manual_seed(0)
+    return DecoderLM(ModelConfig(vocab_size=101, d_model=32, n_layers=2, n_heads=4, max_seq_len=64,
+                                 init_std=0.2, **kw)).eval()  # large weights: varied tokens
+
+
+def through_forward(model: DecoderLM, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
+    """Generation through the forward pass at every step: a hook attached keeps the decode step out."""
+    calls: list[int] = []
+    with hooks(model, {"hook_embed": lambda x, hook: calls.append(x.shape[1])}):
+        out = generate_ids(model, prompts, cfg)
+    assert len(calls) == cfg.max_new_tokens  # the prompt, then one call per later token
+    return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 2}, {"qk_norm": True}, {"mlp": "relu2"}, {"mlp": "gelu"}])
+def test_decode_step_generates_what_the_forward_pass_does(kw):
+    model = tiny(**kw)
+    assert generate_ids(model, PROMPTS, GREEDY, compile=False) == through_forward(model, PROMPTS, GREEDY)
+    sampled = SamplingConfig(max_new_tokens=20, temperature=1.1, top_k=30, repetition_penalty=1.2, seed=5)
+    assert generate_ids(model, PROMPTS, sampled, compile=False) == through_forward(model, PROMPTS, sampled)
+
+
+def test_the_decode_step_logits_match_the_forward_pass():
+    model = tiny(n_kv_heads=2)
+    ids = torch.tensor([[3, 9, 27, 81, 42, 17]])
+    with torch.inference_mode():
+        full = model(ids)[0, -1]
+        step = decode_step(model)
+        step.prepare(model)
+        cache = step.make_cache(model, 1, 64)
+        model(ids[:, :-1], cache=cache)
+        slot, positions = torch.tensor([5]), torch.tensor([5])
+        logits = step(model, ids[:, -1], slot, positions, None, cache)[0]
+    torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_changed_between_generations_are_used():
+    model = tiny()
+    before = generate_ids(model, PROMPTS, GREEDY, compile=False)
+    with torch.no_grad():  # in place, as an optimizer step does: the fused q/k/v must follow
+        model.blocks[0].attn.q_proj.weight.mul_(-3.0)
+        model.blocks[1].mlp.up_proj.weight.mul_(5.0)
+    after = generate_ids(model, PROMPTS, GREEDY, compile=False)
+    assert after == through_forward(model, PROMPTS, GREEDY)
+    assert after != before
+
+
+def test_explicit_compile_fails_loudly_where_it_cannot(monkeypatch):
+    model = tiny()
+    with hooks(model, {"hook_embed": lambda x, hook: None}), pytest.raises(CandorError, match="no hook attached"):
+        generate_ids(model, PROMPTS, GREEDY, compile=True)
+
+    def broken(*args: object, **kw: object) -> object:
+        def fail(*a: object, **k: object) -> None:
+            raise RuntimeError("no C compiler found\n(a long traceback)")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(CandorError, match="^could not compile the decode step: no C compiler found$"):
+        generate_ids(model, PROMPTS, GREEDY, compile=True)
+
+
+def test_compiling_by_default_falls_back_to_eager_on_failure(monkeypatch, caplog):
+    model = tiny()
+    expected = generate_ids(model, PROMPTS, GREEDY, compile=False)
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: (lambda *x, **y: 1 / 0))
+    monkeypatch.setattr("candorlm.generate.AUTO_COMPILE_AFTER", 0)  # compiling "pays" at once
+    with caplog.at_level(logging.WARNING, logger="candorlm"):
+        assert generate_ids(model, PROMPTS, GREEDY) == expected
+        assert generate_ids(model, PROMPTS, GREEDY) == expected  # not retried: no second warning
+    assert [r.getMessage() for r in caplog.records] == ["generation goes on without compiling: division by zero"]
+
+
+def test_cache_length_is_a_power_of_two_within_the_context():
+    assert [cache_length(n, 512) for n in (1, 64, 65, 288, 512)] == [64, 64, 128, 512, 512]
+    assert cache_length(300, 320) == 320
+
+
+@pytest.mark.slow  # compiles (seconds to a minute)
+def test_compiled_step_generates_what_the_forward_pass_does():
+    model = tiny(n_kv_heads=2)
+    expected = through_forward(model, PROMPTS, GREEDY)
+    assert generate_ids(model, PROMPTS, GREEDY, compile=True) == expected
+    step = decode_step(model)
+    assert step.compiled_shapes == {(3, 64, torch.float32, True)}  # padded prompts
+    # Compiled once for this shape: the default uses it from now on, without compiling again.
+    assert generate_ids(model, PROMPTS, GREEDY) == expected
+    assert generate_ids(model, [PROMPTS[0]], GREEDY, compile=False) == expected[:1]
+
+
+def test_a_setting_the_step_does_not_know_keeps_the_forward_pass(monkeypatch):
+    model = tiny(qk_norm=True)
+    assert supports(model)
+    monkeypatch.setattr("candorlm.model.decode.KNOWN_SETTINGS", KNOWN_SETTINGS - {"qk_norm"})  # as a new lever would be
+    assert not supports(model)
+    assert supports(tiny())  # a setting at its default does not matter
+
+
+def test_any_hook_keeps_the_forward_pass():
+    model = tiny()
+    with hooks(model, {"blocks.0.attn.hook_q": lambda x, hook: None}):
+        assert not supports(model)
+    handle = model.blocks[1].mlp.register_forward_hook(lambda module, args, out: None)
+    assert not supports(model)
+    handle.remove()
+    assert supports(model)

@@ -44,9 +44,11 @@ CURVE = POINTS  # where each contestant is scored (more points: finer time-to-re
 
 # The recipe before issue 16, pinned: the tiny preset's shape and schedule with the defaults of then.
 TODAY_MODEL = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 256, "mlp": "swiglu",
-               "tie_embeddings": True}
+               "tie_embeddings": True, "value_embeds": 0, "logit_softcap": 0.0}
 TODAY_TRAIN = {"lr": 3e-3, "warmup_steps": 50, "min_lr_ratio": 0.1, "weight_decay": 0.1, "beta1": 0.9,
-               "beta2": 0.95, "grad_clip": 1.0, "optimizer": "adamw", "schedule": "cosine"}
+               "beta2": 0.95, "grad_clip": 1.0, "optimizer": "adamw", "schedule": "cosine",
+               # pinned off, so that `today` stays today's if a later default turns them on
+               "batch_warmup": 0.0, "seq_warmup": 0.0, "align_windows": False}
 
 
 @dataclass

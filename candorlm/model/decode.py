@@ -11,8 +11,9 @@ the next:
 - attention reads the cache's filled columns, a length that is the step's one dynamic size
   (so one compiled graph serves every length), and masks a left-padded prompt's padding;
 - the rotary rows are looked up once per step for every layer; queries and keys rotate together;
-- q/k/v and gate/up are one matmul each, on the concatenated weights the forward pass keeps
-  (model/fused.py); the state dict keeps q_proj/k_proj/v_proj, gate_proj/up_proj;
+- q/k/v and gate/up are one matmul each, on concatenated weights kept as model/fused.py keeps
+  them (q/k/v: the very tensor the forward pass uses); the state dict keeps q_proj/k_proj/v_proj,
+  gate_proj/up_proj;
 - the step sees tensors only, not the model (a compiled step's per-call checks stay cheap);
 - no hook points: the step is only used while no hook is attached (`supports`).
 
@@ -131,8 +132,8 @@ class DecodeStep:
     def prepare(self, model: nn.Module) -> None:
         """Collect the model's weights for this generation (not per token).
 
-        q/k/v and gate/up come concatenated, the very tensors the model's own forward pass keeps
-        (model/fused.py: rebuilt whenever a weight changes, so never stale, and held once)."""
+        q/k/v and gate/up come concatenated and kept by model/fused.py (rebuilt whenever a weight
+        changes, so never stale; q/k/v's is the forward pass's own, held once)."""
         device = model.tok_emb.weight.device.type
         layers = []
         for block in model.blocks:
@@ -165,7 +166,9 @@ class DecodeStep:
 
         The compiled step writes the cache as the eager one does, so this call is the step itself."""
         if self._compiled is None:
-            self._compiled = torch.compile(_forward, fullgraph=True, options=COMPILE_OPTIONS or None)
+            # dynamic=False: every size static (the head counts in `spec` too: a second model's
+            # would otherwise turn them symbolic) but the span's, marked dynamic.
+            self._compiled = torch.compile(_forward, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
         out = self._compiled(self.spec, self.weights, token, slot, positions, key_ok, self._span(cache),
                              cache.ks, cache.vs)
         self.compiled_shapes.add(shape_key(cache, key_ok))
@@ -181,7 +184,7 @@ class DecodeStep:
         if cache.span is None:
             cache.span = torch.empty(cache.max_len, dtype=torch.uint8, device=cache.device)
         span = cache.span[:cache.length + 1]
-        torch._dynamo.maybe_mark_dynamic(span, 0)
+        torch._dynamo.mark_dynamic(span, 0)  # (the prompt has a token: n >= 2, never specialised)
         return span
 
 
@@ -214,8 +217,8 @@ def _forward(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tenso
                                            enable_gqa=H != Hkv)
         x = x + F.linear(y.view(B, H * D), w_o)  # (B, H, 1, D): the heads side by side
         h = F.linear(rms_norm(x, mlp_norm, eps), w_up)
-        if mlp == "swiglu":
-            h = swiglu(*h.chunk(2, dim=-1))  # the fused gate/up output: gate, then up
+        if mlp == "swiglu":  # gate and up from one matmul: at one token a row, one weight read is what counts
+            h = swiglu(*h.chunk(2, dim=-1))
         else:  # as MLP.forward
             h = F.relu(h).square() if mlp == "relu2" else F.relu(h) if mlp == "relu" else F.gelu(h)
         x = x + F.linear(h, w_down)

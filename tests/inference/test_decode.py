@@ -105,6 +105,9 @@ def test_compiled_step_generates_what_the_forward_pass_does():
     # Compiled once for this shape: the default uses it from now on, without compiling again.
     assert generate_ids(model, PROMPTS, GREEDY) == expected
     assert generate_ids(model, [PROMPTS[0]], GREEDY, compile=False) == expected[:1]
+    # A second model of another shape compiles its own graph (its head counts stay constants).
+    other = tiny(n_kv_heads=1)  # another graph: one key/value head
+    assert generate_ids(other, PROMPTS, GREEDY, compile=True) == through_forward(other, PROMPTS, GREEDY)
 
 
 def test_a_setting_the_step_does_not_know_keeps_the_forward_pass(monkeypatch):

@@ -16,7 +16,10 @@ and are fused at compute time:
   autocast's dtype where autocast is on, is kept on the owning module and reused for as long as
   the very same weight tensors are unchanged (same objects, same version counters: an optimizer
   step, `load_state_dict` and any in-place write bump the version). A write through `.data`
-  bypasses the version counter and is not seen: candorlm never writes weights that way.
+  bypasses the version counter and is not seen: candorlm never writes weights that way. Nor
+  does the fused AdamW kernel bump it: candorlm's optimizer does so after each step
+  (training/optim.py); a model stepped by another loop's `AdamW(fused=True)` must drop
+  `_fused_weights` from its modules before a no-gradient pass.
 
 Layers that someone watches run one by one, as modules: when any of them has a forward or
 backward hook (Opacus registers them for DP-SGD's per-sample gradients, privacy/dp.py), or a

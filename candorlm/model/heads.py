@@ -27,43 +27,14 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: Pooling) -> to
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-class SequenceClassifier(nn.Module):
-    """A backbone (DecoderLM or EncoderLM) with a linear classification head on a pooled state."""
+class _LabelHead(nn.Module):
+    """A backbone with dropout and a linear layer from its width to `n_labels` (what the classifier
+    and the tagger share; they differ in which hidden states reach the head)."""
 
-    def __init__(self, backbone: nn.Module, n_labels: int, pooling: Pooling, dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, n_labels: int, dropout: float, kind: str):
         super().__init__()
         if n_labels < 2:
-            raise ValueError(f"a classifier needs at least 2 labels, got {n_labels}")
-        self.backbone, self.pooling = backbone, pooling
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.cfg.d_model, n_labels)
-        nn.init.normal_(self.head.weight, std=backbone.cfg.init_std)
-        nn.init.zeros_(self.head.bias)
-
-    @property
-    def cfg(self):  # noqa: ANN201 - the backbone's ModelConfig
-        return self.backbone.cfg
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Label logits (B, n_labels) for right-padded input_ids (B, T)."""
-        # A decoder needs no mask with right padding: causal attention never looks ahead at the pads.
-        mask = attention_mask if self.backbone.cfg.arch == "encoder" else None
-        hidden = self.backbone.hidden_states(input_ids, mask)
-        return self.head(self.dropout(pool(hidden, attention_mask, self.pooling)))
-
-
-class TokenTagger(nn.Module):
-    """A backbone with a linear head on every position's hidden state: one label per input token
-    (BERT's token classification). On an encoder each position has seen the whole input, which is
-    what settles a homophone in the pinyin tagger (candorlm.tasks.translate_tag).
-
-        logits[b, t] = W · dropout(hidden_states(ids)[b, t]) + b
-    """
-
-    def __init__(self, backbone: nn.Module, n_labels: int, dropout: float = 0.1):
-        super().__init__()
-        if n_labels < 2:
-            raise ValueError(f"a tagger needs at least 2 labels, got {n_labels}")
+            raise ValueError(f"a {kind} needs at least 2 labels, got {n_labels}")
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.cfg.d_model, n_labels)
@@ -73,6 +44,33 @@ class TokenTagger(nn.Module):
     @property
     def cfg(self):  # noqa: ANN201 - the backbone's ModelConfig
         return self.backbone.cfg
+
+
+class SequenceClassifier(_LabelHead):
+    """A backbone (DecoderLM or EncoderLM) with a linear classification head on a pooled state."""
+
+    def __init__(self, backbone: nn.Module, n_labels: int, pooling: Pooling, dropout: float = 0.1):
+        super().__init__(backbone, n_labels, dropout, "classifier")
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Label logits (B, n_labels) for right-padded input_ids (B, T)."""
+        # A decoder needs no mask with right padding: causal attention never looks ahead at the pads.
+        mask = attention_mask if self.backbone.cfg.arch == "encoder" else None
+        hidden = self.backbone.hidden_states(input_ids, mask)
+        return self.head(self.dropout(pool(hidden, attention_mask, self.pooling)))
+
+
+class TokenTagger(_LabelHead):
+    """A backbone with a linear head on every position's hidden state: one label per input token
+    (BERT's token classification). On an encoder each position has seen the whole input, which is
+    what settles a homophone in the pinyin tagger (candorlm.tasks.translate_tag).
+
+        logits[b, t] = W · dropout(hidden_states(ids)[b, t]) + b
+    """
+
+    def __init__(self, backbone: nn.Module, n_labels: int, dropout: float = 0.1):
+        super().__init__(backbone, n_labels, dropout, "tagger")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Label logits (B, T, n_labels), float32, for right-padded input_ids (B, T)."""

@@ -154,7 +154,7 @@ class _Steps:
                  compile: bool | None, remaining: int):
         B, T, L = cache.batch_size, cache.length, cache.max_len
         device = cache.device
-        self.model, self.step, self.cache = model, step, cache
+        self.step, self.cache = step, cache
         step.prepare(model)
         self.slot = torch.tensor([T], dtype=torch.long, device=device)
         self.key_ok = None
@@ -164,17 +164,15 @@ class _Steps:
             self.positions = mask.sum(-1)
             self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
             self.key_ok[:, :T] = mask.bool()
+        ready = shape_key(cache, self.key_ok) in step.compiled_shapes
+        self.explicit = bool(compile)
         if compile is None:
-            compile = (shape_key(cache, self.key_ok) in step.compiled_shapes
-                       or (step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER))
-            self.explicit = False
-        else:
-            self.explicit = compile
-        self.compiled = compile and shape_key(cache, self.key_ok) in step.compiled_shapes
-        self.to_compile = compile and not self.compiled
+            compile = ready or (step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER)
+        self.compiled = compile and ready
+        self.to_compile = compile and not ready
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
-        args = (self.model, token, self.slot, self.positions, self.key_ok, self.cache)
+        args = (token, self.slot, self.positions, self.key_ok, self.cache)
         if self.to_compile:
             self.to_compile = False
             try:

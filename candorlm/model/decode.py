@@ -38,7 +38,7 @@ from torch import nn
 from candorlm.model.cache import KVCache
 from candorlm.model.decoder import DecoderLM
 from candorlm.model.hooks import HookPoint
-from candorlm.model.fused import _kept_weight
+from candorlm.model.fused import kept_weight
 from candorlm.model.layers import apply_rope
 from candorlm.model.ops import rms_norm, swiglu
 
@@ -108,7 +108,7 @@ def supports(model: nn.Module) -> bool:
 class DecodeStep:
     """One new token per row, (B,) ids -> (B, vocab) logits, over a `StaticKVCache`.
 
-    `step(model, token, slot, positions, key_ok, cache)`: token (B,) the newest ids; slot (1,) the
+    `step(token, slot, positions, key_ok, cache)`: token (B,) the newest ids; slot (1,) the
     cache column they take (every row the same: prompts are left-padded); positions (B,) their
     rotary positions (each row's count of real tokens before them); key_ok (B, max_len) bool,
     False at padding columns, None without padding. Attention reads columns 0..slot only. The
@@ -141,10 +141,10 @@ class DecodeStep:
             qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
             qk_norm = (attn.q_norm.weight, attn.k_norm.weight) if hasattr(attn, "q_norm") else None
             if hasattr(mlp, "gate_proj"):
-                up = _kept_weight(mlp, (mlp.gate_proj, mlp.up_proj), (mlp.gate_proj.weight, mlp.up_proj.weight), device)
+                up = kept_weight(mlp, (mlp.gate_proj, mlp.up_proj), device)
             else:
                 up = mlp.up_proj.weight
-            layers.append((block.attn_norm.weight, _kept_weight(attn, qkv, tuple(p.weight for p in qkv), device),
+            layers.append((block.attn_norm.weight, kept_weight(attn, qkv, device),
                            qk_norm, attn.o_proj.weight, block.mlp_norm.weight, up, mlp.down_proj.weight))
         self.weights = (model.tok_emb.weight, model.rope.cos, model.rope.sin, tuple(layers), model.norm.weight,
                         model.lm_head.weight)
@@ -154,13 +154,13 @@ class DecodeStep:
         return StaticKVCache(cfg.n_layers, batch_size, cfg.kv_heads, max_len, cfg.head_dim,
                              model.tok_emb.weight.device)
 
-    def __call__(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
+    def __call__(self, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
                  key_ok: torch.Tensor | None, cache: StaticKVCache, compiled: bool = False) -> torch.Tensor:
         fn = self._compiled if compiled and self._compiled is not None else _forward
         self.steps += 1
         return fn(self.spec, self.weights, token, slot, positions, key_ok, self._span(cache), cache.ks, cache.vs)
 
-    def compile(self, model: nn.Module, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
+    def compile(self, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
                 key_ok: torch.Tensor | None, cache: StaticKVCache) -> torch.Tensor:
         """Compile the step for this shape (once) and run it; raises whatever compiling raises.
 

@@ -47,14 +47,15 @@ def fused_linear(x: torch.Tensor, owner: nn.Module, layers: tuple[nn.Linear, ...
     """x (..., C) through bias-free `layers` side by side: (..., sum of their out_features),
     the first layer's outputs first. `owner` keeps the concatenated weight between calls made
     without gradients (see the module's header)."""
-    weights = tuple(layer.weight for layer in layers)
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return F.linear(x, torch.cat(weights))
-    return F.linear(x, _kept_weight(owner, layers, weights, x.device.type))
+        return F.linear(x, torch.cat([layer.weight for layer in layers]))
+    return F.linear(x, kept_weight(owner, layers, x.device.type))
 
 
-def _kept_weight(owner: nn.Module, layers: tuple[nn.Linear, ...], weights: tuple[torch.Tensor, ...],
-                 device_type: str) -> torch.Tensor:
+def kept_weight(owner: nn.Module, layers: tuple[nn.Linear, ...], device_type: str) -> torch.Tensor:
+    """The layers' weights concatenated (in autocast's dtype where it is on), kept on `owner` for as
+    long as they are the same tensors at the same versions (see the module's header)."""
+    weights = tuple(layer.weight for layer in layers)
     dtype = weights[0].dtype
     if weights[0].is_floating_point() and torch.amp.is_autocast_available(device_type) \
             and torch.is_autocast_enabled(device_type):

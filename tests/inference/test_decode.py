@@ -49,7 +49,7 @@ def test_the_decode_step_logits_match_the_forward_pass():
         cache = step.make_cache(model, 1, 64)
         model(ids[:, :-1], cache=cache)
         slot, positions = torch.tensor([5]), torch.tensor([5])
-        logits = step(model, ids[:, -1], slot, positions, None, cache)[0]
+        logits = step(ids[:, -1], slot, positions, None, cache)[0]
     torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
 
 

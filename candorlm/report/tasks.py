@@ -67,8 +67,8 @@ def _by_kind(scores: dict[str, Any]) -> dict[str, Any]:
 
 def _rows(where: str, doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     models = doc.get("models") or ([doc["model"]] if isinstance(doc.get("model"), dict) else [])
-    named = [(f"{Path(m.get('run', where)).name} (fine-tuned{', ' + m['arch'] if m.get('arch') else ''})", _by_kind(m))
-             for m in models]
+    named = [(m.get("name") or f"{Path(m.get('run', where)).name} (fine-tuned{', ' + m['arch'] if m.get('arch') else ''})",
+              _by_kind(m)) for m in models]  # a name: one run decoded two ways (the pinyin tagger with and without its LM)
     baselines = doc.get("baselines") or ({"baseline": doc["baseline"]} if isinstance(doc.get("baseline"), dict) else {})
     for key, b in baselines.items():
         if isinstance(b, dict):

@@ -123,6 +123,8 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
         pace = Pace(train_cfg, budget_s, warmup_fraction)
         history = _loop(spec, prepared, model, optimizer, train_cfg, dev, prec, tmp / "metrics.jsonl", pace)
         model.cpu().eval()
+        if hasattr(spec, "finish"):  # a task's last step with the kept weights (translate --head tag: its n-gram LM)
+            spec.finish(prepared, model, tmp)
         if budget_s is not None:  # the steps the budget held, not the placeholder count
             config = config.model_copy(update={"train": train_cfg.model_copy(
                 update={"max_steps": max(1, pace.steps_done), "warmup_steps": pace.warmup})})

@@ -44,6 +44,7 @@ class TaskModel:
     model: nn.Module = field(repr=False)
     tokenizer: Tokenizer = field(repr=False)
     source_tokenizer: Tokenizer | None = field(default=None, repr=False)
+    lm: Any = field(default=None, repr=False)  # a pinyin tagger's n-gram LM (candorlm.tasks.ngram), when it has one
 
     def predict(self, inputs: Sequence[str | dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
         """One output per input, in order.
@@ -51,7 +52,7 @@ class TaskModel:
         Args:
             inputs: Strings, or objects with the task's fields (qa: context and question; chat: a
                 user message, or messages).
-            **options: translate: beam_size, length_penalty (a tagger takes none); chat: system, max_new_tokens,
+            **options: translate: beam_size, length_penalty (a tagger takes none: it decodes with its n-gram LM as evaluated); chat: system, max_new_tokens,
                 no_repeat_ngram; qa: max_answer.
         """
         if isinstance(inputs, (str, dict)):
@@ -87,10 +88,10 @@ class TaskModel:
 
         src = self.source_tokenizer or self.tokenizer
         if self.info.get("head") == "tag":  # a tagger: one character per source token, no search to tune
-            from candorlm.tasks.translate_tag import tag
+            from candorlm.tasks.translate_lm import tag_with_lm
 
             texts = [_field(x, "source", i) for i, x in enumerate(inputs)]
-            return [{"translation": h} for h in tag(self.model, src, self.tokenizer, texts, self.info["lexicon"])]
+            return [{"translation": h} for h in tag_with_lm(self.model, src, self.tokenizer, texts, self.info, self.lm)]
         sources = [encode_source(src, _field(x, "source", i), self.config.model.max_seq_len)
                    for i, x in enumerate(inputs)]
         hyps = translate(self.model, self.tokenizer, sources, beam_size=beam_size, length_penalty=length_penalty,
@@ -161,7 +162,12 @@ def load_task(run: str | Path, verify: bool | None = None) -> TaskModel:
     if task not in ("sentiment", "translate", "qa", "chat"):
         raise CandorError(f"{rd.path} is not a fine-tuned task run (no task in its task.json); for a language "
                           f"model use `candorlm generate` or candorlm.load")
-    return TaskModel(task, rd.path, config, info, model.eval(), tok, source)
+    lm = None
+    if task == "translate" and info.get("lm"):  # loaded now: a missing or damaged file fails here, not mid-request
+        from candorlm.tasks.translate_lm import load_lm
+
+        lm = load_lm(rd.path, info, verify=verify is not False)
+    return TaskModel(task, rd.path, config, info, model.eval(), tok, source, lm)
 
 
 def read_inputs(spec: str) -> list[str | dict[str, Any]]:

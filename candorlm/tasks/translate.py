@@ -44,8 +44,9 @@ from candorlm.errors import CandorError
 from candorlm.io.files import write_json
 from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
-from candorlm.tasks import translate_tag
+from candorlm.tasks import translate_lm, translate_tag
 from candorlm.tasks.data import Record, read_pairs, split_of, split_records
+from candorlm.tasks.translate_metrics import _is_han, char_accuracy, scores
 from candorlm.tokenizer import Tokenizer, train_tokenizer
 from candorlm.progress import batched
 
@@ -80,10 +81,6 @@ def _fit(sentence: str, max_chars: int) -> list[str]:
         pieces.append(sentence[:cut])
         sentence = sentence[cut:]
     return pieces + ([sentence] if sentence else [])
-
-
-def _is_han(ch: str) -> bool:
-    return "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf"
 
 
 def to_pinyin(sentence: str) -> str:
@@ -241,70 +238,6 @@ def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *,
     return out
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions each cost 1)."""
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def matched(hyp: str, ref: str) -> list[bool]:
-    """For each reference character, whether a minimum-edit alignment maps an equal output character to it."""
-    n, m = len(hyp), len(ref)
-    d = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n + 1):
-        d[i][0] = i
-    for j in range(m + 1):
-        d[0][j] = j
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (hyp[i - 1] != ref[j - 1]))
-    hits = [False] * m
-    i, j = n, m
-    while i > 0 and j > 0:
-        if d[i][j] == d[i - 1][j - 1] + (hyp[i - 1] != ref[j - 1]):
-            hits[j - 1] = hyp[i - 1] == ref[j - 1]
-            i, j = i - 1, j - 1
-        elif d[i][j] == d[i - 1][j] + 1:
-            i -= 1
-        else:
-            j -= 1
-    return hits
-
-
-def han_accuracy(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """The share of the references' Chinese characters that the output gets right (under a
-    minimum-edit alignment): character accuracy without the punctuation and digits that a
-    pinyin source spells out."""
-    hits = total = 0
-    for h, r in zip(hyps, refs):
-        for ch, ok in zip(r, matched(h, r)):
-            if _is_han(ch):
-                total += 1
-                hits += ok
-    return hits / max(total, 1)
-
-
-def char_accuracy(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    total = sum(len(r) for r in refs)
-    errors = sum(edit_distance(h, r) for h, r in zip(hyps, refs))
-    return max(0.0, 1.0 - errors / max(total, 1))
-
-
-def scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
-    import sacrebleu
-
-    return {"char_accuracy": round(char_accuracy(hyps, refs), 4),
-            "han_char_accuracy": round(han_accuracy(hyps, refs), 4),
-            "chrf": round(sacrebleu.corpus_chrf(list(hyps), [list(refs)]).score, 2),
-            "bleu": round(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="zh").score, 2),
-            "exact_match": round(sum(h == r for h, r in zip(hyps, refs)) / max(len(refs), 1), 4)}
-
-
 def aligned(records: Sequence[Record]) -> bool:
     """True when every pair has one source token per target character (pinyin-style)."""
     return all(len(r["source"].split()) == len(r["target"]) for r in records)
@@ -359,32 +292,29 @@ def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, lengt
         raise CandorError(f"{rd.path} has no task.json naming its data; give --data")
     splits, rule = load_records(data)
     test = splits["test"][:limit] if limit else splits["test"]
-    refs = [r["target"] for r in test]
     src_tok = src or tgt
-    if tagger:  # one forward pass, one character per source token: nothing to search
+    refs = [r["target"] for r in test]
+    if tagger:  # one forward pass, then (with the run's LM) a beam search over each position's candidates
         translate_tag.check_aligned(test, "test")
-        hyps = translate_tag.tag(model, src_tok, tgt, [r["source"] for r in test], info["lexicon"])
-        decoding, greedy = "tagging: one character per source token, among the dictionary's candidates", None
-        command = f"candorlm eval {rd.path} --task translate --data {data}"
-    else:
-        max_len = config.model.max_seq_len
-        sources = [encode_source(src_tok, r["source"], max_len) for r in test]
-        hyps = translate(model, tgt, sources, beam_size=beam_size, length_penalty=length_penalty,
-                         src_pad=src_tok.pad_id)
-        greedy = translate(model, tgt, sources, beam_size=1, src_pad=src_tok.pad_id) if beam_size > 1 else hyps
-        decoding = f"beam search, beam {beam_size}, length penalty {length_penalty}"
-        command = f"candorlm eval {rd.path} --task translate --data {data} --beam-size {beam_size}"
+        return _evaluate_tagger(rd.path, info, model, src_tok, tgt, splits, test, rule, data, limit)
+    max_len = config.model.max_seq_len
+    sources = [encode_source(src_tok, r["source"], max_len) for r in test]
+    hyps = translate(model, tgt, sources, beam_size=beam_size, length_penalty=length_penalty,
+                     src_pad=src_tok.pad_id)
+    greedy = translate(model, tgt, sources, beam_size=1, src_pad=src_tok.pad_id) if beam_size > 1 else hyps
     result = {
         "task": "translate",
         "data": data,
         "split": {"rule": rule, "train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},
         "model": {"run": str(rd.path), "arch": config.model.arch, "head": info.get("head", "generate"),
                   "init": info.get("init"), "base_run": info.get("base_run"),
-                  "parameters": sum(p.numel() for p in model.parameters()), "decoding": decoding, **scores(hyps, refs)},
-        **({"greedy": scores(greedy, refs)} if greedy is not None else {}),
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "decoding": f"beam search, beam {beam_size}, length penalty {length_penalty}", **scores(hyps, refs)},
+        "greedy": scores(greedy, refs),
         "baseline": baseline(splits["train"], test),
         "examples": [{"source": r["source"], "reference": r["target"], "output": h} for r, h in zip(test[:5], hyps)],
-        "command": command + (f" --limit {limit}" if limit else ""),
+        "command": f"candorlm eval {rd.path} --task translate --data {data} --beam-size {beam_size}"
+                   + (f" --limit {limit}" if limit else ""),
     }
     write_json(eval_path(rd, "translate"), result)
     return result
@@ -392,3 +322,80 @@ def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, lengt
 
 def eval_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: options[k] for k in ("beam_size", "length_penalty", "limit") if k in options}
+
+
+# ---------------------------------------------------------------- the tagger and its n-gram LM
+
+
+def _evaluate_tagger(path: Path, info: dict[str, Any], model: nn.Module, src: Tokenizer, tgt: Tokenizer,
+                     splits: dict[str, list[Record]], test: list[Record], rule: str, data: str,
+                     limit: int | None) -> dict[str, Any]:
+    """A tagger's test scores: its decoding (fused with the run's LM when it has one), the tagger
+    alone, the LM + dictionary alone (an HMM input method) and the most frequent character."""
+    refs, sources = [r["target"] for r in test], [r["source"] for r in test]
+    lm = translate_lm.load_lm(path, info)
+    fused = info.get("lm") or {}
+    lat = translate_lm.tagger_lattice(model, src, tgt, sources, info["lexicon"])
+    alone = translate_lm.decode(lat, tgt, None, 0.0)
+    weight, beam = float(fused.get("weight", 0.0)), int(fused.get("beam", 1))
+    hyps = translate_lm.decode(lat, tgt, lm, weight, beam) if lm is not None and weight else alone
+    hmm_lm = lm or translate_lm.build_lm(splits["train"], tgt)  # a run without one: counted now, the same way
+    hmm = translate_lm.decode(translate_lm.channel_lattice(splits["train"], tgt, sources), tgt, hmm_lm, 1.0, 4)
+    row = {"run": str(path), "arch": "encoder", "head": "tag", "init": info.get("init"),
+           "parameters": sum(p.numel() for p in model.parameters())}
+    tag_row = {**row, "name": f"{path.name} (tagger alone)", "decoding": "tagging: each position's best candidate",
+               **scores(alone, refs)}
+    models = [tag_row]
+    if hyps is not alone:
+        models.insert(0, {**row, "name": f"{path.name} (tagger + n-gram LM)", "decoding":
+                          f"tagger + {lm.order}-gram LM, weight {weight:g}, beam {beam} (chosen on dev)",  # type: ignore[union-attr]
+                          **scores(hyps, refs)})
+    most_frequent = baseline(splits["train"], test)
+    result = {
+        "task": "translate", "data": data,
+        "split": {"rule": rule, "train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},
+        "model": models[0], "models": models, "baseline": most_frequent,
+        "baselines": {"most_frequent": most_frequent,
+                      "hmm": {"name": f"LM + dictionary alone (HMM input method: {hmm_lm.order}-gram LM, "
+                                      f"log p(syllable | character), beam 4)", **scores(hmm, refs)}},
+        "examples": [{"source": s, "reference": r, "output": h} for s, r, h in zip(sources[:5], refs, hyps)],
+        "command": f"candorlm eval {path} --task translate --data {data}" + (f" --limit {limit}" if limit else ""),
+    }
+    write_json(eval_path(path, "translate"), result)
+    return result
+
+
+def finish(prepared: Prepared, model: nn.Module, out: Path, splits: dict[str, list[Record]] | None = None) -> None:
+    """At the end of a tagger's fine-tuning: its n-gram LM into `out`, the weight and beam chosen
+    on dev into task.json's "lm" (translate_lm.fit). Nothing for the seq2seq."""
+    if prepared.info.get("head") != "tag":
+        return
+    train = splits["train"] if splits else [e.record for e in prepared.train]
+    dev = splits["dev"] if splits else [e.record for e in prepared.dev]
+    prepared.info["lm"] = translate_lm.fit(model, prepared.source_tokenizer, prepared.tokenizer,  # type: ignore[arg-type]
+                                           prepared.info["lexicon"], train, dev, out, char_accuracy)
+
+
+def attach_lm(run: str | Path, order: int = translate_lm.ORDER) -> dict[str, Any]:
+    """Give a tagger run fine-tuned without an n-gram LM one: counted on its data's training split,
+    weight and beam chosen on dev with the run's tagger, written into the run (ngram.safetensors,
+    task.json's "lm", SHA256SUMS updated). Returns the "lm" entry; `evaluate` then scores the fusion.
+
+        from candorlm.tasks.translate import attach_lm, evaluate
+        attach_lm("runs/pinyin-tag"); evaluate("runs/pinyin-tag")
+    """
+    from candorlm.io.manifest import update_manifest
+    from candorlm.io.sealed import is_encrypted
+
+    rd, _, info, model, tgt, src = load_task_run(run)
+    if info.get("task") != "translate" or info.get("head") != "tag":
+        raise CandorError(f"{rd.path} is not a tagger run (finetune --task translate --head tag); only a tagger takes an LM")
+    task_file = rd.path / "task.json"
+    if is_encrypted(task_file):
+        raise CandorError(f"{rd.path} is encrypted; attach the LM to the plain run, then encrypt it again")
+    splits, _ = load_records(info["data"])
+    entry = translate_lm.fit(model, src or tgt, tgt, info["lexicon"], splits["train"], splits["dev"], rd.path,
+                             char_accuracy, order=order)
+    write_json(task_file, {**info, "lm": entry})
+    update_manifest(rd.path, [task_file, rd.path / entry["file"]])
+    return entry

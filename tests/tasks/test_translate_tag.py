@@ -90,7 +90,8 @@ def test_tagger_trains_evaluates_and_predicts(tmp_path, pairs_file):
                       lr=3e-3, **FAST)  # no --arch: the tag head's default is the encoder
     info = json.loads((out / "task.json").read_text(encoding="utf-8"))
     assert info["head"] == "tag" and (out / "source_tokenizer.json").is_file()
-    assert result["model"]["arch"] == "encoder" and result["model"]["decoding"].startswith("tagging")
+    assert result["model"]["arch"] == "encoder" and result["model"]["decoding"].startswith("tagger + 3-gram LM")
+    assert result["models"][-1]["decoding"].startswith("tagging")  # the tagger alone, in the same table
     assert "greedy" not in result  # nothing is searched
     for key in ("char_accuracy", "han_char_accuracy", "chrf", "bleu"):
         assert key in result["model"] and key in result["baseline"]

@@ -1,0 +1,297 @@
+"""A character n-gram LM fused into the pinyin tagger's decoding (shallow fusion), as input
+methods use one: the tagger proposes each position's best few candidates from the dictionary,
+and a beam search over the sentence picks the characters that maximise
+
+    sum_i  log p_tagger(c_i | source)  +  weight * log p_lm(c_i | c_{i-2} c_{i-1})  (+ weight * log p_lm(<eos> | ...))
+
+The LM (candorlm.tasks.ngram: interpolated Kneser-Ney, order 3 by default) is counted on the
+training split's targets only. `weight` and the beam width are chosen on the dev split when the
+fine-tuning ends and stored in task.json's "lm" entry; the model itself is `ngram.safetensors` in
+the run. weight 0 (or no "lm" entry: a run from before) is plain tagging, one argmax per position.
+
+The same search with the dictionary's channel probability log p(syllable | character) in place of
+the tagger, weight 1, is an HMM input method: the LM and dictionary alone, a baseline of its own.
+
+A run fine-tuned without an LM gets one afterwards with `attach_lm` (candorlm.tasks.translate):
+the LM is counted, the weight chosen on dev with the run's tagger, and the run's manifest updated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from candorlm.beam import right_pad
+from candorlm.errors import CandorError
+from candorlm.progress import batched
+from candorlm.tasks.data import Record
+from candorlm.tasks.ngram import NgramLM
+from candorlm.tasks.translate_tag import _scores, candidates, encode, tag
+from candorlm.tokenizer import Tokenizer
+
+log = logging.getLogger("candorlm")
+
+LM_FILE = "ngram.safetensors"
+ORDER = 3
+CANDIDATES = 8  # the tagger's best few per position: its top-8 holds the reference nearly always
+WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)  # LM weights tried on dev
+BEAMS = (2, 4, 8)  # beam widths tried on dev at the best weight
+DEAD = -1e9  # the score of a missing candidate (a position with fewer than K)
+
+
+@dataclass
+class Lattice:
+    """Each source's candidates per position: LM ids (target classes) and scores, (N, T, K); the
+    positions whose output is fixed text (a copied source token) in `fixed`."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    lengths: np.ndarray
+    fixed: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def texts(self, choices: Sequence[np.ndarray], tgt: Tokenizer) -> list[str]:
+        out = []
+        for n, pick in enumerate(choices):
+            chars = [self.fixed.get((n, t)) for t in range(len(pick))]
+            out.append("".join(c if c is not None else tgt.hf.id_to_token(int(self.ids[n, t, k]))
+                               for t, (k, c) in enumerate(zip(pick, chars))))
+        return out
+
+
+def build_lm(records: Sequence[Record], tgt: Tokenizer, order: int = ORDER) -> NgramLM:
+    """The LM of the training split's targets, over the target vocabulary's ids."""
+    unk = tgt.unk_id
+    sentences = [[tgt.hf.token_to_id(ch) or unk for ch in r["target"]] for r in records]
+    return NgramLM.build(sentences, order=order, vocab_size=tgt.vocab_size, bos=tgt.bos_id, eos=tgt.eos_id)
+
+
+# ---------------------------------------------------------------- lattices
+
+
+@torch.no_grad()
+def tagger_lattice(model: nn.Module, src: Tokenizer, tgt: Tokenizer, sources: Sequence[str], lexicon: dict[str, str],
+                   k: int = CANDIDATES, batch_size: int = 128) -> Lattice:
+    """The tagger's k best candidates per position (log-softmax over the dictionary's candidates),
+    a text longer than the model reads tagged in pieces and joined, as translate_tag.tag does."""
+    allowed = candidates(lexicon, src, tgt)
+    room = model.cfg.max_seq_len - 2
+    pieces: list[tuple[int, int, list[str]]] = []  # (source index, offset, tokens)
+    tokens = [text.split() for text in sources]
+    for i, toks in enumerate(tokens):
+        pieces.extend((i, at, toks[at:at + room]) for at in range(0, len(toks), room))
+    T = max((len(t) for t in tokens), default=0)
+    k = min(k, tgt.vocab_size)
+    lat = Lattice(np.zeros((len(sources), T, k), dtype=np.int64), np.full((len(sources), T, k), DEAD),
+                  np.array([len(t) for t in tokens], dtype=np.int64))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        order = sorted(range(len(pieces)), key=lambda j: len(pieces[j][2]))
+        for idx in batched(order, batch_size):
+            rows = [encode(src, pieces[j][2]) for j in idx]
+            ids, mask = right_pad(rows, src.pad_id)
+            logits = _scores(model, ids.to(device), mask.to(device), allowed).float()
+            top = logits.log_softmax(-1).topk(k, dim=-1)
+            values, classes = top.values.cpu().numpy(), top.indices.cpu().numpy()
+            for j, row, v, c in zip(idx, rows, values, classes):
+                i, at, toks = pieces[j]
+                n = len(toks)
+                lat.ids[i, at:at + n] = c[1:n + 1]
+                lat.scores[i, at:at + n] = np.where(v[1:n + 1] < -1e3, DEAD, v[1:n + 1])  # outside the candidates
+                for t, (token, tid) in enumerate(zip(toks, row[1:-1])):
+                    if tid == src.unk_id and len(token) == 1:  # an unseen character: copied, as tag() does
+                        _fix(lat, i, at + t, tgt.hf.token_to_id(token) or tgt.unk_id, token)
+    finally:
+        model.train(was_training)
+    return lat
+
+
+def channel_lattice(train: Sequence[Record], tgt: Tokenizer, sources: Sequence[str], k: int = 16) -> Lattice:
+    """The HMM's candidates: for each syllable the k characters it most often stood for in the
+    training split, scored log p(syllable | character); an unseen one-character token is copied,
+    an unseen longer one gives nothing (as the most-frequent-character baseline)."""
+    pair: dict[str, Counter[str]] = defaultdict(Counter)
+    per_char: Counter[str] = Counter()
+    for r in train:
+        for token, ch in zip(r["source"].split(), r["target"]):
+            pair[token][ch] += 1
+            per_char[ch] += 1
+    tokens = [text.split() for text in sources]
+    T = max((len(t) for t in tokens), default=0)
+    lat = Lattice(np.zeros((len(sources), T, k), dtype=np.int64), np.full((len(sources), T, k), DEAD),
+                  np.array([len(t) for t in tokens], dtype=np.int64))
+    table: dict[str, tuple[list[int], list[float]]] = {}
+    for token, chars in pair.items():
+        best = chars.most_common(k)
+        table[token] = ([tgt.hf.token_to_id(ch) or tgt.unk_id for ch, _ in best],
+                        [float(np.log(c / per_char[ch])) for ch, c in best])
+    for i, toks in enumerate(tokens):
+        for t, token in enumerate(toks):
+            if token in table:
+                ids, scores = table[token]
+                lat.ids[i, t, :len(ids)], lat.scores[i, t, :len(ids)] = ids, scores
+            else:
+                _fix(lat, i, t, tgt.hf.token_to_id(token) or tgt.unk_id, token if len(token) == 1 else "")
+    return lat
+
+
+def _fix(lat: Lattice, i: int, t: int, lm_id: int, text: str) -> None:
+    """Position t of source i outputs `text`, read by the LM as lm_id."""
+    lat.ids[i, t] = lm_id
+    lat.scores[i, t] = DEAD
+    lat.scores[i, t, 0] = 0.0
+    lat.fixed[(i, t)] = text
+
+
+# ---------------------------------------------------------------- search
+
+
+def beam_decode(lat: Lattice, lm: NgramLM | None, weight: float, beam: int = 4) -> list[np.ndarray]:
+    """The candidate index chosen at each position of each source: a beam search over the lattice
+    scoring candidate score + weight * LM log-probability (the LM's <eos> included at the end).
+    All sources advance together, position by position (numpy over sources x beams x candidates)."""
+    N, T, K = lat.ids.shape
+    if lm is None:  # no LM: each position's best candidate
+        return [lat.scores[n, :lat.lengths[n]].argmax(-1) for n in range(N)]
+    order = np.argsort(-lat.lengths, kind="stable")  # longest first: the live rows at step t are a prefix
+    lengths = lat.lengths[order]
+    H = lm.order - 1
+    score = np.full((N, beam), DEAD)
+    score[:, 0] = 0.0
+    hist = np.full((N, beam, H), lm.bos, dtype=np.int64)
+    back = np.zeros((T, N, beam), dtype=np.int64)
+    pick = np.zeros((T, N, beam), dtype=np.int64)
+    rows_b = np.arange(beam)
+    for t in range(T):
+        live = int(np.sum(lengths > t))
+        ids, cand = lat.ids[order[:live], t], lat.scores[order[:live], t]  # (live, K)
+        lmlp = lm.logprob(np.broadcast_to(hist[:live, :, None, :], (live, beam, K, H)),
+                          np.broadcast_to(ids[:, None, :], (live, beam, K)))
+        total = (score[:live, :, None] + cand[:, None, :] + weight * lmlp).reshape(live, beam * K)
+        if H:  # hypotheses that end alike score alike from here on: keep the best of each (recombination)
+            state = np.broadcast_to(ids[:, None, :], (live, beam, K)).copy()
+            for j in range(1, H):  # the new state: the last H-1 ids of the history, then the candidate
+                state += hist[:live, :, H - j, None] * lm.vocab_size ** j
+            total = _recombined(total, state.reshape(live, beam * K))
+        top = np.argsort(-total, axis=1, kind="stable")[:, :beam]
+        b, c = top // K, top % K
+        score[:live] = np.take_along_axis(total, top, axis=1)
+        new = np.take_along_axis(ids, c, axis=1)[:, :, None]
+        if H:
+            prev = np.take_along_axis(hist[:live], b[:, :, None], axis=1)
+            hist[:live] = np.concatenate([prev[:, :, 1:], new], axis=2)
+        back[t, :live], pick[t, :live] = b, c
+        back[t, live:] = rows_b  # finished rows: each beam comes from itself
+    score = score + weight * lm.logprob(hist, np.full((N, beam), lm.eos))
+    best = score.argmax(1)
+    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * N
+    for r, n in enumerate(order):
+        k, path = best[r], np.zeros(lengths[r], dtype=np.int64)
+        for t in range(T - 1, -1, -1):
+            if t < lengths[r]:
+                path[t] = pick[t, r, k]
+            k = back[t, r, k]
+        out[n] = path
+    return out
+
+
+def _recombined(total: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """`total` with every entry but the best of its row's equal `state`s set DEAD. (With a trigram,
+    a hypothesis's future depends on its last two ids only: a beam of 4 copies of one state would
+    be a beam of 1.)"""
+    by_score = np.argsort(-total, axis=1, kind="stable")
+    keys = np.take_along_axis(state, by_score, axis=1)
+    by_key = np.argsort(keys, axis=1, kind="stable")  # equal states together, best score first
+    sorted_keys = np.take_along_axis(keys, by_key, axis=1)
+    repeat = np.zeros_like(sorted_keys, dtype=bool)
+    repeat[:, 1:] = sorted_keys[:, 1:] == sorted_keys[:, :-1]
+    dead = np.zeros_like(repeat)
+    np.put_along_axis(dead, np.take_along_axis(by_score, by_key, axis=1), repeat, axis=1)
+    return np.where(dead, DEAD, total)
+
+
+def decode(lat: Lattice, tgt: Tokenizer, lm: NgramLM | None, weight: float, beam: int = 4) -> list[str]:
+    return lat.texts(beam_decode(lat, lm, weight, beam), tgt)
+
+
+def tag_with_lm(model: nn.Module, src: Tokenizer, tgt: Tokenizer, sources: Sequence[str], info: dict[str, Any],
+                lm: NgramLM | None) -> list[str]:
+    """What a tagger run outputs (predict, serve): fused with its LM at the weight and beam of task.json's
+    "lm"; a run without one (or weight 0) tags as translate_tag.tag."""
+    entry = info.get("lm") or {}
+    weight = float(entry.get("weight", 0.0))
+    if lm is None or not weight:
+        return tag(model, src, tgt, sources, info["lexicon"])
+    return decode(tagger_lattice(model, src, tgt, sources, info["lexicon"]), tgt, lm, weight, int(entry["beam"]))
+
+
+def choose(lat: Lattice, refs: Sequence[str], tgt: Tokenizer, lm: NgramLM,
+           score: Callable[[Sequence[str], Sequence[str]], float]) -> dict[str, Any]:
+    """The LM weight (at beam 4), then the beam width (at that weight) that score best on `refs`."""
+    tried: dict[str, float] = {}
+    for w in WEIGHTS:
+        tried[f"weight {w:g}, beam 4"] = score(decode(lat, tgt, lm, w, 4), refs)
+    weight = max(WEIGHTS, key=lambda w: (tried[f"weight {w:g}, beam 4"], -w))
+    beams = {4: tried[f"weight {weight:g}, beam 4"]}
+    if weight:
+        for b in BEAMS:
+            if b != 4:
+                beams[b] = tried[f"weight {weight:g}, beam {b}"] = score(decode(lat, tgt, lm, weight, b), refs)
+    beam = max(sorted(beams), key=lambda b: (beams[b], -b))
+    return {"weight": weight, "beam": beam, "dev_char_accuracy": round(beams[beam], 4),
+            "dev_tagger_alone": round(tried["weight 0, beam 4"], 4), "dev": {k: round(v, 4) for k, v in tried.items()}}
+
+
+def fit(model: nn.Module, src: Tokenizer, tgt: Tokenizer, lexicon: dict[str, str], train: Sequence[Record],
+        dev: Sequence[Record], out: Path, score: Callable[[Sequence[str], Sequence[str]], float],
+        order: int = ORDER) -> dict[str, Any]:
+    """Count the LM on `train`, write it to out/ngram.safetensors, choose the weight and beam on
+    `dev` with `model`; returns task.json's "lm" entry."""
+    start = time.perf_counter()
+    lm = build_lm(train, tgt, order)
+    lm.save(out / LM_FILE)
+    lat = tagger_lattice(model, src, tgt, [r["source"] for r in dev], lexicon)
+    chosen = choose(lat, [r["target"] for r in dev], tgt, lm, score)
+    entry = {"file": LM_FILE, "order": order, "kind": "interpolated Kneser-Ney (modified discounts), characters",
+             "counted_on": f"the training split's targets ({len(train)} sentences)", "candidates": CANDIDATES,
+             "bytes": (out / LM_FILE).stat().st_size, **chosen, "seconds": round(time.perf_counter() - start, 1)}
+    log.info("n-gram LM (order %d, %.1f MB): dev char accuracy %.4f fused (weight %g, beam %d), %.4f tagger alone",
+             order, entry["bytes"] / 1e6, chosen["dev_char_accuracy"], chosen["weight"], chosen["beam"],
+             chosen["dev_tagger_alone"])
+    return entry
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_lm(run: Path, info: dict[str, Any], verify: bool = True) -> NgramLM | None:
+    """The run's LM (None: a run without one); a missing, damaged or unlisted file is a CandorError."""
+    entry = info.get("lm")
+    if not entry:
+        return None
+    path = Path(run) / str(entry.get("file", LM_FILE))
+    if not path.is_file():
+        raise CandorError(f"{path} is missing; task.json's \"lm\" names it. Rebuild it with "
+                          f"candorlm.tasks.translate.attach_lm('{run}'), or remove the \"lm\" entry to tag without it")
+    from candorlm.io.manifest import MANIFEST_NAME, check_files
+    from candorlm.io.sealed import is_encrypted, read_bytes
+
+    data = None
+    if is_encrypted(path):
+        data = read_bytes(path)  # authenticated decryption
+    elif verify and (Path(run) / MANIFEST_NAME).is_file():
+        check_files(Path(run), [path], what="run")
+    lm = NgramLM.load(path, data)
+    if lm.vocab_size != int(info.get("tags", lm.vocab_size)):
+        raise CandorError(f"{path} scores {lm.vocab_size} ids but the run's tagger has {info.get('tags')} classes; "
+                          f"it belongs to another run")
+    return lm

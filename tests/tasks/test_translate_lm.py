@@ -1,0 +1,193 @@
+"""The pinyin tagger's n-gram LM (candorlm.tasks.ngram, candorlm.tasks.translate_lm): a proper
+distribution, fused into the tagger's decoding by a beam search; weight 0 is plain tagging; a
+homophone that only the previous character settles is settled by the LM; a run without an LM
+loads as before, a missing or damaged LM file fails in one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import candorlm
+from candorlm.config import ModelConfig
+from candorlm.errors import CandorError
+from candorlm.model import EncoderLM, TokenTagger
+from candorlm.tasks.data import Record
+from candorlm.tasks.ngram import NgramLM
+from candorlm.tasks.translate_lm import (Lattice, beam_decode, build_lm, channel_lattice, decode, load_lm,
+                                         tag_with_lm, tagger_lattice)
+from candorlm.tasks.translate_tag import make_lexicon, tag, vocabulary
+
+SENTENCES = [[3, 4, 5, 6], [3, 4, 7], [5, 6, 5, 6, 4], [8], [4, 3, 4, 5, 6, 7, 8, 3]]
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_lm_is_a_distribution_over_the_vocabulary_for_any_history(order):
+    lm = NgramLM.build(SENTENCES, order=order, vocab_size=10, bos=1, eos=2)
+    for history in ([1, 1, 1], [1, 1, 3], [3, 4, 5], [9, 9, 9], [6, 5, 6], [], [4]):
+        p = lm.distribution(history)
+        assert p.shape == (10,) and (p > 0).all()
+        assert p.sum() == pytest.approx(1.0, abs=1e-6)
+    if order >= 2:  # what the counts say: after 3 comes 4 (four times of five), never 8
+        after3 = lm.distribution([1, 1, 3])
+        assert after3[4] > 0.5 and after3[4] > 10 * after3[8]
+
+
+def test_lm_saves_without_pickle_and_loads_the_same(tmp_path):
+    lm = NgramLM.build(SENTENCES, order=3, vocab_size=10, bos=1, eos=2)
+    lm.save(tmp_path / "lm.safetensors")
+    assert (tmp_path / "lm.safetensors").read_bytes()[8:9] == b"{"  # a safetensors JSON header, no pickle
+    again = NgramLM.load(tmp_path / "lm.safetensors")
+    hist, ids = np.array([[1, 1], [3, 4], [9, 9]]), np.array([3, 5, 4])
+    np.testing.assert_array_equal(lm.prob(hist, ids), again.prob(hist, ids))
+
+
+def test_damaged_or_foreign_lm_file_fails_in_one_line(tmp_path):
+    bad = tmp_path / "lm.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json at all")
+    with pytest.raises(CandorError, match="is not a candorlm n-gram model") as e:
+        NgramLM.load(bad)
+    assert "\n" not in str(e.value)
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(3, dtype=np.float32)}, str(bad))
+    with pytest.raises(CandorError, match="is not a candorlm n-gram model"):
+        NgramLM.load(bad)
+    with pytest.raises(CandorError, match="cannot read"):
+        NgramLM.load(tmp_path / "missing.safetensors")
+    with pytest.raises(CandorError, match="ngram.safetensors is missing"):
+        load_lm(tmp_path, {"lm": {"file": "ngram.safetensors", "weight": 0.5, "beam": 4}})
+    assert load_lm(tmp_path, {}) is None  # a run without an LM: nothing to load
+
+
+# ---------------------------------------------------------------- a toy input method
+
+# shi is 是 after 就 and 事 after 办: only the previous character tells; 是 is more frequent overall
+TOY = [("jiu shi", "就是"), ("ban shi", "办事"), ("jiu shi ta", "就是他"), ("ta jiu shi", "他就是"), ("ban shi ta", "办事他"),
+       ("jiu shi", "就是")]
+
+
+def _toy():
+    records = [Record({"source": s, "target": t}, f"toy:{i}") for i, (s, t) in enumerate(TOY)]
+    src = vocabulary((tok for r in records for tok in r["source"].split()), characters=False)
+    tgt = vocabulary((ch for r in records for ch in r["target"]), characters=True)
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="encoder", vocab_size=src.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=16)
+    return records, src, tgt, TokenTagger(EncoderLM(cfg), tgt.vocab_size).eval()
+
+
+def test_fusion_with_weight_zero_is_plain_tagging():
+    records, src, tgt, tagger = _toy()
+    lexicon = make_lexicon(records)
+    sources = [r["source"] for r in records] + ["ta ban shi jiu shi ta", "shi ★ shi"]
+    lm = build_lm(records, tgt)
+    lat = tagger_lattice(tagger, src, tgt, sources, lexicon)
+    plain = tag(tagger, src, tgt, sources, lexicon)
+    for beam in (1, 4):
+        assert lat.texts(beam_decode(lat, lm, 0.0, beam), tgt) == plain
+    assert tag_with_lm(tagger, src, tgt, sources, {"lexicon": lexicon, "lm": {"weight": 0.0, "beam": 4}}, lm) == plain
+    assert tag_with_lm(tagger, src, tgt, sources, {"lexicon": lexicon}, None) == plain
+
+
+def test_lm_settles_a_homophone_that_only_the_previous_character_tells():
+    records, src, tgt, tagger = _toy()
+    lexicon = make_lexicon(records)
+    with torch.no_grad():  # a weak tagger: shi is 是 whatever comes before (the more frequent reading)
+        tagger.head.weight.zero_()
+        tagger.head.bias.zero_()
+        tagger.head.bias[tgt.token_id("是")] = 1.0
+    sources = ["ban shi", "jiu shi", "ta ban shi"]
+    assert tag(tagger, src, tgt, sources, lexicon) == ["办是", "就是", "他办是"]  # the tagger alone: wrong after 办
+    lm = build_lm(records, tgt)
+    lat = tagger_lattice(tagger, src, tgt, sources, lexicon)
+    assert decode(lat, tgt, lm, 1.0, beam=4) == ["办事", "就是", "他办事"]
+    info = {"lexicon": lexicon, "lm": {"weight": 1.0, "beam": 4}}
+    assert tag_with_lm(tagger, src, tgt, sources, info, lm) == ["办事", "就是", "他办事"]
+    # the LM and the dictionary alone (the HMM baseline) read it the same way; an unseen character is copied
+    hmm = channel_lattice(records, tgt, sources + ["ban ★"])
+    assert decode(hmm, tgt, lm, 1.0, beam=4) == ["办事", "就是", "他办事", "办★"]
+
+
+def test_beam_search_finds_the_best_path_of_a_small_lattice():
+    # 3 positions x 3 candidates, a bigram LM: the beam's answer is the exhaustive search's
+    rng = np.random.default_rng(0)
+    lm = NgramLM.build(rng.integers(3, 9, size=(30, 6)).tolist(), order=2, vocab_size=10, bos=1, eos=2)
+    ids = rng.integers(3, 9, size=(1, 3, 3))
+    scores = np.log(rng.dirichlet(np.ones(3), size=(1, 3)))
+    lat = Lattice(ids, scores, np.array([3]))
+    best, best_path = -np.inf, None
+    for path in np.ndindex(3, 3, 3):
+        chars = [ids[0, t, k] for t, k in enumerate(path)]
+        hist = [1] + chars
+        s = sum(scores[0, t, k] for t, k in enumerate(path))
+        s += 0.7 * sum(lm.logprob(np.array([hist[t]]), np.array([hist[t + 1]]))[0] for t in range(3))
+        s += 0.7 * lm.logprob(np.array([chars[-1]]), np.array([2]))[0]
+        if s > best:
+            best, best_path = s, list(path)
+    assert beam_decode(lat, lm, 0.7, beam=3)[0].tolist() == best_path
+
+
+# ---------------------------------------------------------------- in a run
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    from candorlm.corpus import peoples_daily_documents
+    from candorlm.tasks.translate import sentences, to_pinyin
+
+    lines = []
+    for doc in peoples_daily_documents():
+        if len(lines) >= 400:
+            break
+        lines += [f"{to_pinyin(s.replace(' ', ''))}\t{s.replace(' ', '')}" for s in sentences(doc.text)]
+    path = tmp_path_factory.mktemp("lm") / "pairs.tsv"
+    path.write_text("\n".join(lines[:400]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_tagger_run_keeps_its_lm_and_a_run_without_one_takes_one_later(tmp_path, pairs_file):
+    from candorlm.io.manifest import update_manifest
+    from candorlm.tasks import evaluate_task, finetune
+    from candorlm.tasks.translate import attach_lm
+    from tests.conftest import assert_clean_error, run_cli
+
+    out = tmp_path / "tag"
+    result = finetune(None, task="translate", data=str(pairs_file), out=out, head="tag", epochs=2, lr=3e-3,
+                      batch_size=16, threads=1, precision="fp32",
+                      overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=96"])
+    info = json.loads((out / "task.json").read_text(encoding="utf-8"))
+    lm_entry = info["lm"]
+    assert lm_entry["file"] == "ngram.safetensors" and lm_entry["order"] == 3 and lm_entry["beam"] in (2, 4, 8)
+    assert 0 < lm_entry["bytes"] < 10_000_000 and "weight 0, beam 4" in lm_entry["dev"]
+    # one table: the fused model (if dev chose a weight), the tagger alone, the HMM and the most frequent character
+    names = [m["name"] for m in result["models"]]
+    assert names[-1] == "tag (tagger alone)" and set(result["baselines"]) == {"most_frequent", "hmm"}
+    assert result["baselines"]["hmm"]["char_accuracy"] > result["baselines"]["most_frequent"]["char_accuracy"]
+    fused = candorlm.load_task(out).predict(["zhong guo ren min"])[0]["translation"]
+    assert len(fused) == 4
+
+    # a run from before the LM: no "lm" entry, no file; it loads, tags, and is evaluated without a fused row
+    (out / "ngram.safetensors").unlink()
+    (out / "task.json").write_text(json.dumps({k: v for k, v in info.items() if k != "lm"}), encoding="utf-8")
+    update_manifest(out, [out / "task.json", out / "ngram.safetensors"])
+    plain = candorlm.load_task(out)
+    assert plain.lm is None and len(plain.predict(["zhong guo"])[0]["translation"]) == 2
+    old = evaluate_task(out, "translate", limit=20)
+    assert [m["name"] for m in old["models"]] == ["tag (tagger alone)"] and "hmm" in old["baselines"]
+
+    entry = attach_lm(out)  # given one afterwards: counted, tuned on dev, the manifest updated
+    assert entry["weight"] == lm_entry["weight"] and (out / "ngram.safetensors").is_file()
+    again = candorlm.load_task(out)
+    assert again.lm is not None and again.predict(["zhong guo ren min"])[0]["translation"] == fused
+
+    (out / "ngram.safetensors").write_bytes(b"garbage")  # damaged: refused in one line, naming the file
+    proc = run_cli("predict", out, "--input", "zhong guo", check=False)
+    assert_clean_error(proc, "ngram.safetensors")
+    update_manifest(out, [out / "ngram.safetensors"])
+    with pytest.raises(CandorError, match="is not a candorlm n-gram model"):
+        candorlm.load_task(out)
+    (out / "ngram.safetensors").unlink()
+    with pytest.raises(CandorError, match="ngram.safetensors is missing"):
+        candorlm.load_task(out)

@@ -99,6 +99,24 @@ class NgramLM:
             p = np.where(seen, first + gamma * p, p)
         return p
 
+    def grid(self, history: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """log p(id | history) for every pair of a history and an id of the same row: history
+        (L, B, order-1), ids (L, K) -> (L, B, K). The same numbers as `logprob`, with the lookups
+        that depend on one side only made once (a beam search's B histories x K candidates)."""
+        history = np.asarray(history, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64)
+        V, (L, B, k), K = self.vocab_size, history.shape, ids.shape[1]
+        p = np.full((L, B, K), 1.0 / V)
+        for n in range(1, min(self.order, k + 1) + 1):
+            h = np.zeros((L, B), dtype=np.int64)
+            for j in range(n - 1, 0, -1):
+                h = h * V + history[..., k - j]
+            gamma, seen = _lookup(self.arrays[f"hist.{n}"], self.arrays[f"gamma.{n}"], h)
+            query = ids[:, None, :] if n == 1 else h[:, :, None] * V + ids[:, None, :]
+            first, _ = _lookup(self.arrays[f"keys.{n}"], self.arrays[f"first.{n}"], query)
+            p = np.where(seen[:, :, None], first + gamma[:, :, None] * p, p)
+        return np.log(p)
+
     def logprob(self, history: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Natural log of `prob`."""
         return np.log(self.prob(history, ids))

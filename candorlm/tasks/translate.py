@@ -29,7 +29,6 @@ pairs it copies the source.
 from __future__ import annotations
 
 import unicodedata
-from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,7 +45,7 @@ from candorlm.model import lm_loss
 from candorlm.tasks.base import Base, Prepared, eval_path, load_task_run, require_tokens
 from candorlm.tasks import translate_lm, translate_tag
 from candorlm.tasks.data import Record, read_pairs, split_of, split_records
-from candorlm.tasks.translate_metrics import _is_han, char_accuracy, scores
+from candorlm.tasks.translate_metrics import _is_han, aligned, baseline, char_accuracy, scores  # noqa: F401 (re-exported)
 from candorlm.tokenizer import Tokenizer, train_tokenizer
 from candorlm.progress import batched
 
@@ -238,27 +237,6 @@ def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *,
     return out
 
 
-def aligned(records: Sequence[Record]) -> bool:
-    """True when every pair has one source token per target character (pinyin-style)."""
-    return all(len(r["source"].split()) == len(r["target"]) for r in records)
-
-
-def baseline(train: Sequence[Record], test: Sequence[Record]) -> dict[str, Any]:
-    """Most frequent character per source token (aligned pairs), else a copy of the source."""
-    if not aligned(train) or not aligned(test):
-        hyps = [r["source"] for r in test]
-        return {"name": "copy the source", **scores(hyps, [r["target"] for r in test])}
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for r in train:
-        for syllable, ch in zip(r["source"].split(), r["target"]):
-            counts[syllable][ch] += 1
-    best = {s: c.most_common(1)[0][0] for s, c in counts.items()}
-    hyps = ["".join(best.get(s, "") for s in r["source"].split()) for r in test]
-    unseen = sum(s not in best for r in test for s in r["source"].split())
-    return {"name": "most frequent character per source token (training split)", "unseen_tokens": unseen,
-            **scores(hyps, [r["target"] for r in test])}
-
-
 def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> dict[str, float]:
     if prepared.info.get("head") == "tag":
         acc = char_accuracy(*translate_tag.tag_dev(model, prepared))
@@ -296,7 +274,13 @@ def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, lengt
     refs = [r["target"] for r in test]
     if tagger:  # one forward pass, then (with the run's LM) a beam search over each position's candidates
         translate_tag.check_aligned(test, "test")
-        return _evaluate_tagger(rd.path, info, model, src_tok, tgt, splits, test, rule, data, limit)
+        scored = translate_lm.evaluate_tagger(rd.path, info, model, src_tok, tgt, splits, test,
+                                              baseline(splits["train"], test))
+        result = {"task": "translate", "data": data, **scored, "split": {"rule": rule, **scored["split"]},
+                  "command": f"candorlm eval {rd.path} --task translate --data {data}"
+                             + (f" --limit {limit}" if limit else "")}
+        write_json(eval_path(rd, "translate"), result)
+        return result
     max_len = config.model.max_seq_len
     sources = [encode_source(src_tok, r["source"], max_len) for r in test]
     hyps = translate(model, tgt, sources, beam_size=beam_size, length_penalty=length_penalty,
@@ -325,44 +309,6 @@ def eval_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the tagger and its n-gram LM
-
-
-def _evaluate_tagger(path: Path, info: dict[str, Any], model: nn.Module, src: Tokenizer, tgt: Tokenizer,
-                     splits: dict[str, list[Record]], test: list[Record], rule: str, data: str,
-                     limit: int | None) -> dict[str, Any]:
-    """A tagger's test scores: its decoding (fused with the run's LM when it has one), the tagger
-    alone, the LM + dictionary alone (an HMM input method) and the most frequent character."""
-    refs, sources = [r["target"] for r in test], [r["source"] for r in test]
-    lm = translate_lm.load_lm(path, info)
-    fused = info.get("lm") or {}
-    lat = translate_lm.tagger_lattice(model, src, tgt, sources, info["lexicon"])
-    alone = translate_lm.decode(lat, tgt, None, 0.0)
-    weight, beam = float(fused.get("weight", 0.0)), int(fused.get("beam", 1))
-    hyps = translate_lm.decode(lat, tgt, lm, weight, beam) if lm is not None and weight else alone
-    hmm_lm = lm or translate_lm.build_lm(splits["train"], tgt)  # a run without one: counted now, the same way
-    hmm = translate_lm.decode(translate_lm.channel_lattice(splits["train"], tgt, sources), tgt, hmm_lm, 1.0, 4)
-    row = {"run": str(path), "arch": "encoder", "head": "tag", "init": info.get("init"),
-           "parameters": sum(p.numel() for p in model.parameters())}
-    tag_row = {**row, "name": f"{path.name} (tagger alone)", "decoding": "tagging: each position's best candidate",
-               **scores(alone, refs)}
-    models = [tag_row]
-    if hyps is not alone:
-        models.insert(0, {**row, "name": f"{path.name} (tagger + n-gram LM)", "decoding":
-                          f"tagger + {lm.order}-gram LM, weight {weight:g}, beam {beam} (chosen on dev)",  # type: ignore[union-attr]
-                          **scores(hyps, refs)})
-    most_frequent = baseline(splits["train"], test)
-    result = {
-        "task": "translate", "data": data,
-        "split": {"rule": rule, "train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},
-        "model": models[0], "models": models, "baseline": most_frequent,
-        "baselines": {"most_frequent": most_frequent,
-                      "hmm": {"name": f"LM + dictionary alone (HMM input method: {hmm_lm.order}-gram LM, "
-                                      f"log p(syllable | character), beam 4)", **scores(hmm, refs)}},
-        "examples": [{"source": s, "reference": r, "output": h} for s, r, h in zip(sources[:5], refs, hyps)],
-        "command": f"candorlm eval {path} --task translate --data {data}" + (f" --limit {limit}" if limit else ""),
-    }
-    write_json(eval_path(path, "translate"), result)
-    return result
 
 
 def finish(prepared: Prepared, model: nn.Module, out: Path, splits: dict[str, list[Record]] | None = None) -> None:

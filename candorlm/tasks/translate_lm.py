@@ -34,6 +34,7 @@ from candorlm.errors import CandorError
 from candorlm.progress import batched
 from candorlm.tasks.data import Record
 from candorlm.tasks.ngram import NgramLM
+from candorlm.tasks.translate_metrics import scores
 from candorlm.tasks.translate_tag import _scores, candidates, encode, tag
 from candorlm.tokenizer import Tokenizer
 
@@ -41,9 +42,10 @@ log = logging.getLogger("candorlm")
 
 LM_FILE = "ngram.safetensors"
 ORDER = 3
-CANDIDATES = 8  # the tagger's best few per position: its top-8 holds the reference nearly always
-WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)  # LM weights tried on dev
-BEAMS = (2, 4, 8)  # beam widths tried on dev at the best weight
+CANDIDATES = 16  # the tagger's best few per position (a weak tagger's top-8 missed the reference too often)
+WEIGHTS = (0.0, 0.3, 0.6, 1.0, 1.5, 2.0, 3.0)  # LM weights tried on dev (at beam 4)
+BEAMS = (4, 8, 16)  # beam widths tried on dev at the best weight: wider kept gaining 0.5-1 point at 8 -> 16
+HMM_CANDIDATES, HMM_BEAM = 32, 16  # the HMM baseline's search: on dev, k16 beam 4 0.874, k32 beam 16 0.914, k64 beam 16 0.914
 DEAD = -1e9  # the score of a missing candidate (a position with fewer than K)
 
 
@@ -115,7 +117,7 @@ def tagger_lattice(model: nn.Module, src: Tokenizer, tgt: Tokenizer, sources: Se
     return lat
 
 
-def channel_lattice(train: Sequence[Record], tgt: Tokenizer, sources: Sequence[str], k: int = 16) -> Lattice:
+def channel_lattice(train: Sequence[Record], tgt: Tokenizer, sources: Sequence[str], k: int = HMM_CANDIDATES) -> Lattice:
     """The HMM's candidates: for each syllable the k characters it most often stood for in the
     training split, scored log p(syllable | character); an unseen one-character token is copied,
     an unseen longer one gives nothing (as the most-frequent-character baseline)."""
@@ -174,8 +176,7 @@ def beam_decode(lat: Lattice, lm: NgramLM | None, weight: float, beam: int = 4) 
     for t in range(T):
         live = int(np.sum(lengths > t))
         ids, cand = lat.ids[order[:live], t], lat.scores[order[:live], t]  # (live, K)
-        lmlp = lm.logprob(np.broadcast_to(hist[:live, :, None, :], (live, beam, K, H)),
-                          np.broadcast_to(ids[:, None, :], (live, beam, K)))
+        lmlp = lm.grid(hist[:live], ids)
         total = (score[:live, :, None] + cand[:, None, :] + weight * lmlp).reshape(live, beam * K)
         if H:  # hypotheses that end alike score alike from here on: keep the best of each (recombination)
             state = np.broadcast_to(ids[:, None, :], (live, beam, K)).copy()
@@ -295,3 +296,41 @@ def load_lm(run: Path, info: dict[str, Any], verify: bool = True) -> NgramLM | N
         raise CandorError(f"{path} scores {lm.vocab_size} ids but the run's tagger has {info.get('tags')} classes; "
                           f"it belongs to another run")
     return lm
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_tagger(path: Path, info: dict[str, Any], model: nn.Module, src: Tokenizer, tgt: Tokenizer,
+                    splits: dict[str, list[Record]], test: Sequence[Record], most_frequent: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """A tagger run's test scores: its decoding (fused with the run's LM when it has one), the
+    tagger alone, the LM + dictionary alone (an HMM input method; a run without an LM gets one
+    counted now, the same way) and `most_frequent` (the most frequent character per syllable)."""
+    refs, sources = [r["target"] for r in test], [r["source"] for r in test]
+    lm = load_lm(path, info)
+    entry = info.get("lm") or {}
+    lat = tagger_lattice(model, src, tgt, sources, info["lexicon"])
+    alone = decode(lat, tgt, None, 0.0)
+    weight, beam = float(entry.get("weight", 0.0)), int(entry.get("beam", 1))
+    hmm_lm = lm or build_lm(splits["train"], tgt)
+    hmm = decode(channel_lattice(splits["train"], tgt, sources), tgt, hmm_lm, 1.0, HMM_BEAM)
+    row = {"run": str(path), "arch": "encoder", "head": "tag", "init": info.get("init"),
+           "parameters": sum(p.numel() for p in model.parameters())}
+    models = [{**row, "name": f"{path.name} (tagger alone)", "decoding": "tagging: each position's best candidate",
+               **scores(alone, refs)}]
+    hyps = alone
+    if lm is not None and weight:
+        hyps = decode(lat, tgt, lm, weight, beam)
+        models.insert(0, {**row, "name": f"{path.name} (tagger + n-gram LM)", "decoding":
+                          f"tagger + {lm.order}-gram LM, weight {weight:g}, beam {beam} (chosen on dev)",
+                          **scores(hyps, refs)})
+    return {
+        "task": "translate",
+        "split": {"train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},
+        "model": models[0], "models": models, "baseline": most_frequent,
+        "baselines": {"most_frequent": most_frequent,
+                      "hmm": {"name": f"LM + dictionary alone (HMM input method: {hmm_lm.order}-gram LM, log p(syllable "
+                                      f"| character), {HMM_CANDIDATES} candidates, beam {HMM_BEAM})", **scores(hmm, refs)}},
+        "examples": [{"source": s, "reference": r, "output": h} for s, r, h in zip(sources[:5], refs, hyps)],
+    }

@@ -4,7 +4,10 @@ for what each measures."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections import Counter, defaultdict
+from typing import Any, Sequence
+
+from candorlm.tasks.data import Record
 
 
 def _is_han(ch: str) -> bool:
@@ -73,3 +76,24 @@ def scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
             "chrf": round(sacrebleu.corpus_chrf(list(hyps), [list(refs)]).score, 2),
             "bleu": round(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="zh").score, 2),
             "exact_match": round(sum(h == r for h, r in zip(hyps, refs)) / max(len(refs), 1), 4)}
+
+
+def aligned(records: Sequence[Record]) -> bool:
+    """True when every pair has one source token per target character (pinyin-style)."""
+    return all(len(r["source"].split()) == len(r["target"]) for r in records)
+
+
+def baseline(train: Sequence[Record], test: Sequence[Record]) -> dict[str, Any]:
+    """Most frequent character per source token (aligned pairs), else a copy of the source."""
+    if not aligned(train) or not aligned(test):
+        hyps = [r["source"] for r in test]
+        return {"name": "copy the source", **scores(hyps, [r["target"] for r in test])}
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in train:
+        for syllable, ch in zip(r["source"].split(), r["target"]):
+            counts[syllable][ch] += 1
+    best = {s: c.most_common(1)[0][0] for s, c in counts.items()}
+    hyps = ["".join(best.get(s, "") for s in r["source"].split()) for r in test]
+    unseen = sum(s not in best for r in test for s in r["source"].split())
+    return {"name": "most frequent character per source token (training split)", "unseen_tokens": unseen,
+            **scores(hyps, [r["target"] for r in test])}

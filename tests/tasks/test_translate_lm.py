@@ -159,7 +159,7 @@ def test_tagger_run_keeps_its_lm_and_a_run_without_one_takes_one_later(tmp_path,
                       overrides=["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.max_seq_len=96"])
     info = json.loads((out / "task.json").read_text(encoding="utf-8"))
     lm_entry = info["lm"]
-    assert lm_entry["file"] == "ngram.safetensors" and lm_entry["order"] == 3 and lm_entry["beam"] in (2, 4, 8)
+    assert lm_entry["file"] == "ngram.safetensors" and lm_entry["order"] == 3 and lm_entry["beam"] in (4, 8, 16)
     assert 0 < lm_entry["bytes"] < 10_000_000 and "weight 0, beam 4" in lm_entry["dev"]
     # one table: the fused model (if dev chose a weight), the tagger alone, the HMM and the most frequent character
     names = [m["name"] for m in result["models"]]
@@ -191,3 +191,11 @@ def test_tagger_run_keeps_its_lm_and_a_run_without_one_takes_one_later(tmp_path,
     (out / "ngram.safetensors").unlink()
     with pytest.raises(CandorError, match="ngram.safetensors is missing"):
         candorlm.load_task(out)
+
+
+def test_lm_grid_scores_every_history_with_every_id_as_logprob_does():
+    lm = NgramLM.build(SENTENCES, order=3, vocab_size=10, bos=1, eos=2)
+    rng = np.random.default_rng(1)
+    hist, ids = rng.integers(1, 10, size=(4, 3, 2)), rng.integers(0, 10, size=(4, 5))
+    want = lm.logprob(np.broadcast_to(hist[:, :, None, :], (4, 3, 5, 2)), np.broadcast_to(ids[:, None, :], (4, 3, 5)))
+    np.testing.assert_allclose(lm.grid(hist, ids), want)

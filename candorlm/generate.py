@@ -181,7 +181,7 @@ class _Steps:
         self.to_compile = bool(compile) and not ready and not self.chunked  # the chunk's last few: eager
 
     def greedy(self, token: torch.Tensor) -> torch.Tensor | None:
-        """The next decode.CHUNK greedy tokens (B, CHUNK) after `token`, or None when they do not
+        """The next decode.CHUNK greedy tokens (CHUNK, B) after `token`, or None when they do not
         come in a chunk (not compiled, no room left in the cache, or compiling failed)."""
         if not self.chunked or self.cache.length + decode.CHUNK > self.cache.max_len:
             return None
@@ -276,7 +276,7 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
         while made < cfg.max_new_tokens:
             chunk = steps.greedy(step_input) if steps is not None else None
             if chunk is not None:  # past the budget, tokens are dropped (as past a stop token)
-                tokens: Sequence[torch.Tensor] = chunk.unbind(1)[:cfg.max_new_tokens - made]
+                tokens: Sequence[torch.Tensor] = chunk.unbind(0)[:cfg.max_new_tokens - made]
             else:
                 if steps is not None:
                     logits = steps(step_input)
@@ -312,7 +312,7 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
                     seen = seen_buf[:, :seen.shape[1] + 1]
             # After a chunk, a finished row's next input is its own token, not the pad it yielded:
             # rows attend only to themselves, so what a finished row computes changes no other row.
-            step_input = (chunk[:, -1] if chunk is not None else token) if steps is not None else token[:, None]
+            step_input = (chunk[-1] if chunk is not None else token) if steps is not None else token[:, None]
             if mask is not None and steps is None:
                 mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
     finally:

@@ -187,7 +187,7 @@ class DecodeStep:
 
     def greedy(self, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor | None,
                cache: StaticKVCache, banned: torch.Tensor | None) -> torch.Tensor:
-        """CHUNK greedy tokens per row, (B, CHUNK), from one compiled call (compiled on the first
+        """CHUNK greedy tokens per row, (CHUNK, B), from one compiled call (compiled on the first
         call for its shape; raises whatever compiling raises). Writes CHUNK cache columns from
         `slot` on: the caller makes sure they exist, then advances by CHUNK. `banned`: (vocab,)
         0, or -inf for a token never to be chosen; None for none."""
@@ -222,7 +222,8 @@ def _forward(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tenso
 def _greedy(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
             key_ok: torch.Tensor | None, span: torch.Tensor, ks: list[torch.Tensor], vs: list[torch.Tensor],
             banned: torch.Tensor | None, k: int) -> torch.Tensor:
-    """`k` greedy steps in a row, each one's argmax the next one's token: (B, k) ids.
+    """`k` greedy steps in a row, each one's argmax the next one's token: (k, B) ids (a step's
+    tokens contiguous, as the next call's `token` must be: a strided one is another graph).
 
     Token j takes cache column slot + j and attends to columns 0..slot + j (the span's length
     + j: still the one dynamic size). `banned`: (V,) 0 or -inf, added to the logits (suppressed
@@ -235,7 +236,7 @@ def _greedy(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tensor
             logits = logits + banned
         token = logits.argmax(-1)
         out.append(token)
-    return torch.stack(out, 1)
+    return torch.stack(out)
 
 
 def _token(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,

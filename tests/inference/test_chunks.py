@@ -42,6 +42,7 @@ def chunk_calls(model: DecoderLM, monkeypatch) -> list[int]:
     run = step.greedy
 
     def counted(token, slot, positions, key_ok, cache, banned):
+        assert token.stride() == (1,)  # a strided token would make a compiled chunk compile anew
         calls.append(cache.length)
         return run(token, slot, positions, key_ok, cache, banned)
 
@@ -157,7 +158,9 @@ def test_compiled_chunks_make_the_tokens_one_step_at_a_time_makes(monkeypatch):
     monkeypatch.setattr(decode_module, "CHUNK", 3)  # a smaller graph: compiles faster
     model = tiny(n_kv_heads=2)
     expected = generate_ids(model, PROMPTS, greedy(20), compile=False)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert generate_ids(model, PROMPTS, greedy(20), compile=True) == expected
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1  # compiled once, not per call
     assert decode_step(model).greedy_shapes == {(3, 64, torch.float32, True, False, 3)}
     stop = expected[0][4]
     assert generate_ids(model, PROMPTS, greedy(20), stop_ids=[stop], compile=True) == \

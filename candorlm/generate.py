@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from candorlm.errors import CandorError
-from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, shape_key, supports
+from candorlm.model import decode
+from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, greedy_key, shape_key, supports
 
 log = logging.getLogger("candorlm")
 
@@ -148,13 +149,18 @@ def cache_length(needed: int, max_len: int) -> int:
 
 
 class _Steps:
-    """The decode steps after the prompt through a DecodeStep: its slot, positions and key mask."""
+    """The decode steps after the prompt through a DecodeStep: its slot, positions and key mask.
+
+    Compiled and greedy (`banned` not None: no sampling, penalty or n-gram ban reads the logits),
+    the steps come decode.CHUNK tokens at a time from `greedy` while the cache has room for a
+    whole chunk (tokens past the budget or a stop token are the caller's to drop); the last few
+    where it has not come one by one (through the one-token graph where compiled, else eager)."""
 
     def __init__(self, model: nn.Module, step: DecodeStep, cache: StaticKVCache, mask: torch.Tensor | None,
-                 compile: bool | None, remaining: int):
+                 compile: bool | None, remaining: int, banned: torch.Tensor | None = None, greedy: bool = False):
         B, T, L = cache.batch_size, cache.length, cache.max_len
         device = cache.device
-        self.step, self.cache = step, cache
+        self.step, self.cache, self.banned = step, cache, banned
         step.prepare(model)
         self.slot = torch.tensor([T], dtype=torch.long, device=device)
         self.key_ok = None
@@ -165,11 +171,38 @@ class _Steps:
             self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
             self.key_ok[:, :T] = mask.bool()
         ready = shape_key(cache, self.key_ok) in step.compiled_shapes
+        chunk_ready = greedy and greedy_key(cache, self.key_ok, banned) in step.greedy_shapes
         self.explicit = bool(compile)
-        if compile is None:
-            compile = ready or (step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER)
-        self.compiled = compile and ready
-        self.to_compile = compile and not ready
+        if compile is None:  # compiles nothing where a graph for this shape is there
+            compile = ready or chunk_ready or (step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER)
+            greedy = greedy and (chunk_ready or not ready)
+        self.chunked = bool(compile) and greedy  # `greedy` makes the tokens where it can
+        self.compiled = bool(compile) and ready
+        self.to_compile = bool(compile) and not ready and not self.chunked  # the chunk's last few: eager
+
+    def greedy(self, token: torch.Tensor) -> torch.Tensor | None:
+        """The next decode.CHUNK greedy tokens (CHUNK, B) after `token`, or None when they do not
+        come in a chunk (not compiled, no room left in the cache, or compiling failed)."""
+        if not self.chunked or self.cache.length + decode.CHUNK > self.cache.max_len:
+            return None
+        try:
+            tokens = self.step.greedy(token, self.slot, self.positions, self.key_ok, self.cache, self.banned)
+        except Exception as e:  # noqa: BLE001  (any compiler failure, as in __call__)
+            self.chunked = False
+            self._compile_failed(e)
+            return None
+        self.slot += decode.CHUNK
+        self.positions += decode.CHUNK
+        self.cache.advance(decode.CHUNK)
+        return tokens
+
+    def _compile_failed(self, e: Exception) -> None:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if self.explicit:
+            raise CandorError(f"could not compile the decode step: {reason}") from None
+        self.step.compile_error = reason
+        self.to_compile = self.compiled = False
+        log.warning("generation goes on without compiling: %s", reason)
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         args = (token, self.slot, self.positions, self.key_ok, self.cache)
@@ -179,11 +212,7 @@ class _Steps:
                 logits = self.step.compile(*args)
                 self.compiled = True
             except Exception as e:  # noqa: BLE001  (any compiler failure: a missing C compiler, an unsupported op)
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                if self.explicit:
-                    raise CandorError(f"could not compile the decode step: {reason}") from None
-                self.step.compile_error = reason
-                log.warning("generation goes on without compiling: %s", reason)
+                self._compile_failed(e)
                 logits = self.step(*args)
         else:
             logits = self.step(*args, compiled=self.compiled)
@@ -227,6 +256,12 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
     else:
         cache = model.make_cache(B, T + cfg.max_new_tokens) if use_cache else None
     steps: _Steps | None = None
+    # Greedy with nothing else reading the logits: the compiled step makes several tokens a call.
+    chunkable = cfg.is_greedy and cfg.repetition_penalty == 1.0 and cfg.no_repeat_ngram == 0
+    banned = None
+    if chunkable and len(suppress):
+        banned = torch.zeros(model.cfg.vocab_size, dtype=model.tok_emb.weight.dtype, device=device)
+        banned[suppress] = float("-inf")
     # Every token so far, in one buffer filled as decoding goes (no growing copy per step).
     seen_buf = torch.empty((B, T + cfg.max_new_tokens), dtype=ids.dtype, device=device)
     seen_buf[:, :T] = ids
@@ -237,37 +272,47 @@ def stream_ids(model: nn.Module, prompts: Sequence[Sequence[int]], cfg: Sampling
     was_training = model.training
     model.eval()
     try:
-        for i in range(cfg.max_new_tokens):
-            if steps is not None:
-                logits = steps(step_input)
-            elif cache is not None:
-                logits = model(step_input, attention_mask=mask, cache=cache)[:, -1]
-                if step is not None:  # the prompt is in the cache: the DecodeStep takes over
-                    steps = _Steps(model, step, cache, mask, compile, cfg.max_new_tokens - i - 1)
+        made = 0
+        while made < cfg.max_new_tokens:
+            chunk = steps.greedy(step_input) if steps is not None else None
+            if chunk is not None:  # past the budget, tokens are dropped (as past a stop token)
+                tokens: Sequence[torch.Tensor] = chunk.unbind(0)[:cfg.max_new_tokens - made]
             else:
-                logits = model(seen, attention_mask=mask)[:, -1]
-            if len(suppress):
-                logits[:, suppress] = float("-inf")
-            if cfg.no_repeat_ngram > 0 and seen.shape[1] > T:
-                new = seen[:, T:].tolist()
-                for row in range(B):
-                    banned = repeated_ngram_ends(new[row], cfg.no_repeat_ngram)
-                    if banned:
-                        logits[row, banned] = float("-inf")
-            token = choose_next(logits, seen, cfg, generator)
-            if len(stop):
-                token = torch.where(finished, torch.full_like(token, pad_id), token)
-                newly_stopped = torch.isin(token, stop) & ~finished
-                yield token, finished | newly_stopped
-                finished |= newly_stopped
-                if bool(finished.all()):
-                    break
-            else:  # no stop token: no row ever finishes (a few operators less per token)
-                yield token, finished
-            if track_seen:
-                seen_buf[:, seen.shape[1]] = token
-                seen = seen_buf[:, :seen.shape[1] + 1]
-            step_input = token if steps is not None else token[:, None]
+                if steps is not None:
+                    logits = steps(step_input)
+                elif cache is not None:
+                    logits = model(step_input, attention_mask=mask, cache=cache)[:, -1]
+                    if step is not None:  # the prompt is in the cache: the DecodeStep takes over
+                        steps = _Steps(model, step, cache, mask, compile, cfg.max_new_tokens - made - 1, banned,
+                                       chunkable)
+                else:
+                    logits = model(seen, attention_mask=mask)[:, -1]
+                if len(suppress):
+                    logits[:, suppress] = float("-inf")
+                if cfg.no_repeat_ngram > 0 and seen.shape[1] > T:
+                    new = seen[:, T:].tolist()
+                    for row in range(B):
+                        ends = repeated_ngram_ends(new[row], cfg.no_repeat_ngram)
+                        if ends:
+                            logits[row, ends] = float("-inf")
+                tokens = (choose_next(logits, seen, cfg, generator),)
+            for token in tokens:
+                made += 1
+                if len(stop):
+                    token = torch.where(finished, torch.full_like(token, pad_id), token)
+                    newly_stopped = torch.isin(token, stop) & ~finished
+                    yield token, finished | newly_stopped
+                    finished |= newly_stopped
+                    if bool(finished.all()):
+                        return
+                else:  # no stop token: no row ever finishes (a few operators less per token)
+                    yield token, finished
+                if track_seen:
+                    seen_buf[:, seen.shape[1]] = token
+                    seen = seen_buf[:, :seen.shape[1] + 1]
+            # After a chunk, a finished row's next input is its own token, not the pad it yielded:
+            # rows attend only to themselves, so what a finished row computes changes no other row.
+            step_input = (chunk[-1] if chunk is not None else token) if steps is not None else token[:, None]
             if mask is not None and steps is None:
                 mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
     finally:

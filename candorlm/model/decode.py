@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.compiler import is_compiling
 
 from candorlm.model.cache import KVCache
 from candorlm.model.decoder import DecoderLM
@@ -43,7 +44,14 @@ from candorlm.model.layers import apply_rope
 from candorlm.model.ops import rms_norm, swiglu
 
 
-COMPILE_OPTIONS: dict[str, object] = {}  # inductor options for the compiled step
+# Inductor options for the compiled step. cpp_wrapper: the graph's calls (a dozen kernels and
+# matmuls per layer) made from generated C++, not Python: at batch 1 about 10% of a step.
+COMPILE_OPTIONS: dict[str, object] = {"cpp_wrapper": True}
+
+# Greedy tokens per compiled call (`DecodeStep.greedy`). A call's fixed costs (guards on some
+# 40 tensors, the caller's loop and argmax) are ~20% of a batch-1 step; 8 tokens a call leave
+# 1/8 of that. The graph, and so compiling it, grows with it: 8 compiled in ~4x one step's time.
+CHUNK = 8
 
 
 class StaticKVCache(KVCache):
@@ -125,8 +133,10 @@ class DecodeStep:
         self.spec = (cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.norm_eps, cfg.mlp)
         self.weights: tuple = ()
         self._compiled: Callable | None = None
+        self._greedy: Callable | None = None
         self.compile_error: str | None = None  # why compiling failed, once it has
         self.compiled_shapes: set[tuple] = set()  # shape_key()s compiled so far
+        self.greedy_shapes: set[tuple] = set()  # greedy_key()s compiled so far
         self.steps = 0  # decode steps run for this model in this process
 
     def prepare(self, model: nn.Module) -> None:
@@ -175,6 +185,20 @@ class DecodeStep:
         self.steps += 1
         return out
 
+    def greedy(self, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor | None,
+               cache: StaticKVCache, banned: torch.Tensor | None) -> torch.Tensor:
+        """CHUNK greedy tokens per row, (CHUNK, B), from one compiled call (compiled on the first
+        call for its shape; raises whatever compiling raises). Writes CHUNK cache columns from
+        `slot` on: the caller makes sure they exist, then advances by CHUNK. `banned`: (vocab,)
+        0, or -inf for a token never to be chosen; None for none."""
+        if self._greedy is None:
+            self._greedy = torch.compile(_greedy, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
+        out = self._greedy(self.spec, self.weights, token, slot, positions, key_ok, self._span(cache),
+                           cache.ks, cache.vs, banned, CHUNK)
+        self.greedy_shapes.add(greedy_key(cache, key_ok, banned))
+        self.steps += CHUNK
+        return out
+
     @staticmethod
     def _span(cache: StaticKVCache) -> torch.Tensor:
         """A (n,) tensor whose length is the number of cache columns this step attends to (those
@@ -192,9 +216,36 @@ def _forward(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tenso
              key_ok: torch.Tensor | None, span: torch.Tensor, ks: list[torch.Tensor],
              vs: list[torch.Tensor]) -> torch.Tensor:
     """The step: DecoderLM's forward pass for one token per row (model/layers.py's Block, in order)."""
+    return _token(spec, weights, token, slot, positions, key_ok, span.shape[0], ks, vs)
+
+
+def _greedy(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
+            key_ok: torch.Tensor | None, span: torch.Tensor, ks: list[torch.Tensor], vs: list[torch.Tensor],
+            banned: torch.Tensor | None, k: int) -> torch.Tensor:
+    """`k` greedy steps in a row, each one's argmax the next one's token: (k, B) ids (a step's
+    tokens contiguous, as the next call's `token` must be: a strided one is another graph).
+
+    Token j takes cache column slot + j and attends to columns 0..slot + j (the span's length
+    + j: still the one dynamic size). `banned`: (V,) 0 or -inf, added to the logits (suppressed
+    tokens). Unrolled, so that one compiled call makes k tokens: the per-call costs (guards, the
+    caller's loop, sampling) are paid once per k tokens."""
+    n, out = span.shape[0], []
+    for j in range(k):
+        logits = _token(spec, weights, token, slot + j, positions + j, key_ok, n + j, ks, vs)
+        if banned is not None:
+            logits = logits + banned
+        token = logits.argmax(-1)
+        out.append(token)
+    return torch.stack(out)
+
+
+def _token(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,
+           key_ok: torch.Tensor | None, n: int, ks: list[torch.Tensor], vs: list[torch.Tensor]) -> torch.Tensor:
+    """(B, vocab) logits of one token per row; n: the columns attended, 0..slot (the cached ones
+    and this token's)."""
     H, Hkv, D, eps, mlp = spec
     tok_emb, cos_table, sin_table, layers, norm, lm_head = weights
-    B, n = token.shape[0], span.shape[0]  # n: columns 0..slot, the cached ones and this step's
+    B = token.shape[0]
     x = F.embedding(token, tok_emb)  # (B, C)
     cos = cos_table[positions].view(B, 1, 1, D)  # once for every layer
     sin = sin_table[positions].view(B, 1, 1, D)
@@ -213,8 +264,11 @@ def _forward(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tenso
         v = qkv[:, (H + Hkv) * D:].view(B, Hkv, 1, D)
         ks[i].index_copy_(2, slot, k)
         vs[i].index_copy_(2, slot, v)
-        y = F.scaled_dot_product_attention(q, ks[i][:, :, :n], vs[i][:, :, :n], attn_mask=bias,
-                                           enable_gqa=H != Hkv)
+        if is_compiling():  # written out, inductor fuses it into its own loops
+            y = _attend(q, ks[i][:, :, :n], vs[i][:, :, :n], bias)
+        else:  # eager, SDPA's one kernel is cheaper than the five operators
+            y = F.scaled_dot_product_attention(q, ks[i][:, :, :n], vs[i][:, :, :n], attn_mask=bias,
+                                               enable_gqa=H != Hkv)
         x = x + F.linear(y.view(B, H * D), w_o)  # (B, H, 1, D): the heads side by side
         h = F.linear(rms_norm(x, mlp_norm, eps), w_up)
         if mlp == "swiglu":  # gate and up from one matmul: at one token a row, one weight read is what counts
@@ -225,9 +279,28 @@ def _forward(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tenso
     return F.linear(rms_norm(x, norm, eps), lm_head)  # (B, vocab)
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """SDPA for one query per head, (B, H, 1, D) over (B, Hkv, n, D), as products and sums: in a
+    compiled step these become inductor's own loops, fused with their neighbours, where SDPA is
+    an opaque call that transposes and copies its inputs (~10% of a batch-1 compiled step)."""
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    q = q.view(B, Hkv, H // Hkv, 1, D)  # a key/value head's queries side by side (GQA)
+    scores = (q * k[:, :, None]).sum(-1) * D ** -0.5  # (B, Hkv, H / Hkv, n)
+    if bias is not None:
+        scores = scores + bias.view(B, 1, 1, -1)
+    weights = scores.softmax(-1)
+    return (weights[..., None] * v[:, :, None]).sum(-2).view(B, H, 1, D)
+
+
 def shape_key(cache: StaticKVCache, key_ok: torch.Tensor | None) -> tuple:
     """What a compiled graph is specialised to: batch, cache length, dtype, padded or not."""
     return (cache.batch_size, cache.max_len, cache.ks[0].dtype if cache.ks else None, key_ok is not None)
+
+
+def greedy_key(cache: StaticKVCache, key_ok: torch.Tensor | None, banned: torch.Tensor | None) -> tuple:
+    """What a compiled greedy chunk is specialised to: shape_key's, suppressed tokens or not, CHUNK."""
+    return shape_key(cache, key_ok) + (banned is not None, CHUNK)
 
 
 _STEPS: weakref.WeakKeyDictionary[nn.Module, DecodeStep] = weakref.WeakKeyDictionary()

@@ -97,17 +97,19 @@ def test_cache_length_is_a_power_of_two_within_the_context():
 
 @pytest.mark.slow  # compiles (seconds to a minute)
 def test_compiled_step_generates_what_the_forward_pass_does():
+    # An n-gram ban reads the logits: one token a step (plain greedy comes in chunks, test_chunks.py).
+    banning = SamplingConfig(max_new_tokens=20, greedy=True, no_repeat_ngram=2)
     model = tiny(n_kv_heads=2)
-    expected = through_forward(model, PROMPTS, GREEDY)
-    assert generate_ids(model, PROMPTS, GREEDY, compile=True) == expected
+    expected = through_forward(model, PROMPTS, banning)
+    assert generate_ids(model, PROMPTS, banning, compile=True) == expected
     step = decode_step(model)
     assert step.compiled_shapes == {(3, 64, torch.float32, True)}  # padded prompts
     # Compiled once for this shape: the default uses it from now on, without compiling again.
-    assert generate_ids(model, PROMPTS, GREEDY) == expected
-    assert generate_ids(model, [PROMPTS[0]], GREEDY, compile=False) == expected[:1]
+    assert generate_ids(model, PROMPTS, banning) == expected
+    assert generate_ids(model, [PROMPTS[0]], banning, compile=False) == expected[:1]
     # A second model of another shape compiles its own graph (its head counts stay constants).
     other = tiny(n_kv_heads=1)  # another graph: one key/value head
-    assert generate_ids(other, PROMPTS, GREEDY, compile=True) == through_forward(other, PROMPTS, GREEDY)
+    assert generate_ids(other, PROMPTS, banning, compile=True) == through_forward(other, PROMPTS, banning)
 
 
 def test_a_setting_the_step_does_not_know_keeps_the_forward_pass(monkeypatch):

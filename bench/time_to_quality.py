@@ -14,10 +14,13 @@ Contestants (`--contestants`, comma-separated):
 and any variant given as `--variant NAME:section.key=value,section.key=value` (for the lever
 ablations: `--variant qknorm:model.qk_norm=true`), a variant of `today`, or with `--base default`
 of the default recipe (`--variant lr2x:train.lr=6e-3 --base default`).
+`train.compile=true` compiles the contestant's blocks as the trainer does (model/compiled.py);
+its cold compile counts in its own time (its first step), from an empty inductor cache (a fresh
+directory, removed at the end, as on a user's first run) unless --warm-cache.
 
     .venv/bin/python bench/time_to_quality.py [--budget 150] [--seeds 1337] [--chunk 3]
         [--contestants default,today,nanogpt] [--variant NAME:k=v,...] [--base today|default]
-        [--json runs/ttq.json]
+        [--json runs/ttq.json] [--warm-cache]
 
 Prints, per contestant: tokens/s, val bits/byte at 25/50/75/100% of the budget (mean over
 seeds, with the spread when there are several), and the time each needs to reach the others'
@@ -30,7 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +128,7 @@ def build(name: str, overrides: dict[str, dict[str, Any]], seed: int, data: Path
 
     from candorlm.config import resolve
     from candorlm.model import build_model
+    from candorlm.model.compiled import compile_blocks
     from candorlm.shards import BatchSampler, ShardSet
     from candorlm.training.optim import build_optimizers
 
@@ -144,6 +150,8 @@ def build(name: str, overrides: dict[str, dict[str, Any]], seed: int, data: Path
         cfg = resolve("tiny", model=model_keys, train=dict(TODAY_TRAIN, seed=seed, **overrides.get("train", {})))
     model = build_model(cfg.model)
     t = cfg.train
+    if t.compile:  # as the trainer compiles on the CPU; the compile is paid in its first step, on its clock
+        compile_blocks(model)
     if t.align_windows:
         sampler = BatchSampler(shards.windows("train", seq_len, aligned=True), batch, seed)
     return Contestant(name, seed, model, build_optimizers(model, cfg), sampler, budget_s, peak_lr=t.lr,
@@ -294,11 +302,21 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores); on a "
                     "machine shared with other work, 1 thread often beats 2 fighting for the cores")
+    ap.add_argument("--warm-cache", action="store_true", help="compiled contestants use the usual inductor cache, "
+                    "not an empty one")
     ap.add_argument("--json", type=Path, default=ROOT / "runs" / "time_to_quality.json")
     args = ap.parse_args()
     args.command = "bench/time_to_quality.py " + " ".join(sys.argv[1:])
     args.load_start = [round(x, 1) for x in os.getloadavg()]  # the machine's load: say it with every figure
-    doc = run(args)
+    cold = None
+    if not args.warm_cache:  # read when inductor first writes: set before anything compiles
+        cold = tempfile.mkdtemp(prefix="candorlm-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold
+    try:
+        doc = run(args)
+    finally:
+        if cold is not None:
+            shutil.rmtree(cold, ignore_errors=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     print(f"\nshape: {doc['model']}; {doc['budget_s']:.0f} s per contestant, batch {doc['batch']} x {doc['seq_len']}, {doc['precision']}, "

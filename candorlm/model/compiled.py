@@ -39,19 +39,28 @@ def _run_block(block: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> 
     return block(x, *args, **kwargs)
 
 
+def _trunks(model: nn.Module) -> list[nn.Module]:
+    """`model` and every module in it that runs blocks (an encoder-decoder's encoder)."""
+    return [m for m in model.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)]
+
+
 def compile_blocks(model: nn.Module, **options: Any) -> nn.Module:
     """Make `model`'s training passes run each block through one compiled function (in place;
-    returns `model`). `options` go to `torch.compile` (mode, dynamic, options...)."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList):
+    returns `model`); an encoder-decoder's encoder shares it. `options` go to `torch.compile`
+    (mode, dynamic, options...)."""
+    trunks = _trunks(model)
+    if not trunks:
         raise TypeError(f"{type(model).__name__} has no `blocks` to compile")
-    model.__dict__[_KEY] = torch.compile(_run_block, **options)
+    fn = torch.compile(_run_block, **options)
+    for trunk in trunks:
+        trunk.__dict__[_KEY] = fn
     return model
 
 
 def uncompile_blocks(model: nn.Module) -> None:
     """Back to eager blocks (the compiled graphs are dropped with the function)."""
-    model.__dict__.pop(_KEY, None)
+    for trunk in _trunks(model):
+        trunk.__dict__.pop(_KEY, None)
 
 
 def is_compiled(model: nn.Module) -> bool:

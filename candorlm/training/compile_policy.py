@@ -16,12 +16,17 @@ twice that, so a busy machine or a slower compile does not turn it into a loss.
 - a run of a number of steps times its first MEASURE_STEPS eager steps, then compiles when the
   steps left would take at least PAYS_AFTER_S (`CompileWhenItPays`);
 - several processes (torchrun) decide before the first step, as a time-budgeted run does, so
-  that every rank does the same: a step-count run stays eager unless `train.compile` says so.
+  that every rank does the same: a step-count run stays eager unless `train.compile` says so;
+- without a C++ compiler (inductor's `g++`, or $CXX) nothing is compiled unless asked for: a
+  default must not fail ten minutes into a run. Asked for (`train.compile = true`), a failure
+  to compile is the user's to see.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import statistics
 import time
 from typing import Callable
@@ -50,9 +55,16 @@ def compile_upfront(config: RunConfig, device: torch.device, distributed: bool =
         return True
     if device.type != "cpu":
         return False
+    if not has_cxx():
+        return False
     if t.time is not None:
         return parse_duration(t.time) >= PAYS_AFTER_S
     return None if not distributed else False
+
+
+def has_cxx() -> bool:
+    """A C++ compiler for inductor's CPU kernels is on the PATH."""
+    return any(shutil.which(name) for name in filter(None, (os.environ.get("CXX"), "g++", "c++", "clang++")))
 
 
 class CompileWhenItPays:

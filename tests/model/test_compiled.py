@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from candorlm.config import ModelConfig
-from candorlm.model import DecoderLM
+from candorlm.model import DecoderLM, build_model, lm_loss
 from candorlm.model.compiled import block_runner, compile_blocks, is_compiled, uncompile_blocks
 from candorlm.model.hooks import hooks
 
@@ -90,6 +90,32 @@ def test_only_training_passes_of_a_compiled_model_take_the_compiled_blocks():
     assert block_runner(m, m.blocks[1], cached=False) is not m.blocks[1]
     uncompile_blocks(m)
     assert not is_compiled(m) and block_runner(m, block, cached=False) is block
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["encoder", "seq2seq"])
+def test_other_families_train_compiled_as_eager(arch):
+    def build():
+        torch.manual_seed(0)
+        return build_model(ModelConfig(arch=arch, vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=32))
+
+    def losses(m):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        out = []
+        for x, y in batches()[:2]:
+            mask = torch.ones_like(x)
+            logits = m(x, mask) if arch == "encoder" else m(x, y, mask)
+            loss = lm_loss(logits, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            out.append(loss.item())
+        return out
+
+    compiled = compile_blocks(build())
+    if arch == "seq2seq":
+        assert is_compiled(compiled.encoder)  # the encoder's blocks too
+    assert losses(compiled) == pytest.approx(losses(build()), rel=1e-4)
 
 
 def test_compile_blocks_needs_blocks():

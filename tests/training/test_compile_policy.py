@@ -21,6 +21,13 @@ def test_upfront_decisions():
     assert compile_upfront(resolve("nano"), CPU, distributed=True) is False  # every rank alike
 
 
+def test_no_cxx_compiler_no_compile_unless_asked(monkeypatch):
+    monkeypatch.setattr(compile_policy, "has_cxx", lambda: False)
+    assert compile_upfront(resolve("nano", train={"time": "1h"}), CPU) is False
+    assert compile_upfront(resolve("nano"), CPU) is False
+    assert compile_upfront(resolve("nano", train={"compile": True}), CPU) is True
+
+
 class FakeClock:
     def __init__(self, step_s: float) -> None:
         self.now, self.step_s = 0.0, step_s

@@ -166,7 +166,8 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also candorlm and nanoGPT compiled (torch.compile)")
-    ap.add_argument("--warm-cache", action="store_true", help="with --compile: the usual inductor cache, not an empty one")
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="with --compile: the usual inductor cache, not an empty one")
     args = ap.parse_args()
     cold = None
     if args.compile and not args.warm_cache:  # before anything compiles: read when inductor first writes

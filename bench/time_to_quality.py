@@ -48,6 +48,7 @@ from typing import Any
 
 from _common import ROOT, ensure_data
 
+
 def cpu_seconds() -> float:
     """CPU seconds of this process and its finished subprocesses (inductor's C++ compiler runs)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -272,7 +273,7 @@ def summarize(field: list[Contestant], names: list[str], args: argparse.Namespac
     return {"budget_s": args.budget, "base": args.base, "load": [args.load_start, [round(x, 1) for x in os.getloadavg()]],
             "model": args.model or "tiny preset shape", "seeds": args.seeds, "batch": args.batch_size, "seq_len": args.seq_len,
             "precision": precision, "threads": threads, "chunk_s": args.chunk, "wall_s": round(wall, 1),
-            "rows": rows, "reach": reach, "command": args.command}
+            "rows": rows, "reach": reach, "command": args.command, "clock": args.clock}
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -338,7 +339,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     print(f"\nshape: {doc['model']}; {doc['budget_s']:.0f} s per contestant, batch {doc['batch']} x {doc['seq_len']}, {doc['precision']}, "
-          f"{doc['threads']} threads, seeds {doc['seeds']}, one process, round robin in {doc['chunk_s']:.0f}-s chunks "
+          f"{doc['threads']} threads, seeds {doc['seeds']}, {doc['clock']} seconds, one process, round robin in {doc['chunk_s']:.0f}-s chunks "
           f"({doc['wall_s']:.0f} s wall); val bits/byte on the first {EVAL_WINDOWS} validation windows; "
           f"load average (1, 5, 15 min) {doc['load'][0]} at the start, {doc['load'][1]} at the end\n")
     print(table(doc))

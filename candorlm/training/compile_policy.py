@@ -18,8 +18,8 @@ twice that, so a busy machine or a slower compile does not turn it into a loss.
 - several processes (torchrun) decide before the first step, as a time-budgeted run does, so
   that every rank does the same: a step-count run stays eager unless `train.compile` says so;
 - without a C++ compiler (inductor's `g++`, or $CXX) nothing is compiled unless asked for: a
-  default must not fail ten minutes into a run. Asked for (`train.compile = true`), a failure
-  to compile is the user's to see.
+  default must not fail ten minutes into a run; asked for (`train.compile = true`), the run
+  stops before it starts, saying what to install.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from candorlm.config import RunConfig, parse_duration
+from candorlm.errors import CandorError
 from candorlm.model.compiled import compile_blocks
 
 log = logging.getLogger("candorlm")
@@ -49,6 +50,9 @@ def compile_upfront(config: RunConfig, device: torch.device, distributed: bool =
     """True or False when known before the first step; None: a step-count run on the CPU in one
     process, which `CompileWhenItPays` decides after its first steps."""
     t = config.train
+    if t.compile and device.type == "cpu" and not has_cxx():
+        raise CandorError("train.compile = true on the CPU needs a C++ compiler for inductor's kernels (g++, or "
+                          "$CXX): install one (Debian: apt-get install g++), or leave train.compile unset")
     if t.compile is not None:
         return t.compile
     if device.type == "cuda":

@@ -1,9 +1,11 @@
 """When `train.compile` unset compiles (training/compile_policy.py): decided before the first step
 where the run's length is known, else after timing the first eager steps."""
 
+import pytest
 import torch
 
 from candorlm.config import resolve
+from candorlm.errors import CandorError
 from candorlm.model.compiled import is_compiled
 from candorlm.training import compile_policy
 from candorlm.training.compile_policy import PAYS_AFTER_S, CompileWhenItPays, compile_upfront
@@ -25,7 +27,9 @@ def test_no_cxx_compiler_no_compile_unless_asked(monkeypatch):
     monkeypatch.setattr(compile_policy, "has_cxx", lambda: False)
     assert compile_upfront(resolve("nano", train={"time": "1h"}), CPU) is False
     assert compile_upfront(resolve("nano"), CPU) is False
-    assert compile_upfront(resolve("nano", train={"compile": True}), CPU) is True
+    with pytest.raises(CandorError, match="needs a C\\+\\+ compiler"):
+        compile_upfront(resolve("nano", train={"compile": True}), CPU)
+    assert compile_upfront(resolve("nano", train={"compile": True}), CUDA) is True
 
 
 class FakeClock:

@@ -157,7 +157,7 @@ class TrainConfig(_Strict):
     seq_warmup: float = 0.0
     align_windows: bool = False  # training windows start at document starts (shards.AlignedWindows)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool | None = None  # None: on for CUDA, off on the CPU
+    compile: bool | None = None  # None: where it pays (training/compile_policy.py): CUDA on; CPU by the run's length
     strategy: Literal["ddp", "fsdp"] = "ddp"  # with several processes (torchrun): replicate, or shard (FSDP2)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # None: physical cores

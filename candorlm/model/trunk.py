@@ -21,6 +21,7 @@ from torch import nn
 
 from candorlm.config import ModelConfig
 from candorlm.model.cache import KVCache
+from candorlm.model.compiled import block_runner
 from candorlm.model.hooks import HookPoint
 from candorlm.model.layers import Block, RMSNorm, RotaryEmbedding
 from candorlm.model.value_embeds import ValueEmbeds
@@ -86,7 +87,8 @@ class Trunk(nn.Module):
         x = self.hook_embed(self.tok_emb(input_ids))
         ves = self.value_embeds(input_ids) if hasattr(self, "value_embeds") else [None] * len(self.blocks)
         for block, ve in zip(self.blocks, ves):
-            x = block(x, rope, mask, is_causal, cache, ve=ve, **cross)
+            # the block itself, or in a training pass of a compiled model the compiled function (model/compiled.py)
+            x = block_runner(self, block, cache is not None)(x, rope, mask, is_causal, cache, ve=ve, **cross)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.hook_norm(self.norm(x))

@@ -39,6 +39,7 @@ from torch import nn
 from candorlm.checkpoint.retention import latest_checkpoint
 from candorlm.device import physical_cores, pick_device
 from candorlm.errors import CandorError
+from candorlm.model.compiled import compile_blocks
 from candorlm.training.agreement import Agreement
 
 log = logging.getLogger("candorlm")
@@ -161,6 +162,11 @@ class World:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             forward = self._ddp = DDP(model, device_ids=ids)
+        if compile and self.device.type == "cpu":
+            # On the CPU the blocks, not the whole model: one graph for every block, the chunked
+            # loss left eager, a cold compile that does not grow with depth (model/compiled.py).
+            compile_blocks(model)
+            return forward
         return torch.compile(forward) if compile else forward  # type: ignore[return-value]
 
     def _fully_shard(self, model: nn.Module, precision: str, compile: bool) -> nn.Module:

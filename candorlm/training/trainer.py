@@ -37,6 +37,7 @@ from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.agreement import CollectiveFailed
 from candorlm.training.budget import NO_LIMIT, TimeBudget, budget_for
 from candorlm.training.callbacks import Manifest, MetricsFile
+from candorlm.training.compile_policy import CompileWhenItPays, compile_upfront
 from candorlm.training.distributed import World, resumable
 from candorlm.training.loop import Callback, Loop, LoopResult
 from candorlm.training.objectives import make_objective
@@ -100,8 +101,10 @@ class Trainer:
         self.model = build_model(config.model).to(self.device)
         self.objective = make_objective(config.model.arch, self.tokenizer, t.seed, self.data.path / "tokenizer.json")
         # DDP wraps the model; FSDP shards it in place, so the optimizer is built after this.
-        compile = t.compile if t.compile is not None else self.device.type == "cuda"
-        self.forward = self.world.wrap(self.model, self.precision, compile)
+        # train.compile unset: where it pays (compile_policy.py); on the CPU a step-count run decides after its first steps
+        compile = compile_upfront(config, self.device, self.world.distributed)
+        self.compile_later = compile is None
+        self.forward = self.world.wrap(self.model, self.precision, bool(compile))
         self.optimizer = build_optimizer(self.model, config)
         self.train_windows = self.data.windows("train", config.seq_len, aligned=t.align_windows)
         self.val_windows = self.data.windows("val", config.seq_len)
@@ -297,7 +300,10 @@ class Trainer:
                  self.threads)
         self.model.train()
         own = _PretrainEvents(self)
-        loop = Loop(self.step_fn, self.optimizer, schedule=self.lr_at, max_steps=self.max_steps, device=self.device,
+        step_fn = self.step_fn
+        if self.compile_later and self.budget is None and not self.private:
+            step_fn = CompileWhenItPays(self.model, self.step, self.max_steps).wrap(step_fn)
+        loop = Loop(step_fn, self.optimizer, schedule=self.lr_at, max_steps=self.max_steps, device=self.device,
                     first_step=self.step, log_every=t.log_every, eval_every=t.eval_every, save_every=t.save_every,
                     evaluate=self.evaluate, save=self.save, agree=self.agree, tokens_per_step=tokens_per_step,
                     grad_clip=t.grad_clip, precision=self.precision, stop_signals=self.world.stop_signals, peak_lr=t.lr,

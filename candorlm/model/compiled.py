@@ -1,0 +1,81 @@
+"""The training forward with its blocks compiled: one `torch.compile`d function that every block
+runs through (regional compilation).
+
+Why blocks, not the whole model: on the CPU, compiling the whole model graph-breaks at the
+chunked loss (model/loss.py asks whether every token counts) and unrolls every block into one
+graph, which took about three minutes to compile cold at the small preset; one function that
+takes the block as an argument is traced once and serves every block of the model (the
+parameters are inputs of the graph, not constants), so its cold compile does not grow with the
+depth. Inductor fuses the elementwise chains (RMSNorm, rotary positions, SwiGLU's gate, the
+residual adds) into generated C++ loops; the written-out operators of model/ops.py step aside
+while it traces (their composites fuse better). Embedding, final norm and loss stay eager.
+
+Only the training pass goes through it: with gradients on, no KV cache, and no hook on the
+block (a hook point with a function attached, or a module hook: Opacus, explain/) — anything
+else (evaluation, generation, interpretability) runs the eager blocks, so that they never
+trigger a compile of their own. The compiled function is kept in the model's `__dict__`, not as
+a module: parameter names, the state dict and checkpoints are exactly the eager model's.
+
+Compiling costs time once per process (a cold cache: tens of seconds on one core; inductor keeps
+its kernels on disk, so a later process with the same shapes starts in seconds). Whether that
+pays depends on the width and the run's length: training/trainer.py decides (`compile_pays`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from candorlm.model.fused import watched
+from candorlm.model.hooks import HookPoint
+
+_KEY = "_compiled_block"  # in the model's __dict__: invisible to the state dict and to module traversal
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return block(x, *args, **kwargs)
+
+
+def _trunks(model: nn.Module) -> list[nn.Module]:
+    """`model` and every module in it that runs blocks (an encoder-decoder's encoder)."""
+    return [m for m in model.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)]
+
+
+def compile_blocks(model: nn.Module, **options: Any) -> nn.Module:
+    """Make `model`'s training passes run each block through one compiled function (in place;
+    returns `model`); an encoder-decoder's encoder shares it. `options` go to `torch.compile`
+    (mode, dynamic, options...)."""
+    trunks = _trunks(model)
+    if not trunks:
+        raise TypeError(f"{type(model).__name__} has no `blocks` to compile")
+    fn = torch.compile(_run_block, **options)
+    for trunk in trunks:
+        trunk.__dict__[_KEY] = fn
+    return model
+
+
+def uncompile_blocks(model: nn.Module) -> None:
+    """Back to eager blocks (the compiled graphs are dropped with the function)."""
+    for trunk in _trunks(model):
+        trunk.__dict__.pop(_KEY, None)
+
+
+def is_compiled(model: nn.Module) -> bool:
+    return _KEY in model.__dict__
+
+
+def block_runner(model: nn.Module, block: nn.Module, cached: bool) -> Callable[..., torch.Tensor]:
+    """What runs `block` in this pass: the compiled function during a training pass of a compiled
+    model, else the block itself (see the module's header for when)."""
+    fn = model.__dict__.get(_KEY)
+    if fn is None or cached or not torch.is_grad_enabled() or _hooked(block):
+        return block
+    return lambda x, *args, **kwargs: fn(block, x, *args, **kwargs)
+
+
+def _hooked(block: nn.Module) -> bool:
+    modules = list(block.modules())
+    return watched(*modules) or any(m.fns for m in modules if isinstance(m, HookPoint))

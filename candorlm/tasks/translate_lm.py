@@ -334,7 +334,8 @@ def evaluate_tagger(path: Path, info: dict[str, Any], model: nn.Module, src: Tok
         "split": {"train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},
         "model": models[0], "models": models, "baseline": most_frequent,
         "baselines": {"most_frequent": most_frequent,
-                      "hmm": {"name": f"LM + dictionary alone (HMM input method: {hmm_lm.order}-gram LM, log p(syllable "
-                                      f"| character), {HMM_CANDIDATES} candidates, beam {HMM_BEAM})", **scores(hmm, refs)}},
+                      "hmm": {"name": f"LM + dictionary alone (an HMM input method, {hmm_lm.order}-gram)",
+                              "decoding": f"log p(syllable | character) + log p_lm, {HMM_CANDIDATES} candidates, "
+                                          f"beam {HMM_BEAM}", **scores(hmm, refs)}},
         "examples": [{"source": s, "reference": r, "output": h} for s, r, h in zip(sources[:5], refs, hyps)],
     }

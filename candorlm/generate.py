@@ -9,10 +9,13 @@ The prompt goes through the model's forward pass; each later token of a decoder-
 through `model/decode.py`'s DecodeStep (static shapes over a preallocated cache, ~5x fewer
 operators), unless a hook is attached, when the forward pass runs every step so the hooks see it.
 `compile`: the step compiled with torch.compile, which costs seconds to minutes once per process
-and shape and then makes each token several times cheaper. By default (None) it is used where it
-pays: when already compiled for this shape, or once this process has decoded AUTO_COMPILE_AFTER
-steps with the model; a failure then only logs a warning and decoding goes on eagerly. True
-compiles now and fails loudly if it cannot; False never compiles.
+and shape and then makes each token several times cheaper. Greedy decoding with nothing else
+reading the logits (no penalty, no n-gram ban) then makes decode.CHUNK tokens per compiled call
+(the argmax inside the graph; tokens past the budget or a row's stop token are dropped). By
+default (None) it is used where it pays: when already compiled for this shape, or once this
+process has decoded AUTO_COMPILE_AFTER steps with the model; a failure then only logs a warning
+and decoding goes on eagerly. True compiles now and fails loudly if it cannot; False never
+compiles.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, greedy
 log = logging.getLogger("candorlm")
 
 # Decode steps after which compiling pays by default: on the 2-core CPU, under load, compiling the
-# d256 4-layer step took 24-44 s and saved about 1.5 ms per step at batch 1 (12.0 -> 10.5 ms),
-# so it pays after some 16,000-30,000 steps (docs/benchmarks/speed.md).
-AUTO_COMPILE_AFTER = 20_000
+# d256 4-layer greedy chunk took 54 s of CPU time and saved about 1.1 ms of it per token at batch 1
+# (2.2 -> 1.05 ms), so it pays after some 50,000 tokens (docs/benchmarks/speed.md).
+AUTO_COMPILE_AFTER = 50_000
 
 
 @dataclass
@@ -174,7 +177,8 @@ class _Steps:
         chunk_ready = greedy and greedy_key(cache, self.key_ok, banned) in step.greedy_shapes
         self.explicit = bool(compile)
         if compile is None:  # compiles nothing where a graph for this shape is there
-            compile = ready or chunk_ready or (step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER)
+            pays = step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER
+            compile = ready or chunk_ready or pays
             greedy = greedy and (chunk_ready or not ready)
         self.chunked = bool(compile) and greedy  # `greedy` makes the tokens where it can
         self.compiled = bool(compile) and ready

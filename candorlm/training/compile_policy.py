@@ -2,10 +2,10 @@
 
 On CUDA compiling is the norm (on). On the CPU, compiling the blocks (model/compiled.py) trains
 faster at every preset width, but the first run on a machine pays a cold compile first (an empty
-inductor cache: tens of seconds on one core, measured in docs/training.md), and only a run long
-enough earns that back: with a speed-up s and a cold compile of C seconds, a run of T eager
-seconds gains when T > C * s / (s - 1). Measured (bench/block_throughput.py --compile): C about
-25-30 s on one core, s from about 1.1 at the narrow presets to 1.2 at the small one, so the
+inductor cache: tens of seconds on one core), and only a run long enough earns that back:
+with a speed-up s and a cold compile of C seconds, a run of T eager seconds gains when
+T > C * s / (s - 1). Measured (bench/block_throughput.py --compile, docs/training.md): C about
+20-35 s on one core, s from about 1.1 at the narrow presets to 1.2 at the small one, so the
 break-even is 3-6 minutes; compiling is chosen when the run is expected to last PAYS_AFTER_S,
 twice that, so a busy machine or a slower compile does not turn it into a loss.
 

@@ -29,13 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from candorlm.beam import right_pad
 from candorlm.errors import CandorError
-from candorlm.progress import batched
 from candorlm.tasks.data import Record
 from candorlm.tasks.ngram import NgramLM
 from candorlm.tasks.translate_metrics import scores
-from candorlm.tasks.translate_tag import _scores, candidates, encode, tag
+from candorlm.tasks.translate_tag import candidates, scored_pieces, tag
 from candorlm.tokenizer import Tokenizer
 
 log = logging.getLogger("candorlm")
@@ -85,37 +83,21 @@ def tagger_lattice(model: nn.Module, src: Tokenizer, tgt: Tokenizer, sources: Se
                    k: int = CANDIDATES, batch_size: int = 128) -> Lattice:
     """The tagger's k best candidates per position (log-softmax over the dictionary's candidates),
     a text longer than the model reads tagged in pieces and joined, as translate_tag.tag does."""
-    allowed = candidates(lexicon, src, tgt)
-    room = model.cfg.max_seq_len - 2
-    pieces: list[tuple[int, int, list[str]]] = []  # (source index, offset, tokens)
     tokens = [text.split() for text in sources]
-    for i, toks in enumerate(tokens):
-        pieces.extend((i, at, toks[at:at + room]) for at in range(0, len(toks), room))
     T = max((len(t) for t in tokens), default=0)
     k = min(k, tgt.vocab_size)
     lat = Lattice(np.zeros((len(sources), T, k), dtype=np.int64), np.full((len(sources), T, k), DEAD),
                   np.array([len(t) for t in tokens], dtype=np.int64))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        order = sorted(range(len(pieces)), key=lambda j: len(pieces[j][2]))
-        for idx in batched(order, batch_size):
-            rows = [encode(src, pieces[j][2]) for j in idx]
-            ids, mask = right_pad(rows, src.pad_id)
-            logits = _scores(model, ids.to(device), mask.to(device), allowed).float()
-            top = logits.log_softmax(-1).topk(k, dim=-1)
-            values, classes = top.values.cpu().numpy(), top.indices.cpu().numpy()
-            for j, row, v, c in zip(idx, rows, values, classes):
-                i, at, toks = pieces[j]
-                n = len(toks)
-                lat.ids[i, at:at + n] = c[1:n + 1]
-                lat.scores[i, at:at + n] = np.where(v[1:n + 1] < -1e3, DEAD, v[1:n + 1])  # outside the candidates
-                for t, (token, tid) in enumerate(zip(toks, row[1:-1])):
-                    if tid == src.unk_id and len(token) == 1:  # an unseen character: copied, as tag() does
-                        _fix(lat, i, at + t, tgt.hf.token_to_id(token) or tgt.unk_id, token)
-    finally:
-        model.train(was_training)
+    for pieces, rows, logits in scored_pieces(model, src, sources, candidates(lexicon, src, tgt), batch_size):
+        top = logits.float().log_softmax(-1).topk(k, dim=-1)
+        values, classes = top.values.cpu().numpy(), top.indices.cpu().numpy()
+        for (i, at, toks), row, v, c in zip(pieces, rows, values, classes):
+            n = len(toks)
+            lat.ids[i, at:at + n] = c[1:n + 1]
+            lat.scores[i, at:at + n] = np.where(v[1:n + 1] < -1e3, DEAD, v[1:n + 1])  # outside the candidates
+            for t, (token, tid) in enumerate(zip(toks, row[1:-1])):
+                if tid == src.unk_id and len(token) == 1:  # an unseen character: copied, as tag() does
+                    _fix(lat, i, at + t, tgt.hf.token_to_id(token) or tgt.unk_id, token)
     return lat
 
 

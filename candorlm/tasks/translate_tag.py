@@ -28,7 +28,7 @@ Latin letters the training split never had).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -179,39 +179,46 @@ def loss(model: nn.Module, batch: Sequence[Example], device: torch.device, prepa
     return F.cross_entropy(logits.flatten(0, 1), labels.to(device).flatten(), ignore_index=-100)
 
 
+class Piece(NamedTuple):
+    source: int  # which source text
+    at: int  # the offset of its first token in that text
+    tokens: list[str]
+
+
+def scored_pieces(model: nn.Module, src: Tokenizer, sources: Sequence[str], allowed: torch.Tensor,
+                  batch_size: int = 128) -> Iterator[tuple[list[Piece], list[list[int]], torch.Tensor]]:
+    """The source texts (space-separated tokens) cut into pieces the model reads whole, in batches
+    of like length: each batch's pieces, their encoded rows and the tagger's logits over each
+    position's candidates (B, T, classes). The model is in eval mode meanwhile."""
+    room = model.cfg.max_seq_len - 2
+    pieces = [Piece(i, at, tokens[at:at + room]) for i, tokens in enumerate(text.split() for text in sources)
+              for at in range(0, len(tokens), room)]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in batched(sorted(range(len(pieces)), key=lambda j: len(pieces[j].tokens)), batch_size):
+            rows = [encode(src, pieces[j].tokens) for j in idx]
+            ids, mask = right_pad(rows, src.pad_id)
+            yield [pieces[j] for j in idx], rows, _scores(model, ids.to(device), mask.to(device), allowed)
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def tag(model: nn.Module, src: Tokenizer, tgt: Tokenizer, sources: Sequence[str], lexicon: dict[str, str],
         batch_size: int = 128) -> list[str]:
     """The characters for each source text (space-separated tokens): one per token. A text longer
     than the model reads is tagged in consecutive pieces."""
-    allowed = candidates(lexicon, src, tgt)
-    room = model.cfg.max_seq_len - 2
-    pieces: list[tuple[int, list[str]]] = []  # (source index, tokens)
-    for i, text in enumerate(sources):
-        tokens = text.split()
-        pieces.extend((i, tokens[at:at + room]) for at in range(0, len(tokens), room))
-    out_pieces = [""] * len(pieces)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))
-        for idx in batched(order, batch_size):
-            rows = [encode(src, pieces[k][1]) for k in idx]
-            ids, mask = right_pad(rows, src.pad_id)
-            best = _scores(model, ids.to(device), mask.to(device), allowed).argmax(-1).tolist()
-            for k, row, classes in zip(idx, rows, best):
-                chars = []
-                for token, tid, c in zip(pieces[k][1], row[1:-1], classes[1:]):
-                    copy = tid == src.unk_id and len(token) == 1  # an unseen character: as it is
-                    chars.append(token if copy else tgt.hf.id_to_token(c))
-                out_pieces[k] = "".join(chars)
-    finally:
-        model.train(was_training)
-    out = [""] * len(sources)
-    for (i, _), text in zip(pieces, out_pieces):
-        out[i] += text
-    return out
+    parts: list[dict[int, str]] = [{} for _ in sources]  # per text: piece offset -> its characters
+    for pieces, rows, logits in scored_pieces(model, src, sources, candidates(lexicon, src, tgt), batch_size):
+        for piece, row, classes in zip(pieces, rows, logits.argmax(-1).tolist()):
+            chars = []
+            for token, tid, c in zip(piece.tokens, row[1:-1], classes[1:]):
+                copy = tid == src.unk_id and len(token) == 1  # an unseen character: as it is
+                chars.append(token if copy else tgt.hf.id_to_token(c))
+            parts[piece.source][piece.at] = "".join(chars)
+    return ["".join(text[at] for at in sorted(text)) for text in parts]
 
 
 def tag_dev(model: nn.Module, prepared: Prepared) -> tuple[list[str], list[str]]:

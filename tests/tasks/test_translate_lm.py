@@ -131,21 +131,6 @@ def test_beam_search_finds_the_best_path_of_a_small_lattice():
 # ---------------------------------------------------------------- in a run
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    from candorlm.corpus import peoples_daily_documents
-    from candorlm.tasks.translate import sentences, to_pinyin
-
-    lines = []
-    for doc in peoples_daily_documents():
-        if len(lines) >= 400:
-            break
-        lines += [f"{to_pinyin(s.replace(' ', ''))}\t{s.replace(' ', '')}" for s in sentences(doc.text)]
-    path = tmp_path_factory.mktemp("lm") / "pairs.tsv"
-    path.write_text("\n".join(lines[:400]) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.mark.slow
 def test_tagger_run_keeps_its_lm_and_a_run_without_one_takes_one_later(tmp_path, pairs_file):
     from candorlm.io.manifest import update_manifest

@@ -13,27 +13,11 @@ from candorlm.errors import CandorError
 from candorlm.model import EncoderLM, TokenTagger
 from candorlm.tasks import evaluate_task, finetune
 from candorlm.tasks.data import Record
-from candorlm.tasks.translate import sentences, to_pinyin
 from candorlm.tasks.translate_tag import candidates, make_lexicon, vocabulary
 from tests.conftest import assert_clean_error, run_cli
 
 FAST = {"batch_size": 16, "threads": 1, "precision": "fp32"}
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.max_seq_len=96"]
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    # builtin:pinyin's rule on the first People's Daily articles (fast): 400 aligned pairs
-    from candorlm.corpus import peoples_daily_documents
-
-    lines = []
-    for doc in peoples_daily_documents():
-        if len(lines) >= 400:
-            break
-        lines += [f"{to_pinyin(s.replace(' ', ''))}\t{s.replace(' ', '')}" for s in sentences(doc.text)]
-    path = tmp_path_factory.mktemp("tag") / "pairs.tsv"
-    path.write_text("\n".join(lines[:400]) + "\n", encoding="utf-8")
-    return path
 
 
 def test_tagger_scores_each_position_and_ignores_padding():

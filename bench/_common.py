@@ -1,9 +1,14 @@
-"""Helpers shared by the bench scripts: the demo's prepared data, and peak RSS."""
+"""Helpers shared by the bench scripts: the demo's prepared data, peak RSS, a cold inductor cache."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,3 +39,19 @@ def cpu_setup(threads: int | None = None) -> tuple[int, dict[str, float]]:
     threads = set_threads(threads)
     keep_freed_memory()
     return threads, {p: measured_peak_flops(p) for p in ("fp32", "bf16")}
+
+
+@contextlib.contextmanager
+def inductor_cache(cold: bool) -> Iterator[None]:
+    """With cold=True, an empty inductor cache in a folder made here (and removed after), as on a
+    user's first run; inductor reads the variable when it first writes, so enter this before
+    anything compiles."""
+    if not cold:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="candorlm-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -34,17 +34,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import resource
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import ROOT  # noqa: F401  (puts the repository on sys.path)
+from _common import inductor_cache  # also puts the repository on sys.path
 
 VOCAB = 8192
 
@@ -169,15 +166,8 @@ def main() -> None:
     ap.add_argument("--warm-cache", action="store_true",
                     help="with --compile: the usual inductor cache, not an empty one")
     args = ap.parse_args()
-    cold = None
-    if args.compile and not args.warm_cache:  # before anything compiles: read when inductor first writes
-        cold = tempfile.mkdtemp(prefix="candorlm-inductor-")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold
-    try:
+    with inductor_cache(cold=args.compile and not args.warm_cache):
         run(args)
-    finally:
-        if cold is not None:
-            shutil.rmtree(cold, ignore_errors=True)
 
 
 def run(args: argparse.Namespace) -> None:

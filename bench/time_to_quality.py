@@ -38,15 +38,13 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, ensure_data
+from _common import ROOT, ensure_data, inductor_cache
 
 
 def cpu_seconds() -> float:
@@ -327,15 +325,8 @@ def main() -> None:
     args.load_start = [round(x, 1) for x in os.getloadavg()]  # the machine's load: say it with every figure
     if args.clock == "cpu":
         CLOCK[0] = cpu_seconds
-    cold = None
-    if not args.warm_cache:  # read when inductor first writes: set before anything compiles
-        cold = tempfile.mkdtemp(prefix="candorlm-inductor-")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold
-    try:
+    with inductor_cache(cold=not args.warm_cache):
         doc = run(args)
-    finally:
-        if cold is not None:
-            shutil.rmtree(cold, ignore_errors=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     print(f"\nshape: {doc['model']}; {doc['budget_s']:.0f} s per contestant, batch {doc['batch']} x {doc['seq_len']}, {doc['precision']}, "

@@ -13,9 +13,11 @@ and shape and then makes each token several times cheaper. Greedy decoding with 
 reading the logits (no penalty, no n-gram ban) then makes decode.CHUNK tokens per compiled call
 (the argmax inside the graph; tokens past the budget or a row's stop token are dropped). By
 default (None) it is used where it pays: when already compiled for this shape, or once this
-process has decoded AUTO_COMPILE_AFTER steps with the model; a failure then only logs a warning
-and decoding goes on eagerly. True compiles now and fails loudly if it cannot; False never
-compiles.
+process has decoded AUTO_COMPILE_AFTER steps with the model; where torch.compile cannot compile
+(model/compiled.py's `compile_errors`: no C++ compiler, an unsupported construct) it then only
+logs a warning and decoding goes on eagerly. True compiles now and fails loudly if it cannot;
+False never compiles. Any other error of a compiled call (a shape error, an out-of-memory) is
+raised as it is, whatever `compile` says.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import nn
 
 from candorlm.errors import CandorError
 from candorlm.model import decode
+from candorlm.model.compiled import compile_errors
 from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, greedy_key, shape_key, supports
 
 log = logging.getLogger("candorlm")
@@ -191,7 +194,7 @@ class _Steps:
             return None
         try:
             tokens = self.step.greedy(token, self.slot, self.positions, self.key_ok, self.cache, self.banned)
-        except Exception as e:  # noqa: BLE001  (any compiler failure, as in __call__)
+        except compile_errors() as e:
             self.chunked = False
             self._compile_failed(e)
             return None
@@ -201,7 +204,9 @@ class _Steps:
         return tokens
 
     def _compile_failed(self, e: Exception) -> None:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        cause = getattr(e, "inner_exception", None)  # a backend's failure: "backend='…' raised:" and then the cause
+        text = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
+        reason = (text.strip().splitlines() or [type(e).__name__])[0]
         if self.explicit:
             raise CandorError(f"could not compile the decode step: {reason}") from None
         self.step.compile_error = reason
@@ -215,7 +220,7 @@ class _Steps:
             try:
                 logits = self.step.compile(*args)
                 self.compiled = True
-            except Exception as e:  # noqa: BLE001  (any compiler failure: a missing C compiler, an unsupported op)
+            except compile_errors() as e:  # a missing C++ compiler, an unsupported construct
                 self._compile_failed(e)
                 logits = self.step(*args)
         else:

@@ -20,6 +20,9 @@ a module: parameter names, the state dict and checkpoints are exactly the eager 
 Compiling costs time once per process (a cold cache: tens of seconds on one core; inductor keeps
 its kernels on disk, so a later process with the same shapes starts in seconds). Whether that
 pays depends on the width and the run's length: training/trainer.py decides (`compile_pays`).
+
+`compile_errors()`: what torch.compile raises when it cannot compile, for a caller that then runs
+eagerly (generate.py's decode step); anything else a compiled call raises is a real error.
 """
 
 from __future__ import annotations
@@ -75,6 +78,26 @@ def block_runner(model: nn.Module, block: nn.Module, cached: bool) -> Callable[.
     if fn is None or cached or not torch.is_grad_enabled() or _hooked(block):
         return block
     return lambda x, *args, **kwargs: fn(block, x, *args, **kwargs)
+
+
+def compile_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions by which torch.compile says it could not compile: dynamo cannot trace the code
+    (`Unsupported`), its own bug (`InternalTorchDynamoError`), the backend failed (`BackendCompilerFailed`:
+    inductor wraps everything that fails while it compiles, a missing or broken C++ compiler included,
+    in its subclass `InductorError`), the recompile limit reached under fullgraph=True,
+    and inductor's compiler errors should one come unwrapped. Not among them: `TorchRuntimeError`,
+    which is the traced code's own error met while tracing (a shape mismatch: eager raises it too),
+    nor anything the compiled code raises when it runs (an out-of-memory, a KeyboardInterrupt).
+
+    A function, not a constant: torch._dynamo and torch._inductor are imported only when asked
+    (`except compile_errors():` evaluates it only when something was raised)."""
+    from torch._dynamo import exc as dynamo
+    from torch._inductor import exc as inductor
+
+    names = ((dynamo, ("Unsupported", "InternalTorchDynamoError", "BackendCompilerFailed", "FailOnRecompileLimitHit")),
+             (inductor, ("InvalidCxxCompiler", "CppCompileError", "CppWrapperCodegenError")))
+    # getattr: the package accepts torch >= 2.4, and not every name is in every release
+    return tuple(cls for module, found in names for name in found if (cls := getattr(module, name, None)) is not None)
 
 
 def _hooked(block: nn.Module) -> bool:

@@ -64,30 +64,75 @@ def test_weights_changed_between_generations_are_used():
     assert after != before
 
 
+def no_cxx() -> Exception:
+    """What compiling raises without a working C++ compiler: inductor's InvalidCxxCompiler, wrapped (as
+    everything that fails while inductor compiles) in an InductorError."""
+    from torch._inductor.exc import InductorError, InvalidCxxCompiler
+
+    return InductorError(InvalidCxxCompiler(), None)
+
+
+def compiling_raises(monkeypatch, error: BaseException) -> None:
+    """torch.compile returns a function that raises `error` (as a compiled call whose compiling, or
+    whose running, fails)."""
+    def fail(*a: object, **k: object) -> None:
+        raise error
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: fail)
+
+
+SAMPLED = SamplingConfig(max_new_tokens=20, temperature=0.9, seed=2)  # one token a step (GREEDY: chunks)
+
+
 def test_explicit_compile_fails_loudly_where_it_cannot(monkeypatch):
     model = tiny()
     with hooks(model, {"hook_embed": lambda x, hook: None}), pytest.raises(CandorError, match="no hook attached"):
         generate_ids(model, PROMPTS, GREEDY, compile=True)
-
-    def broken(*args: object, **kw: object) -> object:
-        def fail(*a: object, **k: object) -> None:
-            raise RuntimeError("no C compiler found\n(a long traceback)")
-        return fail
-
-    monkeypatch.setattr(torch, "compile", broken)
-    with pytest.raises(CandorError, match="^could not compile the decode step: no C compiler found$"):
-        generate_ids(model, PROMPTS, GREEDY, compile=True)
+    compiling_raises(monkeypatch, no_cxx())
+    for cfg in (GREEDY, SAMPLED):
+        with pytest.raises(CandorError, match=r"^could not compile the decode step: InvalidCxxCompiler: No working "
+                                              r"C\+\+ compiler found in torch._inductor.config.cpp.cxx: .*$"):
+            generate_ids(model, PROMPTS, cfg, compile=True)
 
 
-def test_compiling_by_default_falls_back_to_eager_on_failure(monkeypatch, caplog):
+def compile_failures() -> list[Exception]:
+    from torch._dynamo.exc import Unsupported
+    from torch._inductor.exc import CppCompileError, InductorError
+
+    return [no_cxx(), InductorError(CppCompileError(["g++", "x.cpp"], "g++: internal compiler error"), None),
+            Unsupported("call to an unsupported function")]
+
+
+@pytest.mark.parametrize("cfg", [GREEDY, SAMPLED], ids=["chunks", "steps"])
+@pytest.mark.parametrize("failure", range(3), ids=["no C++ compiler", "C++ compiler fails", "unsupported"])
+def test_compiling_by_default_falls_back_to_eager_on_failure(monkeypatch, caplog, cfg, failure):
     model = tiny()
-    expected = generate_ids(model, PROMPTS, GREEDY, compile=False)
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: (lambda *x, **y: 1 / 0))
+    expected = generate_ids(model, PROMPTS, cfg, compile=False)
+    error = compile_failures()[failure]
+    compiling_raises(monkeypatch, error)
     monkeypatch.setattr("candorlm.generate.AUTO_COMPILE_AFTER", 0)  # compiling "pays" at once
     with caplog.at_level(logging.WARNING, logger="candorlm"):
-        assert generate_ids(model, PROMPTS, GREEDY) == expected
-        assert generate_ids(model, PROMPTS, GREEDY) == expected  # not retried: no second warning
-    assert [r.getMessage() for r in caplog.records] == ["generation goes on without compiling: division by zero"]
+        assert generate_ids(model, PROMPTS, cfg) == expected
+        assert generate_ids(model, PROMPTS, cfg) == expected  # not retried: no second warning
+    reason = str(error).strip().splitlines()[0]
+    assert [r.getMessage() for r in caplog.records] == [f"generation goes on without compiling: {reason}"]
+
+
+@pytest.mark.parametrize("cfg", [GREEDY, SAMPLED], ids=["chunks", "steps"])
+@pytest.mark.parametrize("error", [ValueError("shapes (3, 32) and (64, 96) do not match"),
+                                   torch.OutOfMemoryError("out of memory"), KeyboardInterrupt()],
+                         ids=["shape error", "out of memory", "interrupt"])
+def test_an_error_that_is_not_the_compilers_is_raised_as_it_is(monkeypatch, caplog, cfg, error):
+    """Only torch.compile's own failures fall back to eager: a real error of the compiled call (a
+    shape error, an out-of-memory, an interrupt) is raised by default as with compile=True."""
+    model = tiny()
+    compiling_raises(monkeypatch, error)
+    monkeypatch.setattr("candorlm.generate.AUTO_COMPILE_AFTER", 0)
+    with caplog.at_level(logging.WARNING, logger="candorlm"):
+        for compile in (None, True):
+            with pytest.raises(type(error)) as raised:
+                generate_ids(model, PROMPTS, cfg, compile=compile)
+            assert raised.value is error
+    assert decode_step(model).compile_error is None and not caplog.records  # compiling was not blamed
 
 
 def test_cache_length_is_a_power_of_two_within_the_context():

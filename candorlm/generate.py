@@ -17,7 +17,9 @@ process has decoded AUTO_COMPILE_AFTER steps with the model; where torch.compile
 (model/compiled.py's `compile_errors`: no C++ compiler, an unsupported construct) it then only
 logs a warning and decoding goes on eagerly. True compiles now and fails loudly if it cannot;
 False never compiles. Any other error of a compiled call (a shape error, an out-of-memory) is
-raised as it is, whatever `compile` says.
+raised as it is, whatever `compile` says. A process compiles at most decode.recompile_limit()
+shapes of the step (and as many of the greedy chunk); past that a new shape decodes eagerly, and
+a warning says so once (None), or it fails loudly (True).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import nn
 
 from candorlm.errors import CandorError
 from candorlm.model import decode
-from candorlm.model.compiled import compile_errors
+from candorlm.model.compiled import compile_errors, recompile_limit_hit
 from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, greedy_key, shape_key, supports
 
 log = logging.getLogger("candorlm")
@@ -176,11 +178,13 @@ class _Steps:
             self.positions = mask.sum(-1)
             self.key_ok = torch.ones((B, L), dtype=torch.bool, device=device)
             self.key_ok[:, :T] = mask.bool()
-        ready = shape_key(cache, self.key_ok) in step.compiled_shapes
-        chunk_ready = greedy and greedy_key(cache, self.key_ok, banned) in step.greedy_shapes
+        self.keys = (shape_key(cache, self.key_ok), greedy_key(cache, self.key_ok, banned))
+        ready = self.keys[0] in step.compiled_shapes
+        chunk_ready = greedy and self.keys[1] in step.greedy_shapes
         self.explicit = bool(compile)
         if compile is None:  # compiles nothing where a graph for this shape is there
-            pays = step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER
+            pays = step.compile_error is None and step.steps + remaining >= AUTO_COMPILE_AFTER \
+                and not step.over_limit & set(self.keys)
             compile = ready or chunk_ready or pays
             greedy = greedy and (chunk_ready or not ready)
         self.chunked = bool(compile) and greedy  # `greedy` makes the tokens where it can
@@ -207,11 +211,22 @@ class _Steps:
         cause = getattr(e, "inner_exception", None)  # a backend's failure: "backend='…' raised:" and then the cause
         text = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
         reason = (text.strip().splitlines() or [type(e).__name__])[0]
+        limit = recompile_limit_hit(e)
+        if limit:  # this shape decodes eagerly from now on; the graphs there still serve theirs
+            self.step.over_limit.update(self.keys)
+            reason = (f"it has compiled as many shapes as torch allows ({decode.recompile_limit()}): raise "
+                      "torch._dynamo.config.recompile_limit to allow more")
         if self.explicit:
             raise CandorError(f"could not compile the decode step: {reason}") from None
-        self.step.compile_error = reason
         self.to_compile = self.compiled = False
-        log.warning("generation goes on without compiling: %s", reason)
+        if not limit:
+            self.step.compile_error = reason
+            log.warning("generation goes on without compiling: %s", reason)
+        elif not self.step.limit_said:
+            self.step.limit_said = True
+            log.warning("the decode step has compiled as many shapes as torch allows (recompile limit %d): new "
+                        "shapes decode without compiling; raise torch._dynamo.config.recompile_limit to compile "
+                        "more", decode.recompile_limit())
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         args = (token, self.slot, self.positions, self.key_ok, self.cache)

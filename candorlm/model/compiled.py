@@ -100,6 +100,15 @@ def compile_errors() -> tuple[type[BaseException], ...]:
     return tuple(cls for module, found in names for name in found if (cls := getattr(module, name, None)) is not None)
 
 
+def recompile_limit_hit(error: BaseException) -> bool:
+    """Whether `error` says a fullgraph function reached its recompile limit (the graphs dynamo keeps
+    per function; past it nothing more is compiled for it): torch 2.13's FailOnRecompileLimitHit."""
+    from torch._dynamo import exc as dynamo
+
+    limit = getattr(dynamo, "FailOnRecompileLimitHit", None)
+    return limit is not None and isinstance(error, limit)
+
+
 def _hooked(block: nn.Module) -> bool:
     modules = list(block.modules())
     return watched(*modules) or any(m.fns for m in modules if isinstance(m, HookPoint))

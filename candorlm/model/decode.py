@@ -28,6 +28,7 @@ The prompt itself (prefill) still runs through the general forward pass, writing
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import Callable
 
@@ -52,6 +53,14 @@ COMPILE_OPTIONS: dict[str, object] = {"cpp_wrapper": True}
 # 40 tensors, the caller's loop and argmax) are ~20% of a batch-1 step; 8 tokens a call leave
 # 1/8 of that. The graph, and so compiling it, grows with it: 8 compiled in ~4x one step's time.
 CHUNK = 8
+
+# Graphs the step, and the greedy chunk, may each compile in a process. torch keeps at most
+# torch._dynamo.config.recompile_limit (8) per function, shared by every model: the shapes are
+# bucketed (a cache length is a power of two), but batch sizes, padding, dtypes and models
+# multiply, and a server meets more than 8. Where torch.compile takes a limit of its own (2.13
+# does), the step's is this, or the global one where that is higher; past it, a new shape
+# decodes eagerly (generate.py says so once).
+RECOMPILE_LIMIT = 64
 
 
 class StaticKVCache(KVCache):
@@ -137,6 +146,8 @@ class DecodeStep:
         self.compile_error: str | None = None  # why compiling failed, once it has
         self.compiled_shapes: set[tuple] = set()  # shape_key()s compiled so far
         self.greedy_shapes: set[tuple] = set()  # greedy_key()s compiled so far
+        self.over_limit: set[tuple] = set()  # shape_key()s and greedy_key()s past the recompile limit
+        self.limit_said = False  # the warning that the limit is reached, given once
         self.steps = 0  # decode steps run for this model in this process
 
     def prepare(self, model: nn.Module) -> None:
@@ -176,9 +187,7 @@ class DecodeStep:
 
         The compiled step writes the cache as the eager one does, so this call is the step itself."""
         if self._compiled is None:
-            # dynamic=False: every size static (the head counts in `spec` too: a second model's
-            # would otherwise turn them symbolic) but the span's, marked dynamic.
-            self._compiled = torch.compile(_forward, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
+            self._compiled = _compile(_forward)
         out = self._compiled(self.spec, self.weights, token, slot, positions, key_ok, self._span(cache),
                              cache.ks, cache.vs)
         self.compiled_shapes.add(shape_key(cache, key_ok))
@@ -192,7 +201,7 @@ class DecodeStep:
         `slot` on: the caller makes sure they exist, then advances by CHUNK. `banned`: (vocab,)
         0, or -inf for a token never to be chosen; None for none."""
         if self._greedy is None:
-            self._greedy = torch.compile(_greedy, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS or None)
+            self._greedy = _compile(_greedy)
         out = self._greedy(self.spec, self.weights, token, slot, positions, key_ok, self._span(cache),
                            cache.ks, cache.vs, banned, CHUNK)
         self.greedy_shapes.add(greedy_key(cache, key_ok, banned))
@@ -210,6 +219,24 @@ class DecodeStep:
         span = cache.span[:cache.length + 1]
         torch._dynamo.mark_dynamic(span, 0)  # (the prompt has a token: n >= 2, never specialised)
         return span
+
+
+def recompile_limit() -> int:
+    """The graphs each compiled decode function may hold (see RECOMPILE_LIMIT)."""
+    config = torch._dynamo.config
+    limit = getattr(config, "recompile_limit", None) or config.cache_size_limit  # (its name before torch 2.6)
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        return max(RECOMPILE_LIMIT, limit)
+    return limit
+
+
+def _compile(fn: Callable) -> Callable:
+    # dynamic=False: every size static (the head counts in `spec` too: a second model's would
+    # otherwise turn them symbolic) but the span's, marked dynamic.
+    options: dict[str, object] = {"fullgraph": True, "dynamic": False, "options": COMPILE_OPTIONS or None}
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:  # a limit of its own
+        options["recompile_limit"] = recompile_limit()
+    return torch.compile(fn, **options)
 
 
 def _forward(spec: tuple, weights: tuple, token: torch.Tensor, slot: torch.Tensor, positions: torch.Tensor,

@@ -173,3 +173,46 @@ def test_any_hook_keeps_the_forward_pass():
     assert not supports(model)
     handle.remove()
     assert supports(model)
+
+
+@pytest.fixture
+def eager_dynamo(monkeypatch):
+    """torch.compile with dynamo's own "eager" backend: dynamo traces, guards and counts graphs as ever,
+    but no C++ is compiled (seconds, not a minute). Dynamo's graphs of other tests are dropped first:
+    they would count against the limit, which is per function, not per model."""
+    real = torch.compile
+
+    def compile_eager(fn, *, options=None, recompile_limit=None, **kw):
+        return real(fn, backend="eager", recompile_limit=recompile_limit, **kw)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    yield
+    torch._dynamo.reset()
+
+
+def test_past_the_recompile_limit_new_shapes_decode_eagerly_and_say_so_once(eager_dynamo, monkeypatch, caplog):
+    from candorlm.model import decode as decode_module
+
+    monkeypatch.setattr(decode_module, "CHUNK", 2)  # a smaller chunk: traced faster
+    monkeypatch.setattr(decode_module, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # one graph per function
+    assert decode_module.recompile_limit() == 1
+    model = tiny()
+    a, b, c, d = PROMPTS, PROMPTS[:1], PROMPTS[1:], [[11, 12], [13, 14]]  # 4 shapes: batch 3, 1, 2 and 2 unpadded
+    runs = [(a, SAMPLED, True), (c, GREEDY, None), (d, GREEDY, None), (c, SAMPLED, None), (d, GREEDY, None),
+            (b, GREEDY, None), (a, SAMPLED, None), (c, GREEDY, None)]
+    monkeypatch.setattr("candorlm.generate.AUTO_COMPILE_AFTER", 0)  # by default, compiling "pays" at once
+    with caplog.at_level(logging.WARNING, logger="candorlm"):
+        for i, (prompts, cfg, compile) in enumerate(runs):
+            assert generate_ids(model, prompts, cfg, compile=compile) == generate_ids(model, prompts, cfg, compile=False)
+            if i == 0:  # the step's one graph is there: asked for another, it fails loudly
+                with pytest.raises(CandorError, match=r"^could not compile the decode step: it has compiled as many "
+                                                      r"shapes as torch allows \(1\): raise torch._dynamo.config"):
+                    generate_ids(model, b, SAMPLED, compile=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "candorlm"]  # (dynamo logs its own too)
+    assert said == ["the decode step has compiled as many shapes as torch allows (recompile limit 1): new shapes "
+                    "decode without compiling; raise torch._dynamo.config.recompile_limit to compile more"]
+    step = decode_step(model)
+    assert step.compile_error is None  # the graphs there still serve their shapes (a's step, c's chunk)
+    assert len(step.compiled_shapes) == 1 and len(step.greedy_shapes) == 1

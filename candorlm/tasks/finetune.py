@@ -149,14 +149,11 @@ def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.opt
     rng = np.random.default_rng(t.seed)
     n = len(prepared.train)
     epochs = _Epochs(spec, prepared, model, device, pace)
-    length = getattr(spec, "example_length", None)  # a task whose examples vary in length batches by length
-    lengths = [length(e) for e in prepared.train] if length is not None else None
+    lengths = example_lengths(spec, prepared.train)
 
     def batches() -> Iterator[list[Any]]:
         while True:  # a permutation per epoch, drawn when the epoch starts
             order = rng.permutation(n)
-            if hasattr(spec, "batch_order"):  # a task may regroup it (examples of like length together)
-                order = spec.batch_order(prepared, order, t.batch_size, rng)
             model.train()
             for idx in length_batches(order, lengths, t.batch_size, rng):
                 yield [prepared.train[j] for j in idx]
@@ -208,6 +205,17 @@ def _pretrain_mlm(spec: Any, prepared: Any, model: torch.nn.Module, arch: str, e
         raise CandorError(f"the masked-LM stage took {say_duration(pace.elapsed())} of the {say_duration(budget_s)} "
                           f"budget, leaving too little for the task: give fewer --pretrain-mlm epochs or more --time")
     return left
+
+
+def example_lengths(spec: Any, examples: list[Any]) -> list[int] | None:
+    """The examples' lengths by the task's `example_length` (tasks/registry.py), by which their
+    training batches are grouped; None where the task groups none: it has no such function, or it
+    gives None for these examples (translate's seq2seq, which keeps the plain permutation)."""
+    length = getattr(spec, "example_length", None)
+    if length is None:
+        return None
+    lengths = [length(e) for e in examples]
+    return None if None in lengths else lengths
 
 
 BUCKET_BATCHES = 50  # batches per length bucket: sorted within, so a batch pads to its neighbours' length

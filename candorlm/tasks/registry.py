@@ -7,7 +7,9 @@
     evaluate(run, data, **options)        -> the test metrics and baselines, written to RUN/evals/<task>.json
     eval_options(options)                 -> the evaluation options among the fine-tuning options
     example_length(example)               -> optional: an example's tokens (training batches then group
-                                             examples of similar length, finetune.length_batches)
+                                             examples of similar length, finetune.length_batches), or
+                                             None for an example whose set is not grouped (translate's
+                                             seq2seq keeps the plain permutation)
 """
 
 from __future__ import annotations

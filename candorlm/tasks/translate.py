@@ -33,7 +33,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -198,12 +197,11 @@ def loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int], Any]], de
     return lm_loss(model(**inputs), labels)
 
 
-def batch_order(prepared: Prepared, order: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-    """The training order of an epoch: a tagger batches sentences of like length (less padding to
-    compute); the seq2seq keeps the plain permutation."""
-    if prepared.info.get("head") != "tag":
-        return order
-    return translate_tag.bucketed(order, [len(e[0]) for e in prepared.train], batch_size, rng)
+def example_length(example: Any) -> int | None:
+    """A tagger's example: its tokens (finetune groups its training batches by length: sentences run
+    from 1 to 64 characters, so a batch drawn at random is mostly padding). A seq2seq pair: None, so
+    that its epochs keep the plain permutation and its figures stay comparable with earlier runs."""
+    return len(example.ids) if isinstance(example, translate_tag.Example) else None
 
 
 # ---------------------------------------------------------------- decoding and metrics

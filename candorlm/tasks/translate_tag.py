@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Regex, decoders, models, pre_tokenizers
@@ -122,21 +121,6 @@ def prepare(base: Base, splits: dict[str, list[Record]], info: dict[str, Any]) -
     info = {**info, "head": "tag", "tags": tgt.vocab_size, "source_tokenizer": "word (space-separated tokens)",
             "target_tokenizer": "char (one class per character)", "lexicon": lexicon}
     return Prepared(model, cfg, tgt, src, examples("train"), examples("dev"), info)
-
-
-def bucketed(order: np.ndarray, lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> np.ndarray:
-    """`order` regrouped so that each batch (each slice of batch_size) holds examples of like length:
-    chunks of 50 batches are sorted by length and cut into batches, and the batches are shuffled.
-    Sentences run from 1 to 64 characters, so a batch drawn at random is mostly padding."""
-    chunk = batch_size * 50
-    out = []
-    for at in range(0, len(order), chunk):
-        part = sorted(order[at:at + chunk].tolist(), key=lambda i: lengths[i])
-        out += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
-    full = [b for b in out if len(b) == batch_size]
-    last = [b for b in out if len(b) < batch_size]  # at the end, where the loop's slices of batch_size keep it whole
-    return np.array([i for k in rng.permutation(len(full)) for i in full[k]] + [i for b in last for i in b],
-                    dtype=np.int64)
 
 
 _CANDIDATES: dict[int, tuple[dict[str, str], torch.Tensor]] = {}

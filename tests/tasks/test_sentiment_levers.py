@@ -9,7 +9,7 @@ import pytest
 from candorlm.corpus import review_records
 from candorlm.errors import CandorError
 from candorlm.tasks import finetune
-from candorlm.tasks.finetune import BUCKET_BATCHES, length_batches
+from candorlm.tasks.finetune import BUCKET_BATCHES, example_lengths, length_batches
 from candorlm.tasks.predict import load_task
 
 FAST = dict(epochs=1, batch_size=16, threads=1, precision="fp32")
@@ -42,6 +42,15 @@ def test_length_batches_cover_every_example_once_and_pad_less():
     maxima = [max(lengths[i] for i in b) for b in grouped[:BUCKET_BATCHES]]
     assert maxima != sorted(maxima)
 
+
+
+def test_sentiment_and_the_masked_lm_stage_group_by_their_examples_lengths():
+    from candorlm.tasks import sentiment
+    from candorlm.tasks.mlm_stage import MaskedLM
+
+    assert example_lengths(sentiment, [([5, 6, 7], 1), ([5], 0)]) == [3, 1]
+    assert example_lengths(MaskedLM, [[5, 6], [5, 6, 7, 8]]) == [2, 4]
+    assert example_lengths(object(), [[5, 6]]) is None  # a task without example_length: not grouped
 
 @pytest.mark.slow
 def test_pretrain_mlm_stage_then_classifier(tmp_path, reviews_file):

@@ -99,14 +99,29 @@ def test_tagger_trains_evaluates_and_predicts(tmp_path, pairs_file):
     assert line["input"] == "zhong guo ren min" and len(line["translation"]) == 4
 
 
-def test_batches_hold_sentences_of_like_length():
+def test_the_tagger_batches_by_length_and_the_seq2seq_keeps_its_plain_order(pairs_file):
+    """Both through finetune's one mechanism (example_length -> length_batches)."""
     import numpy as np
 
-    from candorlm.tasks.translate_tag import bucketed
+    from candorlm.tasks import translate
+    from candorlm.tasks.base import load_base
+    from candorlm.tasks.finetune import example_lengths, length_batches
 
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 65, size=1000).tolist()
-    order = bucketed(rng.permutation(1000), lengths, 16, rng)
-    assert sorted(order.tolist()) == list(range(1000))  # every example once
-    spread = [np.ptp([lengths[i] for i in order[k:k + 16]]) for k in range(0, 1000, 16)]
-    assert max(spread) <= 10  # a random batch spans about 60
+    tagger = translate.prepare(load_base(None, arch="encoder", overrides=TINY), str(pairs_file), head="tag")
+    lengths = example_lengths(translate, tagger.train)
+    assert lengths == [len(e.ids) for e in tagger.train]
+    n, rng = len(lengths), np.random.default_rng(0)
+    batches = length_batches(rng.permutation(n), lengths, 16, rng)
+    assert sorted(int(i) for b in batches for i in b) == list(range(n))  # every example once an epoch
+    spread = [int(np.ptp([lengths[i] for i in b])) for b in batches]
+    plain = [int(np.ptp([lengths[i] for i in b])) for b in length_batches(rng.permutation(n), None, 16, rng)]
+    assert max(spread) <= 10 and sum(spread) < sum(plain) / 4  # a random batch spans most of 1..64
+
+    seq2seq = translate.prepare(load_base(None, arch="seq2seq", overrides=TINY), str(pairs_file), head="generate")
+    assert example_lengths(translate, seq2seq.train) is None
+    rng, same = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(2):  # epochs: the permutation cut in slices, as before batches were grouped, the rng alike
+        order = same.permutation(len(seq2seq.train))
+        expected = [order[i:i + 16] for i in range(0, len(order), 16)]
+        got = length_batches(rng.permutation(len(seq2seq.train)), None, 16, rng)
+        assert [b.tolist() for b in got] == [b.tolist() for b in expected]

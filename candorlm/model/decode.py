@@ -78,7 +78,12 @@ class StaticKVCache(KVCache):
         self.span: torch.Tensor | None = None  # see DecodeStep._span
 
     def allocate(self, dtype: torch.dtype) -> None:
-        shape = self.shape[1:]
+        # One column more than a generation fills: attention's slices (`[:, :, :n + j]`) then end
+        # before the tensor does even in a greedy chunk that reaches the last column. A slice that
+        # ends where the tensor ends is another case to dynamo: at the cache's end a compiled chunk
+        # compiled again and fixed its dynamic size there, which failed (ConstraintViolationError).
+        B, H, L, D = self.shape[1:]
+        shape = (B, H, L + 1, D)
         self.ks = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(self.n_layers)]
         self.vs = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(self.n_layers)]
 

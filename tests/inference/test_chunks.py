@@ -143,6 +143,18 @@ def test_a_chunk_that_fails_to_compile(monkeypatch, caplog):
         "generation goes on without compiling: RuntimeError: no C compiler found"]
 
 
+def test_a_chunk_that_reaches_the_cache_s_last_column_compiles_once(eager_dynamo):
+    """Dynamo itself (its eager backend: no C++). A chunk's attention slices end at most at the cache's
+    last column; a slice ending where the tensor ends made dynamo compile the chunk again there and
+    fail (a ConstraintViolationError: compiling then switched off for the model)."""
+    model = tiny()  # max_seq_len 64: the cache too
+    prompt = [[(7 * i) % 97 + 3 for i in range(32)]]  # 32 + 32: chunks at 32, 40, 48 and 56 (up to column 63)
+    expected = generate_ids(model, prompt, greedy(32), compile=False)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert generate_ids(model, prompt, greedy(32), compile=True) == expected
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1  # one graph, to the end
+
+
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)])
 def test_written_out_attention_is_sdpa(heads):
     H, Hkv = heads

@@ -169,7 +169,7 @@ class _Steps:
         B, T, L = cache.batch_size, cache.length, cache.max_len
         device = cache.device
         self.step, self.cache, self.banned = step, cache, banned
-        step.prepare(model)
+        step.prepare(model, cache)
         self.slot = torch.tensor([T], dtype=torch.long, device=device)
         self.key_ok = None
         if mask is None:

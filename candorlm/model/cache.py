@@ -23,10 +23,14 @@ class KVCache:
         # Cross-attention keys/values of an encoder's output, per decoder layer: computed at the
         # first decoding step and reused by every later one (an encoder-decoder's cache).
         self.memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Concatenated q/k/v (and the decode step's gate/up) weights, made at this generation's
+        # first use and kept for the rest of it (model/fused.py).
+        self.fused: dict = {}
 
     def reset(self) -> None:
         self.length = 0
         self.memory = {}
+        self.fused = {}
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows `index` of the batch, in that order (beam search picks which beams go on)."""

@@ -11,9 +11,9 @@ the next:
 - attention reads the cache's filled columns, a length that is the step's one dynamic size
   (so one compiled graph serves every length), and masks a left-padded prompt's padding;
 - the rotary rows are looked up once per step for every layer; queries and keys rotate together;
-- q/k/v and gate/up are one matmul each, on concatenated weights kept as model/fused.py keeps
-  them (q/k/v: the very tensor the forward pass uses); the state dict keeps q_proj/k_proj/v_proj,
-  gate_proj/up_proj;
+- q/k/v and gate/up are one matmul each, on weights concatenated once per generation and kept
+  in its cache as model/fused.py keeps them (q/k/v: the very tensor the prompt's forward pass made);
+  the state dict keeps q_proj/k_proj/v_proj, gate_proj/up_proj;
 - the step sees tensors only, not the model (a compiled step's per-call checks stay cheap);
 - no hook points: the step is only used while no hook is attached (`supports`).
 
@@ -134,8 +134,8 @@ class DecodeStep:
     cache column they take (every row the same: prompts are left-padded); positions (B,) their
     rotary positions (each row's count of real tokens before them); key_ok (B, max_len) bool,
     False at padding columns, None without padding. Attention reads columns 0..slot only. The
-    caller advances slot, positions and `cache.length` after. `prepare(model)` first, once per
-    generation.
+    caller advances slot, positions and `cache.length` after. `prepare(model, cache)` first, once
+    per generation.
 
     The step itself (`_forward`) sees tensors only, never the model: a compiled step then checks
     a few dozen tensors' shapes per call, not the module tree's attributes (which cost more than
@@ -155,11 +155,12 @@ class DecodeStep:
         self.limit_said = False  # the warning that the limit is reached, given once
         self.steps = 0  # decode steps run for this model in this process
 
-    def prepare(self, model: nn.Module) -> None:
+    def prepare(self, model: nn.Module, cache: StaticKVCache) -> None:
         """Collect the model's weights for this generation (not per token).
 
-        q/k/v and gate/up come concatenated and kept by model/fused.py (rebuilt whenever a weight
-        changes, so never stale; q/k/v's is the forward pass's own, held once)."""
+        q/k/v and gate/up come concatenated, kept in the generation's `cache` by model/fused.py
+        (q/k/v's is the one the prompt's forward pass made); the next generation concatenates anew,
+        so whatever was written to the weights in between is read."""
         device = model.tok_emb.weight.device.type
         layers = []
         for block in model.blocks:
@@ -167,10 +168,10 @@ class DecodeStep:
             qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
             qk_norm = (attn.q_norm.weight, attn.k_norm.weight) if hasattr(attn, "q_norm") else None
             if hasattr(mlp, "gate_proj"):
-                up = kept_weight(mlp, (mlp.gate_proj, mlp.up_proj), device)
+                up = kept_weight(cache.fused, (mlp.gate_proj, mlp.up_proj), device)
             else:
                 up = mlp.up_proj.weight
-            layers.append((block.attn_norm.weight, kept_weight(attn, qkv, device),
+            layers.append((block.attn_norm.weight, kept_weight(cache.fused, qkv, device),
                            qk_norm, attn.o_proj.weight, block.mlp_norm.weight, up, mlp.down_proj.weight))
         self.weights = (model.tok_emb.weight, model.rope.cos, model.rope.sin, tuple(layers), model.norm.weight,
                         model.lm_head.weight)
@@ -339,8 +340,8 @@ _STEPS: weakref.WeakKeyDictionary[nn.Module, DecodeStep] = weakref.WeakKeyDictio
 
 
 def decode_step(model: nn.Module) -> DecodeStep:
-    """The model's DecodeStep, made once per model and kept while the model lives (its fused
-    weights and compiled graphs with it)."""
+    """The model's DecodeStep, made once per model and kept while the model lives (its compiled
+    graphs with it)."""
     step = _STEPS.get(model)
     if step is None:
         step = _STEPS[model] = DecodeStep(model)

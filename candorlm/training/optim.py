@@ -24,20 +24,9 @@ def _adamw(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
     t = cfg.train
     kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     try:
-        optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
         return torch.optim.AdamW(groups, **kwargs)
-    optimizer.register_step_post_hook(_mark_written)
-    return optimizer
-
-
-def _mark_written(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    # The fused AdamW kernel writes the parameters without bumping their version counters, and
-    # model/fused.py keeps a concatenated q/k/v weight for as long as the versions are unchanged:
-    # without this, evaluation during training ran on q/k/v weights from its first evaluation.
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            torch.autograd.graph.increment_version(p)
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:

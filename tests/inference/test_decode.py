@@ -45,9 +45,9 @@ def test_the_decode_step_logits_match_the_forward_pass():
     with torch.inference_mode():
         full = model(ids)[0, -1]
         step = decode_step(model)
-        step.prepare(model)
         cache = step.make_cache(model, 1, 64)
         model(ids[:, :-1], cache=cache)
+        step.prepare(model, cache)
         slot, positions = torch.tensor([5]), torch.tensor([5])
         logits = step(ids[:, -1], slot, positions, None, cache)[0]
     torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)

@@ -114,10 +114,49 @@ def test_the_weight_kept_for_gradient_free_calls_follows_every_update():
     assert not torch.allclose(before, after)
     assert torch.allclose(after, unfused_logits(model, ids), atol=1e-5)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # kept in autocast's dtype
-        model(ids)
-    kept_dtypes = {entry[2] for entry in model.blocks[0].attn.__dict__["_fused_weights"].values()}
-    assert kept_dtypes == {torch.bfloat16}
+        cache = model.make_cache(2, 12)
+        model(ids, cache=cache)
+    assert len(cache.fused) == 2 and {entry[2] for entry in cache.fused.values()} == {torch.bfloat16}
     assert not any("fused" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("write", ["copy_", ".data =", ".data.copy_", "assign", "fused AdamW"])
+def test_weights_written_any_way_are_read_by_the_next_pass_and_generation(write):
+    """However the weights are written between two calls (some ways leave the version counters
+    alone: `.data`, the fused AdamW kernel stepped by a loop outside candorlm), the next forward
+    pass and the next generation read them, as a model that never kept anything does."""
+    from candorlm.generate import SamplingConfig, generate_ids
+
+    model = small().eval()
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(0))
+    prompts, greedy = [[5, 6, 7], [8, 9]], SamplingConfig(max_new_tokens=10, greedy=True)
+
+    def passes(m: DecoderLM) -> tuple:
+        with torch.no_grad():
+            return m(ids), m(ids, cache=m.make_cache(2, 12)), generate_ids(m, prompts, greedy, compile=False)
+
+    before = passes(model)  # each made and used a concatenated weight
+    new = small(init_std=0.2).state_dict()
+    if write == "fused AdamW":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)  # no candorlm hook on it
+        model(ids, targets=ids).backward()
+        optimizer.step()
+    elif write == "assign":
+        model.load_state_dict(new, assign=True)
+    else:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if write == "copy_":
+                    p.copy_(new[name])
+                elif write == ".data =":
+                    p.data = new[name].clone()
+                else:
+                    p.data.copy_(new[name])
+    fresh = small().eval()
+    fresh.load_state_dict(model.state_dict())  # the same weights, nothing kept
+    after, expected = passes(model), passes(fresh)
+    assert not torch.equal(before[0], after[0])
+    assert torch.equal(after[0], expected[0]) and torch.equal(after[1], expected[1]) and after[2] == expected[2]
 
 
 @pytest.mark.parametrize("autocast", [False, True])

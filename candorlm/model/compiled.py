@@ -81,14 +81,15 @@ def block_runner(model: nn.Module, block: nn.Module, cached: bool) -> Callable[.
 
 
 def compile_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions by which torch.compile says it could not compile: dynamo cannot trace the code
-    (`Unsupported`), its own bug (`InternalTorchDynamoError`), the backend failed (`BackendCompilerFailed`:
-    inductor wraps everything that fails while it compiles, a missing or broken C++ compiler included,
-    in its subclass `InductorError`), the recompile limit reached under fullgraph=True, a size
-    marked dynamic that the trace made constant (raised as the guards are made), and inductor's
-    compiler errors should one come unwrapped. Not among them: `TorchRuntimeError`,
-    which is the traced code's own error met while tracing (a shape mismatch: eager raises it too),
-    nor anything the compiled code raises when it runs (an out-of-memory, a KeyboardInterrupt).
+    """The exceptions by which torch.compile says it could not compile: dynamo cannot trace the
+    code (`Unsupported`; `UserError`, "valid in eager, but not supported in TorchDynamo"), its own
+    bug (`InternalTorchDynamoError`), the backend failed (`BackendCompilerFailed`: inductor wraps
+    everything that fails while it compiles, a missing or broken C++ compiler included, in its
+    subclass `InductorError`), the recompile limit reached under fullgraph=True, a size marked
+    dynamic that the trace made constant (raised as the guards are made), and inductor's compiler
+    errors should one come unwrapped. Not among them: `TorchRuntimeError`, which is the traced
+    code's own error met while tracing (a shape mismatch: eager raises it too), nor anything the
+    compiled code raises when it runs (an out-of-memory, a KeyboardInterrupt).
 
     A function, not a constant: torch._dynamo and torch._inductor are imported only when asked
     (`except compile_errors():` evaluates it only when something was raised)."""
@@ -96,7 +97,8 @@ def compile_errors() -> tuple[type[BaseException], ...]:
     from torch._inductor import exc as inductor
     from torch.fx.experimental import symbolic_shapes
 
-    names = ((dynamo, ("Unsupported", "InternalTorchDynamoError", "BackendCompilerFailed", "FailOnRecompileLimitHit")),
+    names = ((dynamo, ("Unsupported", "UserError", "InternalTorchDynamoError", "BackendCompilerFailed",
+                       "FailOnRecompileLimitHit")),
              (inductor, ("InvalidCxxCompiler", "CppCompileError", "CppWrapperCodegenError")),
              (symbolic_shapes, ("ConstraintViolationError",)))  # a size marked dynamic that the trace fixed
     # getattr: the package accepts torch >= 2.4, and not every name is in every release

@@ -95,15 +95,16 @@ def test_explicit_compile_fails_loudly_where_it_cannot(monkeypatch):
 
 
 def compile_failures() -> list[Exception]:
-    from torch._dynamo.exc import Unsupported
+    from torch._dynamo.exc import Unsupported, UserError, UserErrorType
     from torch._inductor.exc import CppCompileError, InductorError
 
     return [no_cxx(), InductorError(CppCompileError(["g++", "x.cpp"], "g++: internal compiler error"), None),
-            Unsupported("call to an unsupported function")]
+            Unsupported("call to an unsupported function"),
+            UserError(UserErrorType.CONSTRAINT_VIOLATION, "a dynamic size made constant")]
 
 
 @pytest.mark.parametrize("cfg", [GREEDY, SAMPLED], ids=["chunks", "steps"])
-@pytest.mark.parametrize("failure", range(3), ids=["no C++ compiler", "C++ compiler fails", "unsupported"])
+@pytest.mark.parametrize("failure", range(4), ids=["no C++ compiler", "C++ compiler fails", "unsupported", "user"])
 def test_compiling_by_default_falls_back_to_eager_on_failure(monkeypatch, caplog, cfg, failure):
     model = tiny()
     expected = generate_ids(model, PROMPTS, cfg, compile=False)

@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import _common  # noqa: F401  (puts the repository on sys.path)
 import torch
 
 from candorlm.config import ModelConfig
 from candorlm.generate import SamplingConfig, generate_ids
-from candorlm.model import DecoderLM
-from candorlm.model import decode, fused, layers
-
+from candorlm.model import DecoderLM, decode, fused, layers
 
 _PROCESS_STORE: dict = {}
 
@@ -38,9 +36,10 @@ def kept_across_generations() -> Iterator[None]:
     """The old rule: one store for the process instead of the generation's (entries still checked
     against the weights' identity and version counters)."""
     real, real_linear = fused.kept_weight, layers.fused_linear
-    patched = lambda _, parts, device_type: real(_PROCESS_STORE, parts, device_type)  # noqa: E731
+    patched = lambda _, parts, device_type: real(_PROCESS_STORE, parts, device_type)
     fused.kept_weight = decode.kept_weight = patched
-    layers.fused_linear = lambda x, parts, store=None: real_linear(x, parts, _PROCESS_STORE)  # calls without a cache too
+    # calls without a cache kept too
+    layers.fused_linear = lambda x, parts, store=None: real_linear(x, parts, _PROCESS_STORE)
     try:
         yield
     finally:

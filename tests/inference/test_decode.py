@@ -190,14 +190,15 @@ def test_past_the_recompile_limit_new_shapes_decode_eagerly_and_say_so_once(eage
     monkeypatch.setattr("candorlm.generate.AUTO_COMPILE_AFTER", 0)  # by default, compiling "pays" at once
     with caplog.at_level(logging.WARNING, logger="candorlm"):
         for i, (prompts, cfg, compile) in enumerate(runs):
-            assert generate_ids(model, prompts, cfg, compile=compile) == generate_ids(model, prompts, cfg, compile=False)
+            expected = generate_ids(model, prompts, cfg, compile=False)
+            assert generate_ids(model, prompts, cfg, compile=compile) == expected
             if i == 0:  # the step's one graph is there: asked for another, it fails loudly
                 with pytest.raises(CandorError, match=r"^could not compile the decode step: it has compiled as many "
                                                       r"shapes as torch allows \(1\): raise torch._dynamo.config"):
                     generate_ids(model, b, SAMPLED, compile=True)
     said = [r.getMessage() for r in caplog.records if r.name == "candorlm"]  # (dynamo logs its own too)
-    assert said == ["the decode step has compiled as many shapes as torch allows (recompile limit 1): new shapes "
-                    "decode without compiling; raise torch._dynamo.config.recompile_limit to compile more"]
+    assert said == [("the decode step has compiled as many shapes as torch allows (recompile limit 1): new shapes "
+                     "decode without compiling; raise torch._dynamo.config.recompile_limit to compile more")]
     step = decode_step(model)
     assert step.compile_error is None  # the graphs there still serve their shapes (a's step, c's chunk)
     assert len(step.compiled_shapes) == 1 and len(step.greedy_shapes) == 1

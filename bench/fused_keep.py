@@ -1,14 +1,15 @@
-"""The concatenated q/k/v and gate/up weights made once per generation (model/fused.py keeps them in
-the generation's KV cache) against kept across generations (for as long as the weights' version
-counters stood still: the rule before, which missed writes that leave the counters alone, such as
-the fused AdamW kernel's or a copy through `.data`).
+"""The concatenated q/k/v and gate/up weights as model/fused.py keeps them now (checked at each
+generation's first use, and at every call without a cache: same tensors, versions, addresses and a
+sample of their values) against the rule before (kept while the version counters stood still,
+unchecked, which read stale weights after writes that leave the counters alone, such as the fused
+AdamW kernel's or a copy through `.data`).
 
 At bench/decode_chunks.py's shape (d256, 4 layers, vocab 8192, fp32, batch 1, a 32-token prompt),
 greedy generations of 32 and of 256 new tokens, compiled and eager, and a gradient-free forward
-pass over 32 tokens without a cache (an evaluation call: concatenated at every call now, kept
-before). The two rules run interleaved, call after call in one process, so that load on a shared
-machine hits them alike; the figure is the median over rounds of the per-round ratio of process
-CPU times (kept across generations / once per generation: below 1 means the new rule is slower).
+pass over 32 tokens without a cache (an evaluation call). The two rules run interleaved, call
+after call in one process, so that load on a shared machine hits them alike; the figure is the
+median over rounds of the per-round ratio of process CPU times (before / now: below 1 means the
+rule now is slower).
 
     .venv/bin/python bench/fused_keep.py [--rounds 30] [--threads 1] [--no-compile]
 """
@@ -33,8 +34,8 @@ _PROCESS_STORE: dict = {}
 
 @contextmanager
 def kept_across_generations() -> Iterator[None]:
-    """The old rule: one store for the process instead of the generation's (entries still checked
-    against the weights' identity and version counters)."""
+    """The rule before: one store for the process, its entries checked against the weights' identity
+    and version counters only (kept_weight's check within a generation)."""
     real, real_linear = fused.kept_weight, layers.fused_linear
     patched = lambda _, parts, device_type: real(_PROCESS_STORE, parts, device_type)
     fused.kept_weight = decode.kept_weight = patched
@@ -99,7 +100,7 @@ def main() -> None:
             times[name].append(t[False])
     for name in cases:
         q = statistics.quantiles(ratios[name], n=4)
-        print(f"  {name}: {statistics.median(times[name]) * 1e3:7.2f} ms CPU once per generation; kept / once "
+        print(f"  {name}: {statistics.median(times[name]) * 1e3:7.2f} ms CPU now; before / now "
               f"{statistics.median(ratios[name]):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})")
 
 

@@ -23,8 +23,8 @@ class KVCache:
         # Cross-attention keys/values of an encoder's output, per decoder layer: computed at the
         # first decoding step and reused by every later one (an encoder-decoder's cache).
         self.memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        # Concatenated q/k/v (and the decode step's gate/up) weights, made at this generation's
-        # first use and kept for the rest of it (model/fused.py).
+        # Concatenated q/k/v (and the decode step's gate/up) weights, checked against the weights at
+        # this generation's first use and kept for the rest of it (model/fused.py).
         self.fused: dict = {}
 
     def reset(self) -> None:

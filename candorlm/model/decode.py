@@ -11,8 +11,8 @@ the next:
 - attention reads the cache's filled columns, a length that is the step's one dynamic size
   (so one compiled graph serves every length), and masks a left-padded prompt's padding;
 - the rotary rows are looked up once per step for every layer; queries and keys rotate together;
-- q/k/v and gate/up are one matmul each, on weights concatenated once per generation and kept
-  in its cache as model/fused.py keeps them (q/k/v: the very tensor the prompt's forward pass made);
+- q/k/v and gate/up are one matmul each, on concatenated weights kept as model/fused.py keeps
+  them (checked at the generation's start; q/k/v: the very tensor the prompt's forward pass used);
   the state dict keeps q_proj/k_proj/v_proj, gate_proj/up_proj;
 - the step sees tensors only, not the model (a compiled step's per-call checks stay cheap);
 - no hook points: the step is only used while no hook is attached (`supports`).
@@ -158,9 +158,9 @@ class DecodeStep:
     def prepare(self, model: nn.Module, cache: StaticKVCache) -> None:
         """Collect the model's weights for this generation (not per token).
 
-        q/k/v and gate/up come concatenated, kept in the generation's `cache` by model/fused.py
-        (q/k/v's is the one the prompt's forward pass made); the next generation concatenates anew,
-        so whatever was written to the weights in between is read."""
+        q/k/v and gate/up come concatenated, as model/fused.py keeps them: checked against the
+        weights at the generation's first use, then kept in its `cache` (q/k/v's is the one the
+        prompt's forward pass used)."""
         device = model.tok_emb.weight.device.type
         layers = []
         for block in model.blocks:

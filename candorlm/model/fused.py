@@ -12,18 +12,20 @@ and are fused at compute time, `torch.cat(weights)`:
 
 - while gradients flow (training): the cat's backward hands each weight its slice of the
   gradient, so the weights train exactly as separate layers;
-- in a generation (no gradients, a KV cache): the concatenated weight, already cast to
-  autocast's dtype where autocast is on, is made once and kept in the cache (`KVCache.fused`)
-  for the rest of that generation: the prompt's pass, every later token's, and model/decode.py's
-  DecodeStep, which fuses gate/up the same way. The next generation has a new cache and
-  concatenates anew, so it reads whatever was written to the weights in between, however it was
-  written: an optimizer step (the fused AdamW kernel leaves the version counters alone), a copy
-  through `.data`, `load_state_dict` (in place or `assign=True`). Within a generation an entry is
-  also dropped if the weights are other tensors or their versions moved. Concatenating once per
-  generation costs ~1.5 ms of CPU at d256 (bench/fused_keep.py, under load: 1-2% of a 256-token
-  greedy generation, 3-4% of a 32-token one); keeping it across generations, as before, was
-  cheaper but read stale weights after any write that leaves the version counters alone;
-- otherwise (evaluation batches without a cache): concatenated at every call, as in training.
+- without gradients (generation, evaluation): the concatenated weight, already cast to
+  autocast's dtype where autocast is on, is kept on the first layer and reused while the weights
+  are unchanged: the same tensors, at the same versions and addresses, and a sample of their
+  values (every 997th, flattened) equal to the one taken when it was made. The versions see
+  in-place writes (an optimizer step, `load_state_dict`), the addresses `.data = ...`, and the
+  sample the writes that leave both alone but change many values: the fused AdamW kernel stepped
+  by a loop outside candorlm, a copy or in-place arithmetic through `.data` (an EMA), any run of
+  997 values or more (a head). A write through `.data` of a few scattered values, or of one row
+  or column, can escape it (a row or column of a d256 projection is sampled 1 time in 4).
+  A generation checks at its first use (the prompt's pass) and keeps the weight in its KV cache
+  (`KVCache.fused`) for its later tokens and model/decode.py's DecodeStep (which fuses gate/up
+  the same way); a call without a cache checks at every call. Checking cost under 1% of a
+  32-token generation at d256, where concatenating anew at each generation cost 4% (and keeping
+  it unchecked, as before, read stale weights after such writes; bench/fused_keep.py).
 
 Layers that someone watches run one by one, as modules: when any of them has a forward or
 backward hook (Opacus registers them for DP-SGD's per-sample gradients, privacy/dp.py), or a
@@ -32,10 +34,14 @@ global module hook is registered, `watched` says so and the caller calls each la
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
+
+SAMPLE_STRIDE = 997  # every 997th value of the weights, flattened (prime: no row or column is always missed)
 
 
 def watched(*layers: nn.Module) -> bool:
@@ -49,16 +55,26 @@ def watched(*layers: nn.Module) -> bool:
 
 def fused_linear(x: torch.Tensor, layers: tuple[nn.Linear, ...], store: dict | None = None) -> torch.Tensor:
     """x (..., C) through bias-free `layers` side by side: (..., sum of their out_features),
-    the first layer's outputs first. `store`: where a call without gradients keeps the
-    concatenated weight for the next ones (a KV cache's `fused`: one generation); None: made anew."""
-    if store is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    the first layer's outputs first. `store`: a generation's (a KV cache's `fused`), where the
+    concatenated weight is kept for its later calls (see the module's header)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return F.linear(x, torch.cat([layer.weight for layer in layers]))
     return F.linear(x, kept_weight(store, layers, x.device.type))
 
 
-def kept_weight(store: dict, layers: tuple[nn.Linear, ...], device_type: str) -> torch.Tensor:
-    """The layers' weights concatenated (in autocast's dtype where it is on), kept in `store` (one
-    generation's; see the module's header) for as long as they are the same tensors at the same versions."""
+class _Kept(NamedTuple):
+    weights: tuple[torch.Tensor, ...]  # the tensors themselves: while kept, no other can take their identity
+    versions: tuple[int, ...]
+    addresses: tuple[int, ...]
+    dtype: torch.dtype
+    sample: torch.Tensor
+    fused: torch.Tensor
+
+
+def kept_weight(store: dict | None, layers: tuple[nn.Linear, ...], device_type: str) -> torch.Tensor:
+    """The layers' weights concatenated (in autocast's dtype where it is on): the one kept on the
+    first layer while the weights are unchanged, else made anew; `store` (a generation's) keeps it
+    for the generation's later calls, checked against versions only (see the module's header)."""
     weights = tuple(layer.weight for layer in layers)
     dtype = weights[0].dtype
     if weights[0].is_floating_point() and torch.amp.is_autocast_available(device_type) \
@@ -66,10 +82,24 @@ def kept_weight(store: dict, layers: tuple[nn.Linear, ...], device_type: str) ->
         dtype = torch.get_autocast_dtype(device_type)  # what autocast would cast it to at every call
     versions = tuple(w._version for w in weights)
     key = tuple(id(layer) for layer in layers)  # the layers outlive the store: their ids stay theirs
-    kept = store.get(key)
-    if kept is not None and kept[2] == dtype and kept[1] == versions and all(
-            a is b for a, b in zip(kept[0], weights)):
-        return kept[3]
-    fused = torch.cat(weights).to(dtype)
-    store[key] = (weights, versions, dtype, fused)
-    return fused
+    mine = store.get(key) if store is not None else None
+    if mine is not None and mine.dtype == dtype and mine.versions == versions and _same(mine.weights, weights):
+        return mine.fused  # within a generation
+    kept = layers[0].__dict__.get("_fused_kept")  # a plain attribute: not in the state dict
+    if kept is None or kept.dtype != dtype or kept.versions != versions or not _same(kept.weights, weights) \
+            or kept.addresses != tuple(w.data_ptr() for w in weights) or not torch.equal(kept.sample, _sample(weights)):
+        kept = _Kept(weights, versions, tuple(w.data_ptr() for w in weights), dtype, _sample(weights),
+                     torch.cat(weights).to(dtype))
+        layers[0].__dict__["_fused_kept"] = kept
+    if store is not None:
+        store[key] = kept
+    return kept.fused
+
+
+def _same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    return all(x is y for x, y in zip(a, b))
+
+
+def _sample(weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([w.detach().reshape(-1)[::SAMPLE_STRIDE] for w in weights])

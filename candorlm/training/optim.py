@@ -24,9 +24,21 @@ def _adamw(groups: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
     t = cfg.train
     kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
+        optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
         return torch.optim.AdamW(groups, **kwargs)
+    optimizer.register_step_post_hook(_mark_written)
+    return optimizer
+
+
+def _mark_written(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    # The fused AdamW kernel writes the parameters without bumping their version counters, which
+    # model/fused.py reads first to tell whether its concatenated q/k/v weight is still the weights'
+    # (without this, and before fused.py also sampled the values, evaluation during training ran on
+    # q/k/v weights from its first evaluation): bumped, the trainer's steps are seen for certain.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            torch.autograd.graph.increment_version(p)
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from candorlm.config import ModelConfig
 from candorlm.model import DecoderLM, ops
-from candorlm.model.fused import watched
+from candorlm.model.fused import SAMPLE_STRIDE, watched
 from candorlm.model.layers import apply_rope
 
 
@@ -116,15 +116,17 @@ def test_the_weight_kept_for_gradient_free_calls_follows_every_update():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # kept in autocast's dtype
         cache = model.make_cache(2, 12)
         model(ids, cache=cache)
-    assert len(cache.fused) == 2 and {entry[2] for entry in cache.fused.values()} == {torch.bfloat16}
+    assert len(cache.fused) == 2 and {entry.dtype for entry in cache.fused.values()} == {torch.bfloat16}
+    assert model.blocks[0].attn.q_proj.__dict__["_fused_kept"].fused.dtype == torch.bfloat16
     assert not any("fused" in k for k in model.state_dict())
 
 
-@pytest.mark.parametrize("write", ["copy_", ".data =", ".data.copy_", "assign", "fused AdamW"])
+@pytest.mark.parametrize("write", ["copy_", ".data =", ".data.copy_", "assign", "fused AdamW", ".data run"])
 def test_weights_written_any_way_are_read_by_the_next_pass_and_generation(write):
     """However the weights are written between two calls (some ways leave the version counters
-    alone: `.data`, the fused AdamW kernel stepped by a loop outside candorlm), the next forward
-    pass and the next generation read them, as a model that never kept anything does."""
+    alone: `.data`, the fused AdamW kernel stepped by a loop outside candorlm; a run of values in
+    one projection), the next forward pass and the next generation read them, as a model that
+    never kept anything does."""
     from candorlm.generate import SamplingConfig, generate_ids
 
     model = small().eval()
@@ -143,6 +145,9 @@ def test_weights_written_any_way_are_read_by_the_next_pass_and_generation(write)
         optimizer.step()
     elif write == "assign":
         model.load_state_dict(new, assign=True)
+    elif write == ".data run":  # part of one projection: any SAMPLE_STRIDE values in a row hold a sampled one
+        k, span = model.blocks[0].attn.k_proj.weight, slice(20, 20 + SAMPLE_STRIDE)
+        k.data.view(-1)[span] = new["blocks.0.attn.k_proj.weight"].view(-1)[span]
     else:
         with torch.no_grad():
             for name, p in model.named_parameters():

@@ -1,6 +1,6 @@
-"""A no-gradient forward pass after the trainer's optimizer step sees the stepped weights (the fused
-AdamW kernel leaves the version counters alone; model/fused.py keeps a concatenated q/k/v weight
-for one generation only, so nothing relies on them)."""
+"""A no-gradient forward pass after the trainer's optimizer step sees the stepped weights (model/fused.py
+keeps a concatenated q/k/v weight while the weights are unchanged; the fused AdamW kernel does not
+bump the version counters by itself, so the trainer's optimizer does)."""
 
 import torch
 

@@ -88,8 +88,9 @@ def kept_weight(store: dict | None, layers: tuple[nn.Linear, ...], device_type: 
     kept = layers[0].__dict__.get("_fused_kept")  # a plain attribute: not in the state dict
     if kept is None or kept.dtype != dtype or kept.versions != versions or not _same(kept.weights, weights) \
             or kept.addresses != tuple(w.data_ptr() for w in weights) or not torch.equal(kept.sample, _sample(weights)):
-        kept = _Kept(weights, versions, tuple(w.data_ptr() for w in weights), dtype, _sample(weights),
-                     torch.cat(weights).to(dtype))
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, wherever it is made: a compiled
+            fused = torch.cat(weights).to(dtype)  # step given an inference tensor instead compiles again
+        kept = _Kept(weights, versions, tuple(w.data_ptr() for w in weights), dtype, _sample(weights), fused)
         layers[0].__dict__["_fused_kept"] = kept
     if store is not None:
         store[key] = kept

@@ -155,6 +155,24 @@ def test_a_chunk_that_reaches_the_cache_s_last_column_compiles_once(eager_dynamo
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1  # one graph, to the end
 
 
+def test_weights_rewritten_between_generations_need_no_second_graph(eager_dynamo):
+    """The concatenated weights are made anew after a write, by an evaluation call (no_grad) or by a
+    generation (inference mode): the same kind of tensor either way, so the compiled chunk's
+    guards still hold (an inference tensor where a plain one was would compile a second graph)."""
+    model = tiny()
+    generate_ids(model, PROMPTS, greedy(20), compile=True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for evaluate_first in (True, False, True):
+        with torch.no_grad():
+            model.blocks[0].attn.q_proj.weight.mul_(0.9)
+            model.blocks[1].mlp.up_proj.weight.mul_(1.1)
+            if evaluate_first:
+                model(torch.tensor([PROMPTS[0]]))
+        expected = generate_ids(model, PROMPTS, greedy(20), compile=False)
+        assert generate_ids(model, PROMPTS, greedy(20), compile=True) == expected
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)])
 def test_written_out_attention_is_sdpa(heads):
     H, Hkv = heads

@@ -230,16 +230,17 @@ class _Steps:
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         args = (token, self.slot, self.positions, self.key_ok, self.cache)
-        if self.to_compile:
-            self.to_compile = False
+        if self.to_compile or self.compiled:
+            # A graph compiled for this shape compiles again where a guard fails, and that can fail too.
+            first, self.to_compile = self.to_compile, False
             try:
-                logits = self.step.compile(*args)
+                logits = self.step.compile(*args) if first else self.step(*args, compiled=True)
                 self.compiled = True
-            except compile_errors() as e:  # a missing C++ compiler, an unsupported construct
+            except compile_errors() as e:  # a missing C++ compiler, an unsupported construct, the limit
                 self._compile_failed(e)
                 logits = self.step(*args)
         else:
-            logits = self.step(*args, compiled=self.compiled)
+            logits = self.step(*args)
         self.slot += 1
         self.positions += 1
         self.cache.advance(1)

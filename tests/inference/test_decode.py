@@ -119,6 +119,32 @@ def test_compiling_by_default_falls_back_to_eager_on_failure(monkeypatch, caplog
 
 
 @pytest.mark.parametrize("cfg", [GREEDY, SAMPLED], ids=["chunks", "steps"])
+def test_a_compiled_graph_that_fails_later_falls_back_too(monkeypatch, caplog, cfg):
+    """A graph compiled for a shape is compiled again where one of its guards fails, which can fail
+    too: by default decoding goes on eagerly from that token, with the one warning."""
+    from torch._dynamo.exc import Unsupported
+
+    model = tiny()
+    expected = generate_ids(model, PROMPTS, cfg, compile=False)
+    calls: list[int] = []
+
+    def flaky(fn, **kw):
+        def run(*a, **k):
+            calls.append(1)
+            if len(calls) > 2:
+                raise Unsupported("compiling again failed")
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(torch, "compile", flaky)
+    monkeypatch.setattr("candorlm.generate.AUTO_COMPILE_AFTER", 0)
+    with caplog.at_level(logging.WARNING, logger="candorlm"):
+        assert generate_ids(model, PROMPTS, cfg) == expected
+    assert len(calls) == 3  # two compiled calls, the failing third, then eager
+    assert [r.getMessage() for r in caplog.records] == ["generation goes on without compiling: compiling again failed"]
+
+
+@pytest.mark.parametrize("cfg", [GREEDY, SAMPLED], ids=["chunks", "steps"])
 @pytest.mark.parametrize("error", [ValueError("shapes (3, 32) and (64, 96) do not match"),
                                    torch.OutOfMemoryError("out of memory"), KeyboardInterrupt()],
                          ids=["shape error", "out of memory", "interrupt"])

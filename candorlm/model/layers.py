@@ -178,7 +178,7 @@ class Attention(AttentionHeads):
             q, k, v = (p(x).view(B, T, n, D) for p, n in ((self.q_proj, H), (self.k_proj, Hkv), (self.v_proj, Hkv)))
             qk = None
         else:  # one matmul for q, k and v (model/fused.py)
-            store = cache.fused if cache is not None else None  # a generation keeps the concatenation
+            store = getattr(cache, "fused", None)  # a generation's cache keeps the concatenation
             qk, v = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj), store).view(
                 B, T, H + 2 * Hkv, D).split((H + Hkv, Hkv), dim=2)
             q, k = qk.split((H, Hkv), dim=2)

@@ -59,6 +59,7 @@ class SlotCache:
         self._new_lengths: list[int] = []
         self._positions = torch.zeros(0, dtype=torch.long, device=device)
         self._span = 0
+        self.fused: dict = {}  # the concatenated q/k/v weights, as a KVCache keeps them (model/fused.py)
 
     def prefill(self, first: int, prompt_lengths: Sequence[int]) -> None:
         """The next pass writes right-padded prompts into rows first.. from column 0.
@@ -70,6 +71,7 @@ class SlotCache:
         self._new_lengths = list(prompt_lengths)
         self._span = 0
         self.length = 0
+        self.fused = {}  # new requests: their first pass checks the weights again
 
     def decode(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next pass feeds one token to each of rows 0..n-1; returns (position_ids (n, 1),

@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--ngrams", default="1-3,1-4,1-5")
     ap.add_argument("--c", default="0.1,0.3,1,3,10")
     ap.add_argument("--min-df", default="1,2")
+    ap.add_argument("--words", default="0", help="word n-gram orders to try (0: characters only)")
+    ap.add_argument("--also", action="append", default=[],
+                    help="another fine-tuned run of the same data: the encoders' log-odds averaged, equal weights")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rd, _, info, model, tok, _ = load_task_run(args.run)
@@ -70,25 +73,32 @@ def main() -> None:
     gold = {k: np.array([index[r["label"]] for r in v]) for k, v in splits.items()}
     t0 = time.process_time()
     enc = {k: encoder_probs(model, tok, text[k], info["max_len"]) for k in ("dev", "test")}
+    alone = {}
+    for i, other in enumerate(args.also, 2):  # the mean of n encoders' log-probabilities, renormalised
+        _, _, o_info, o_model, o_tok, _ = load_task_run(other)
+        more = {k: encoder_probs(o_model, o_tok, text[k], o_info["max_len"]) for k in ("dev", "test")}
+        alone[other] = {k: acc(more[k], gold[k]) for k in more}
+        enc = {k: nblr.mix(enc[k], more[k], 1 / i) for k in enc}
     result = {"run": str(rd.path), "encoder_cpu_s": round(time.process_time() - t0, 1),
-              "encoder": {k: acc(enc[k], gold[k]) for k in enc},
+              "encoder": {k: acc(enc[k], gold[k]) for k in enc}, "also": alone,
               "tfidf": {"dev (fit on train)": acc(tfidf(text["train"], gold["train"], text["dev"]), gold["dev"]),
                         "test (fit on train+dev)": acc(tfidf(text["train"] + text["dev"],
                                                              np.concatenate([gold["train"], gold["dev"]]),
                                                              text["test"]), gold["test"])},
               "settings": []}
     print(json.dumps({k: v for k, v in result.items() if k != "settings"}), flush=True)
-    for ng in args.ngrams.split(","):
+    combos = [(ng, words) for ng in args.ngrams.split(",") for words in (int(x) for x in args.words.split(","))]
+    for ng, words in combos:
         lo, hi = (int(x) for x in ng.split("-"))
         for min_df in (int(x) for x in args.min_df.split(",")):
             for c in (float(x) for x in args.c.split(",")):
                 t0 = time.process_time()
-                m = nblr.fit(text["train"], gold["train"], len(labels), (lo, hi), c, min_df)
+                m = nblr.fit(text["train"], gold["train"], len(labels), (lo, hi), c, min_df, words)
                 fit_s = time.process_time() - t0
                 lin = {k: m.probabilities(text[k]) for k in ("dev", "test")}
                 chosen = nblr.choose(enc["dev"], lin["dev"], gold["dev"])
                 w = chosen["weight"]
-                row = {"ngrams": ng, "min_df": min_df, "C": c, "features": len(m.vocabulary), "fit_cpu_s": round(fit_s, 1),
+                row = {"ngrams": ng, "words": words, "min_df": min_df, "C": c, "features": len(m.vocabulary), "fit_cpu_s": round(fit_s, 1),
                        "nblr_dev": acc(lin["dev"], gold["dev"]), "nblr_test": acc(lin["test"], gold["test"]),
                        "weight": w, "mix_dev": chosen["dev_accuracy"],
                        "mix_test": acc(nblr.mix(enc["test"], lin["test"], w), gold["test"]),

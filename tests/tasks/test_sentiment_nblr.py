@@ -32,7 +32,7 @@ def test_nb_ratios_on_a_toy_set_separate_the_classes():
     at = vec.vocabulary_
     assert r[at["好"]] > 0 > r[at["差"]]  # each class's own characters point its way
     assert abs(r[at["，"]]) < r[at["好"]]  # a character of both classes says little
-    model = nblr.fit(texts, labels, 2)
+    model = nblr.fit(texts, labels, 2, min_df=1)
     p = model.probabilities(texts + ["好", "差"])
     assert (p.argmax(1) == [*labels, 1, 0]).all()
     with pytest.raises(CandorError, match="both classes"):
@@ -42,11 +42,12 @@ def test_nb_ratios_on_a_toy_set_separate_the_classes():
 def test_stored_nblr_round_trips_and_predicts_the_same(tmp_path, reviews):
     index = {"neg": 0, "pos": 1}
     texts = [t for t, _ in reviews]
-    model = nblr.fit(texts[:300], [index[lab] for _, lab in reviews[:300]], 2, (1, 3))
+    model = nblr.fit(texts[:300], [index[lab] for _, lab in reviews[:300]], 2, (1, 3), words=2)
     model.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [nblr.VOCAB_FILE, nblr.WEIGHTS_FILE]  # no pickle
     back = nblr.NBLR.load(tmp_path)
-    assert back.vocabulary == model.vocabulary and back.ngram_range == (1, 3) and back.settings == model.settings
+    assert back.vocabulary == model.vocabulary and back.ngram_range == (1, 3) and back.words == 2
+    assert back.settings == model.settings and any(g.startswith(nblr.WORD) for g in back.vocabulary)
     held_out = texts[300:]
     assert np.allclose(back.probabilities(held_out), model.probabilities(held_out), atol=1e-6)
     # it learnt something: better than the majority class on the texts it did not see
@@ -57,7 +58,7 @@ def test_stored_nblr_round_trips_and_predicts_the_same(tmp_path, reviews):
 
 def test_three_labels_one_model_per_label(tmp_path):
     texts = ["好好", "很好", "差差", "很差", "一般", "还行一般"]
-    model = nblr.fit(texts, [2, 2, 0, 0, 1, 1], 3)
+    model = nblr.fit(texts, [2, 2, 0, 0, 1, 1], 3, min_df=1)
     assert model.weights.shape[0] == 3
     p = model.probabilities(texts)
     assert np.allclose(p.sum(1), 1) and (p.argmax(1) == [2, 2, 0, 0, 1, 1]).all()
@@ -79,7 +80,7 @@ def test_mix_weight_zero_is_the_classifier_alone():
 
 
 def test_missing_or_corrupt_nblr_fails_in_one_line(tmp_path):
-    model = nblr.fit([t for t, _ in TOY], [y for _, y in TOY], 2)
+    model = nblr.fit([t for t, _ in TOY], [y for _, y in TOY], 2, min_df=1)
     model.save(tmp_path)
     (tmp_path / nblr.WEIGHTS_FILE).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not safetensors")
     with pytest.raises(CandorError, match="not a candorlm NB-LR model") as err:

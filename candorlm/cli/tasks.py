@@ -51,7 +51,7 @@ def finetune(
 
     Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --time 5m --eval-limit 500 --out runs/s5
 
-    Example: candorlm finetune --task sentiment --data builtin:reviews --pretrain-mlm 4 --out runs/sent-tapt
+    Example: candorlm finetune --task sentiment --data builtin:reviews --pretrain-mlm 3 --ensemble nblr --out runs/sent-ens
 
     It says how long it will take before it starts, and shows a bar with the time left.
     """

@@ -98,7 +98,8 @@ def main() -> None:
                 lin = {k: m.probabilities(text[k]) for k in ("dev", "test")}
                 chosen = nblr.choose(enc["dev"], lin["dev"], gold["dev"])
                 w = chosen["weight"]
-                row = {"ngrams": ng, "words": words, "min_df": min_df, "C": c, "features": len(m.vocabulary), "fit_cpu_s": round(fit_s, 1),
+                row = {"ngrams": ng, "words": words, "min_df": min_df, "C": c, "features": len(m.vocabulary),
+                       "fit_cpu_s": round(fit_s, 1),
                        "nblr_dev": acc(lin["dev"], gold["dev"]), "nblr_test": acc(lin["test"], gold["test"]),
                        "weight": w, "mix_dev": chosen["dev_accuracy"],
                        "mix_test": acc(nblr.mix(enc["test"], lin["test"], w), gold["test"]),
@@ -106,7 +107,8 @@ def main() -> None:
                                        for x in (0.3, 0.4, 0.5, 0.6, 0.7)},
                        "dev_curve": chosen["dev"]}
                 # the probability average, for comparison with the log-odds mix
-                pw = max(nblr.MIX_GRID, key=lambda x: (acc((1 - x) * enc["dev"] + x * lin["dev"], gold["dev"]), -abs(x - 0.5)))
+                pw = max(nblr.MIX_GRID,
+                         key=lambda x: (acc((1 - x) * enc["dev"] + x * lin["dev"], gold["dev"]), -abs(x - 0.5)))
                 row["prob_avg_weight"] = pw
                 row["prob_avg_dev"] = acc((1 - pw) * enc["dev"] + pw * lin["dev"], gold["dev"])
                 row["prob_avg_test"] = acc((1 - pw) * enc["test"] + pw * lin["test"], gold["test"])

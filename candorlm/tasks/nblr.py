@@ -179,7 +179,8 @@ def fit(texts: Sequence[str], labels: Sequence[int], n_labels: int, ngram_range:
     from sklearn.linear_model import LogisticRegression
 
     lo, hi = ngram_range
-    vectorizer = CountVectorizer(analyzer=lambda t: ngrams(t, lo, hi, words), binary=True, min_df=min_df, dtype=np.float32)
+    vectorizer = CountVectorizer(analyzer=lambda t: ngrams(t, lo, hi, words), binary=True, min_df=min_df,
+                                 dtype=np.float32)
     x = vectorizer.fit_transform(texts).tocsr()
     vocabulary = [""] * len(vectorizer.vocabulary_)
     for g, j in vectorizer.vocabulary_.items():

@@ -211,6 +211,7 @@ def finish(prepared: Prepared, model: nn.Module, out: Path) -> None:
     p_linear = linear.probabilities([r["text"] for r in dev])
     chosen = nblr.choose(p_model, p_linear, gold)
     entry.update({"files": [nblr.WEIGHTS_FILE, nblr.VOCAB_FILE], "ngram_range": list(linear.ngram_range),
+                  "word_ngrams": linear.words,
                   "features": len(linear.vocabulary), **linear.settings,
                   "fitted_on": f"the training split ({len(train)} texts)", "weight": chosen["weight"],
                   "weight_chosen_on": f"the dev split ({len(dev)} texts), accuracy, ties to the lower log-loss",
@@ -218,9 +219,10 @@ def finish(prepared: Prepared, model: nn.Module, out: Path) -> None:
                   "dev_classifier_alone": round(float((p_model.argmax(1) == np.asarray(gold)).mean()), 4),
                   "dev_nblr_alone": round(float((p_linear.argmax(1) == np.asarray(gold)).mean()), 4),
                   "dev": chosen["dev"], "seconds": round(time.perf_counter() - start, 1)})
-    log.info("NB-LR (%s char n-grams, %d features): dev accuracy %.4f mixed (weight %g), %.4f classifier alone, "
-             "%.4f NB-LR alone", "-".join(map(str, linear.ngram_range)), entry["features"], entry["dev_accuracy"],
-             entry["weight"], entry["dev_classifier_alone"], entry["dev_nblr_alone"])
+    log.info("NB-LR (character %s-grams, word n-grams up to %d, %d features): dev accuracy %.4f mixed "
+             "(weight %g), %.4f classifier alone, %.4f NB-LR alone", "-".join(map(str, linear.ngram_range)),
+             linear.words, entry["features"], entry["dev_accuracy"], entry["weight"], entry["dev_classifier_alone"],
+             entry["dev_nblr_alone"])
 
 
 def baselines(train: Sequence[Record], test: Sequence[Record], labels: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -262,7 +264,7 @@ def _score_run(run: str | Path, test: Sequence[Record], labels: Sequence[str]
     linear = nblr.NBLR.load(rd.path)
     p_linear = linear.probabilities([r["text"] for r in test])
     weight = float(entry["weight"])
-    grams = "-".join(map(str, linear.ngram_range))
+    grams = "-".join(map(str, linear.ngram_range)) + (f" and word 1-{linear.words}" if linear.words else "")
     rows = [{**row, "name": f"{rd.path.name} ({config.model.arch} + NB-LR, weight {weight:g} chosen on dev)",
              **scores(gold, nblr.mix(p_model, p_linear, weight).argmax(1).tolist(), len(labels))},
             {**row, "name": f"{rd.path.name} ({config.model.arch} alone)",

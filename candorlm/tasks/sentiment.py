@@ -12,7 +12,7 @@ sees) and scored on the same test split, in the same run:
 - TF-IDF of character 1-3-grams with logistic regression (scikit-learn, default settings).
 
 With `ensemble="nblr"` (`--ensemble nblr`) the fine-tuning ends by fitting NB-weighted logistic
-regression on character n-grams (candorlm/tasks/nblr.py) on the training split and choosing, on
+regression on character and word n-grams (candorlm/tasks/nblr.py) on the training split and choosing, on
 the dev split, the weight that mixes it with the classifier; the run then predicts with the mix
 (`eval`, `predict`, `serve`), and its evaluation shows the mix, the classifier alone and the
 NB-LR alone beside the baselines.
@@ -89,7 +89,7 @@ def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None =
     `mlm_weight` times the masked-LM loss of the same forward pass to the classification loss:
     the review texts of the training split teach the encoder their own domain while it learns
     the labels, and the classifier sees masked text (a regulariser, like word dropout).
-    `ensemble` "nblr": NB-LR on character n-grams mixed in at the end (`finish`); None or "none": no."""
+    `ensemble` "nblr": NB-LR on character and word n-grams mixed in at the end (`finish`); None or "none": no."""
     if ensemble not in (None, "none", "nblr"):
         raise CandorError(f"--ensemble takes nblr or none, not {ensemble!r}")
     if mlm_weight < 0 or not 0 < mask_rate < 1:

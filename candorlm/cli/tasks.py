@@ -33,6 +33,9 @@ def finetune(
                                        "encoder picks one character per source token). Default: generate."),
     mlm_weight: Optional[float] = typer.Option(None, help="sentiment, an encoder: add this times the masked-LM "
                                                "loss of the (masked) training texts to the classification loss."),
+    ensemble: Optional[str] = typer.Option(None, help="sentiment: nblr to mix the classifier with NB-weighted "
+                                           "logistic regression on character n-grams, fitted at the end, the weight "
+                                           "chosen on dev (eval, predict and serve then use the mix); none: no."),
     prompt_loss: Optional[float] = typer.Option(None, help="chat: weight of a next-token loss on the system and "
                                                 "user messages' tokens beside the assistant's (0 to 1; default 0: "
                                                 "the assistant's tokens only)."),
@@ -48,7 +51,7 @@ def finetune(
 
     Example: candorlm finetune runs/pd --task sentiment --data builtin:reviews --time 5m --eval-limit 500 --out runs/s5
 
-    Example: candorlm finetune --task sentiment --data builtin:reviews --pretrain-mlm 4 --out runs/sent-tapt
+    Example: candorlm finetune --task sentiment --data builtin:reviews --pretrain-mlm 3 --ensemble nblr --out runs/sent-ens
 
     It says how long it will take before it starts, and shows a bar with the time left.
     """
@@ -57,10 +60,12 @@ def finetune(
 
     task_options = {k: v for k, v in dict(labels=labels.split(",") if labels else None, tokenizer=tokenizer,
                                           vocab_size=vocab_size, head=head, mlm_weight=mlm_weight,
-                                          prompt_loss=prompt_loss).items()
+                                          ensemble=ensemble, prompt_loss=prompt_loss).items()
                     if v is not None}
     if prompt_loss is not None and options["task"] != "chat":
         raise CandorError(f"--prompt-loss is a chat option, not a {options['task']} one")
+    if ensemble is not None and options["task"] != "sentiment":
+        raise CandorError(f"--ensemble is a sentiment option, not a {options['task']} one")
     beam_size = options.pop("beam_size")
     if options["task"] == "translate":
         task_options["beam_size"] = beam_size

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from candorlm.config import RunConfig
@@ -45,6 +44,7 @@ class TaskModel:
     tokenizer: Tokenizer = field(repr=False)
     source_tokenizer: Tokenizer | None = field(default=None, repr=False)
     lm: Any = field(default=None, repr=False)  # a pinyin tagger's n-gram LM (candorlm.tasks.ngram), when it has one
+    linear: Any = field(default=None, repr=False)  # a sentiment run's NB-LR (candorlm.tasks.nblr), when it has one
 
     def predict(self, inputs: Sequence[str | dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
         """One output per input, in order.
@@ -65,22 +65,21 @@ class TaskModel:
     # ------------------------------------------------------------ per task
 
     def _sentiment(self, inputs: list[Any]) -> list[dict[str, Any]]:
-        from candorlm.beam import right_pad
-        from candorlm.tasks.sentiment import encode
+        from candorlm.tasks.sentiment import encode, probabilities
 
         labels = list(self.info["labels"])
-        rows = [encode(self.tokenizer, _field(x, "text", i), self.info.get("max_len", 128)) for i, x in enumerate(inputs)]
-        out: list[dict[str, Any]] = [{} for _ in rows]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        with torch.no_grad():
-            for start in range(0, len(order), 128):
-                idx = order[start:start + 128]
-                ids, mask = right_pad([rows[i] for i in idx], self.tokenizer.pad_id)
-                probs = self.model(ids, mask).float().softmax(-1).tolist()
-                for i, p in zip(idx, probs):
-                    best = max(range(len(labels)), key=lambda k: p[k])
-                    out[i] = {"label": labels[best], "probability": round(p[best], 4),
-                              "probabilities": {lab: round(q, 4) for lab, q in zip(labels, p)}}
+        texts = [_field(x, "text", i) for i, x in enumerate(inputs)]
+        rows = [encode(self.tokenizer, t, self.info.get("max_len", 128)) for t in texts]
+        probs = probabilities(self.model, rows, self.tokenizer.pad_id)
+        if self.linear is not None:  # the mix the run's evaluation scored (candorlm.tasks.nblr)
+            from candorlm.tasks.nblr import mix
+
+            probs = mix(probs, self.linear.probabilities(texts), float(self.info["ensemble"]["weight"]))
+        out = []
+        for p in probs.tolist():
+            best = max(range(len(labels)), key=lambda k: p[k])
+            out.append({"label": labels[best], "probability": round(p[best], 4),
+                        "probabilities": {lab: round(q, 4) for lab, q in zip(labels, p)}})
         return out
 
     def _translate(self, inputs: list[Any], beam_size: int = 4, length_penalty: float = 1.0) -> list[dict[str, Any]]:
@@ -162,12 +161,16 @@ def load_task(run: str | Path, verify: bool | None = None) -> TaskModel:
     if task not in ("sentiment", "translate", "qa", "chat"):
         raise CandorError(f"{rd.path} is not a fine-tuned task run (no task in its task.json); for a language "
                           f"model use `candorlm generate` or candorlm.load")
-    lm = None
+    lm = linear = None
     if task == "translate" and info.get("lm"):  # loaded now: a missing or damaged file fails here, not mid-request
         from candorlm.tasks.translate_lm import load_lm
 
         lm = load_lm(rd.path, info, verify=verify is not False)
-    return TaskModel(task, rd.path, config, info, model.eval(), tok, source, lm)
+    if task == "sentiment" and info.get("ensemble"):  # the same: a bad NB-LR fails at loading
+        from candorlm.tasks.nblr import NBLR
+
+        linear = NBLR.load(rd.path, verify=verify is not False)
+    return TaskModel(task, rd.path, config, info, model.eval(), tok, source, lm, linear)
 
 
 def read_inputs(spec: str) -> list[str | dict[str, Any]]:

@@ -10,14 +10,23 @@ a text can never be on both sides. Baselines are fitted on train+dev (the same 9
 sees) and scored on the same test split, in the same run:
 - the majority class of the training labels;
 - TF-IDF of character 1-3-grams with logistic regression (scikit-learn, default settings).
+
+With `ensemble="nblr"` (`--ensemble nblr`) the fine-tuning ends by fitting NB-weighted logistic
+regression on character and word n-grams (candorlm/tasks/nblr.py) on the training split and choosing, on
+the dev split, the weight that mixes it with the classifier; the run then predicts with the mix
+(`eval`, `predict`, `serve`), and its evaluation shows the mix, the classifier alone and the
+NB-LR alone beside the baselines.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +42,9 @@ from candorlm.tasks.data import TEST_FRACTION, Record, read_jsonl_records, split
 from candorlm.tokenizer import Tokenizer, train_tokenizer
 from candorlm.training.objectives import IGNORE, mask_tokens
 from candorlm.progress import batched
+from candorlm.tasks import nblr
+
+log = logging.getLogger("candorlm")
 
 default_arch = "encoder"
 BUILTIN = "builtin:reviews"
@@ -71,12 +83,15 @@ def encode(tokenizer: Tokenizer, text: str, max_len: int) -> list[int]:
 
 def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None = None, max_len: int = MAX_LEN,
             tokenizer: str = "bpe", vocab_size: int = 4096, mlm_weight: float = 0.0, mask_rate: float = 0.15,
-            **_: Any) -> Prepared:
+            ensemble: str | None = None, **_: Any) -> Prepared:
     """The classifier and its encoded examples. With `mlm_weight` > 0 (an encoder only), every
     training batch is masked as in BERT's pretraining (`mask_rate` of the tokens) and the loss adds
     `mlm_weight` times the masked-LM loss of the same forward pass to the classification loss:
     the review texts of the training split teach the encoder their own domain while it learns
-    the labels, and the classifier sees masked text (a regulariser, like word dropout)."""
+    the labels, and the classifier sees masked text (a regulariser, like word dropout).
+    `ensemble` "nblr": NB-LR on character and word n-grams mixed in at the end (`finish`); None or "none": no."""
+    if ensemble not in (None, "none", "nblr"):
+        raise CandorError(f"--ensemble takes nblr or none, not {ensemble!r}")
     if mlm_weight < 0 or not 0 < mask_rate < 1:
         raise CandorError(f"--mlm-weight must be >= 0 and --mask-rate in (0, 1); got {mlm_weight} and {mask_rate}")
     if mlm_weight and base.arch != "encoder":
@@ -104,7 +119,9 @@ def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None =
             "test_size": len(splits["test"]), **({"mlm_weight": mlm_weight, "mask_rate": mask_rate} if mlm_weight else {})}
     if mlm_weight:
         require_tokens(tok, base.tokenizer_file(), ("mask",), "sentiment --mlm-weight")
-    return Prepared(model, cfg, tok, None, examples("train"), examples("dev"), info)
+    if ensemble == "nblr":
+        info["ensemble"] = {"kind": "nblr"}  # completed by `finish`
+    return Prepared(model, cfg, tok, None, examples("train"), examples("dev"), info, splits)
 
 
 def _batch(tokenizer_pad: int, batch: Sequence[tuple[list[int], int]], device: torch.device):
@@ -139,22 +156,26 @@ def loss(model: nn.Module, batch: Sequence[tuple[list[int], int]], device: torch
 
 
 @torch.no_grad()
-def predict(model: nn.Module, rows: Sequence[list[int]], pad_id: int, batch_size: int = 128) -> list[int]:
-    """The most likely label of each encoded text (batched by length, returned in input order)."""
+def probabilities(model: nn.Module, rows: Sequence[list[int]], pad_id: int, batch_size: int = 128) -> np.ndarray:
+    """(N, labels): the classifier's label probabilities for each encoded text (batched by length,
+    returned in input order)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    preds = [0] * len(rows)
+    out = np.zeros((len(rows), model.head.out_features), dtype=np.float64)
     try:
         for idx in batched(order, batch_size):
             ids, mask = right_pad([rows[i] for i in idx], pad_id)
-            out = model(ids.to(device), mask.to(device)).argmax(-1).tolist()
-            for i, p in zip(idx, out):
-                preds[i] = p
+            out[list(idx)] = model(ids.to(device), mask.to(device)).float().softmax(-1).cpu().numpy()
     finally:
         model.train(was_training)
-    return preds
+    return out
+
+
+def predict(model: nn.Module, rows: Sequence[list[int]], pad_id: int, batch_size: int = 128) -> list[int]:
+    """The most likely label of each encoded text, in input order."""
+    return probabilities(model, rows, pad_id, batch_size).argmax(1).tolist()
 
 
 def scores(gold: Sequence[int], pred: Sequence[int], n_labels: int) -> dict[str, float]:
@@ -170,6 +191,38 @@ def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> d
     pred = predict(model, [ids for ids, _ in prepared.dev], 0)
     s = scores([y for _, y in prepared.dev], pred, len(prepared.info["labels"]))
     return {"score": s["accuracy"], **s}
+
+
+def finish(prepared: Prepared, model: nn.Module, out: Path) -> None:
+    """At the end of the fine-tuning, with --ensemble nblr: the NB-LR fitted on the training split
+    and written into `out`, the mixing weight chosen on the dev split with `model` (the kept
+    epoch's weights), both recorded in task.json's "ensemble". Nothing without it."""
+    entry = prepared.info.get("ensemble")
+    if not entry:
+        return
+    start = time.perf_counter()
+    labels = prepared.info["labels"]
+    index = {lab: i for i, lab in enumerate(labels)}
+    train, dev = prepared.records["train"], prepared.records["dev"]
+    linear = nblr.fit([r["text"] for r in train], [index[r["label"]] for r in train], len(labels))
+    linear.save(out)
+    gold = [y for _, y in prepared.dev]
+    p_model = probabilities(model, [ids for ids, _ in prepared.dev], 0)
+    p_linear = linear.probabilities([r["text"] for r in dev])
+    chosen = nblr.choose(p_model, p_linear, gold)
+    entry.update({"files": [nblr.WEIGHTS_FILE, nblr.VOCAB_FILE], "ngram_range": list(linear.ngram_range),
+                  "word_ngrams": linear.words,
+                  "features": len(linear.vocabulary), **linear.settings,
+                  "fitted_on": f"the training split ({len(train)} texts)", "weight": chosen["weight"],
+                  "weight_chosen_on": f"the dev split ({len(dev)} texts), accuracy, ties to the lower log-loss",
+                  "dev_accuracy": chosen["dev_accuracy"],
+                  "dev_classifier_alone": round(float((p_model.argmax(1) == np.asarray(gold)).mean()), 4),
+                  "dev_nblr_alone": round(float((p_linear.argmax(1) == np.asarray(gold)).mean()), 4),
+                  "dev": chosen["dev"], "seconds": round(time.perf_counter() - start, 1)})
+    log.info("NB-LR (character %s-grams, word n-grams up to %d, %d features): dev accuracy %.4f mixed "
+             "(weight %g), %.4f classifier alone, %.4f NB-LR alone", "-".join(map(str, linear.ngram_range)),
+             linear.words, entry["features"], entry["dev_accuracy"], entry["weight"], entry["dev_classifier_alone"],
+             entry["dev_nblr_alone"])
 
 
 def baselines(train: Sequence[Record], test: Sequence[Record], labels: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -191,17 +244,34 @@ def baselines(train: Sequence[Record], test: Sequence[Record], labels: Sequence[
     }
 
 
-def _score_run(run: str | Path, test: Sequence[Record], labels: Sequence[str]) -> dict[str, Any]:
+def _score_run(run: str | Path, test: Sequence[Record], labels: Sequence[str]
+               ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The run's rows on `test` (with an NB-LR ensemble: the mix, then the classifier alone) and
+    its NB-LR alone (None without one)."""
     rd, config, info, model, tok, _ = load_task_run(run)
     if info.get("task") != "sentiment":
         raise CandorError(f"{rd.path} is not a sentiment run (its task.json says {info.get('task')!r})")
     if list(info["labels"]) != list(labels):
         raise CandorError(f"{rd.path} predicts labels {info['labels']}, not {list(labels)}")
     index = {lab: i for i, lab in enumerate(labels)}
-    pred = predict(model, [encode(tok, r["text"], info["max_len"]) for r in test], tok.pad_id)
-    return {"run": str(rd.path), "arch": config.model.arch, "init": info.get("init"), "base_run": info.get("base_run"),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            **scores([index[r["label"]] for r in test], pred, len(labels))}
+    gold = [index[r["label"]] for r in test]
+    p_model = probabilities(model, [encode(tok, r["text"], info["max_len"]) for r in test], tok.pad_id)
+    row = {"run": str(rd.path), "arch": config.model.arch, "init": info.get("init"), "base_run": info.get("base_run"),
+           "parameters": sum(p.numel() for p in model.parameters())}
+    entry = info.get("ensemble")
+    if not entry:
+        return [{**row, **scores(gold, p_model.argmax(1).tolist(), len(labels))}], None
+    linear = nblr.NBLR.load(rd.path)
+    p_linear = linear.probabilities([r["text"] for r in test])
+    weight = float(entry["weight"])
+    grams = "-".join(map(str, linear.ngram_range)) + (f" and word 1-{linear.words}" if linear.words else "")
+    rows = [{**row, "name": f"{rd.path.name} ({config.model.arch} + NB-LR, weight {weight:g} chosen on dev)",
+             **scores(gold, nblr.mix(p_model, p_linear, weight).argmax(1).tolist(), len(labels))},
+            {**row, "name": f"{rd.path.name} ({config.model.arch} alone)",
+             **scores(gold, p_model.argmax(1).tolist(), len(labels))}]
+    alone = {"name": f"NB-LR, character {grams}-grams (the ensemble's linear half, fitted on the training split)",
+             "features": len(linear.vocabulary), **scores(gold, p_linear.argmax(1).tolist(), len(labels))}
+    return rows, alone
 
 
 def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | Path] = (), limit: int | None = None,
@@ -222,14 +292,17 @@ def evaluate(run: str | Path, data: str | None = None, compare: Sequence[str | P
     records, labels = load_records(data, info["labels"])
     splits = split_records(records, key="text")
     splits["test"] = spread(splits["test"], limit)
-    models = [_score_run(r, splits["test"], labels) for r in [run, *compare]]
+    scored = [_score_run(r, splits["test"], labels) for r in [run, *compare]]
+    models = [row for rows, _ in scored for row in rows]
+    linear = scored[0][1]
     result = {
         "task": "sentiment",
         "data": data,
         "split": {"rule": SPLIT_RULE, **{k: len(v) for k, v in splits.items()}},
         "labels": labels,
         "models": models,
-        "baselines": baselines(splits["train"] + splits["dev"], splits["test"], labels),
+        "baselines": {**({"nblr": linear} if linear else {}),
+                      **baselines(splits["train"] + splits["dev"], splits["test"], labels)},
         "command": " ".join(["candorlm eval", str(rd.path), "--task sentiment", "--data", data,
                              *[f"--compare {c}" for c in compare], *([f"--limit {limit}"] if limit else [])]),
     }

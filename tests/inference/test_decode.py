@@ -202,12 +202,16 @@ def test_any_hook_keeps_the_forward_pass():
     assert supports(model)
 
 
-def test_past_the_recompile_limit_new_shapes_decode_eagerly_and_say_so_once(eager_dynamo, monkeypatch, caplog):
+def test_past_the_recompile_limit_new_shapes_decode_eagerly_and_say_so_once(eager_dynamo, monkeypatch, caplog, request):
     from candorlm.model import decode as decode_module
 
     monkeypatch.setattr(decode_module, "CHUNK", 2)  # a smaller chunk: traced faster
     monkeypatch.setattr(decode_module, "RECOMPILE_LIMIT", 1)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # one graph per function
+    # one graph per function; dynamo's own patch, as monkeypatch's undo deletes the config key, and
+    # every later compile in the process then fails on the missing recompile_limit
+    limit = torch._dynamo.config.patch(recompile_limit=1)
+    limit.__enter__()
+    request.addfinalizer(lambda: limit.__exit__(None, None, None))
     assert decode_module.recompile_limit() == 1
     model = tiny()
     a, b, c, d = PROMPTS, PROMPTS[:1], PROMPTS[1:], [[11, 12], [13, 14]]  # 4 shapes: batch 3, 1, 2 and 2 unpadded

@@ -117,13 +117,14 @@ class NBLR:
 
     def save(self, out: Path) -> None:
         """nblr.safetensors and nblr.json into the directory `out`."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        from candorlm.io.files import atomic_write_text
+        from candorlm.io.files import atomic_write_bytes, atomic_write_text
 
-        save_file({"weights": np.ascontiguousarray(self.weights, dtype=np.float32),
-                   "bias": np.asarray(self.bias, dtype=np.float32)}, str(Path(out) / WEIGHTS_FILE),
-                  metadata={"format": FORMAT})
+        # whole or not at all: an interrupted save leaves no half file under the run's name
+        atomic_write_bytes(Path(out) / WEIGHTS_FILE, save(
+            {"weights": np.ascontiguousarray(self.weights, dtype=np.float32),
+             "bias": np.asarray(self.bias, dtype=np.float32)}, metadata={"format": FORMAT}))
         # one line: hundreds of thousands of n-grams, one per line, would add megabytes of indentation
         atomic_write_text(Path(out) / VOCAB_FILE, json.dumps(
             {"format": FORMAT, "ngram_range": list(self.ngram_range), "words": self.words, "n_labels": self.n_labels,

@@ -86,8 +86,7 @@ def kept_weight(store: dict | None, layers: tuple[nn.Linear, ...], device_type: 
     if mine is not None and mine.dtype == dtype and mine.versions == versions and _same(mine.weights, weights):
         return mine.fused  # within a generation
     kept = layers[0].__dict__.get("_fused_kept")  # a plain attribute: not in the state dict
-    if kept is None or kept.dtype != dtype or kept.versions != versions or not _same(kept.weights, weights) \
-            or kept.addresses != tuple(w.data_ptr() for w in weights) or not torch.equal(kept.sample, _sample(weights)):
+    if kept is None or not _unchanged(kept, weights, versions, dtype):
         with torch.inference_mode(False), torch.no_grad():  # a plain tensor, wherever it is made: a compiled
             fused = torch.cat(weights).to(dtype)  # step given an inference tensor instead compiles again
         kept = _Kept(weights, versions, tuple(w.data_ptr() for w in weights), dtype, _sample(weights), fused)
@@ -95,6 +94,12 @@ def kept_weight(store: dict | None, layers: tuple[nn.Linear, ...], device_type: 
     if store is not None:
         store[key] = kept
     return kept.fused
+
+
+def _unchanged(kept: _Kept, weights: tuple[torch.Tensor, ...], versions: tuple[int, ...], dtype: torch.dtype) -> bool:
+    """The full check of the module's header: tensors, versions, dtype, addresses, then the sample."""
+    return (kept.dtype == dtype and kept.versions == versions and _same(kept.weights, weights)
+            and kept.addresses == tuple(w.data_ptr() for w in weights) and torch.equal(kept.sample, _sample(weights)))
 
 
 def _same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:

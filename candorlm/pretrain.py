@@ -27,7 +27,7 @@ def attach_features(trainer: Trainer) -> Trainer:
                                          precision=trainer.precision, threads=trainer.threads,
                                          n_params=trainer.model.num_params(), resumed=trainer.resume,
                                          node_leader=trainer.world.local_rank == 0,
-                                         extra=lambda: trainer.budget.record() if trainer.budget else None))
+                                         extra=trainer.ledger_figures))
     return trainer
 
 

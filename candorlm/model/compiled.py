@@ -22,7 +22,8 @@ its kernels on disk, so a later process with the same shapes starts in seconds).
 pays depends on the width and the run's length: training/trainer.py decides (`compile_pays`).
 
 `compile_errors()`: what torch.compile raises when it cannot compile, for a caller that then runs
-eagerly (generate.py's decode step); anything else a compiled call raises is a real error.
+eagerly (generate.py's decode step, training/compile_fallback.py's training step); anything else
+a compiled call raises is a real error. `failure_reason` names one in a line.
 """
 
 from __future__ import annotations
@@ -103,6 +104,28 @@ def compile_errors() -> tuple[type[BaseException], ...]:
              (symbolic_shapes, ("ConstraintViolationError",)))  # a size marked dynamic that the trace fixed
     # getattr: the package accepts torch >= 2.4, and not every name is in every release
     return tuple(cls for module, found in names for name in found if (cls := getattr(module, name, None)) is not None)
+
+
+def failure_reason(error: BaseException) -> str:
+    """The first line of what a compile failure says, for a one-line warning or error: a backend's
+    failure ("backend='inductor' raised:" and then the cause) is named by its cause."""
+    cause = getattr(error, "inner_exception", None)
+    text = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+    line = (text.strip().splitlines() or [type(error).__name__])[0]
+    output = getattr(cause if cause is not None else error, "output", None)  # CppCompileError: the compiler's words
+    if isinstance(output, str):
+        said = [s.strip() for s in output.splitlines() if s.strip()]
+        line += next((f": {s}" for s in said if "error" in s.lower()), f": {said[0]}" if said else "")
+    return line
+
+
+def cxx_failed(error: BaseException) -> bool:
+    """Whether `error` (one of `compile_errors()`) is the C++ compiler's: none works ($CXX, g++), or
+    it failed on inductor's code (a missing header, an internal error)."""
+    from torch._inductor import exc as inductor
+
+    cxx = tuple(c for name in ("InvalidCxxCompiler", "CppCompileError") if (c := getattr(inductor, name, None)))
+    return isinstance(error, cxx) or isinstance(getattr(error, "inner_exception", None), cxx)
 
 
 def recompile_limit_hit(error: BaseException) -> bool:

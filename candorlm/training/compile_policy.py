@@ -20,6 +20,10 @@ twice that, so a busy machine or a slower compile does not turn it into a loss.
 - without a C++ compiler (inductor's `g++`, or $CXX) nothing is compiled unless asked for: a
   default must not fail ten minutes into a run; asked for (`train.compile = true`), the run
   stops before it starts, saying what to install.
+
+A compiler that is there but fails (a broken $CXX, a missing header, a construct dynamo cannot
+trace) is only found out inside a compiled step: compile_fallback.py then trains on eagerly
+(default) or stops in one line (asked for, or several processes).
 """
 
 from __future__ import annotations

@@ -32,11 +32,13 @@ from candorlm.evaluate import eval_window_count, evaluate_bpb
 from candorlm.io.files import atomic_write_text, set_aside
 from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.model import build_model, lm_loss
+from candorlm.model.compiled import is_compiled, uncompile_blocks
 from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.agreement import CollectiveFailed
 from candorlm.training.budget import NO_LIMIT, TimeBudget, budget_for
 from candorlm.training.callbacks import Manifest, MetricsFile
+from candorlm.training.compile_fallback import CompileFallback
 from candorlm.training.compile_policy import CompileWhenItPays, compile_upfront
 from candorlm.training.distributed import World, resumable
 from candorlm.training.loop import Callback, Loop, LoopResult
@@ -105,7 +107,11 @@ class Trainer:
         compile = compile_upfront(config, self.device, self.world.distributed)
         self.compile_later = compile is None
         self.forward = self.world.wrap(self.model, self.precision, bool(compile))
+        self.forward_compiled = bool(compile)  # until compiling fails (compile_fallback.py)
         self.optimizer = build_optimizer(self.model, config)
+        self.compiling = CompileFallback(self.optimizer, compiled=self._compiled, to_eager=self._to_eager,
+                                         snapshot=self._snapshot, rewind=self._rewind, explicit=t.compile is True,
+                                         distributed=self.world.distributed)
         self.train_windows = self.data.windows("train", config.seq_len, aligned=t.align_windows)
         self.val_windows = self.data.windows("val", config.seq_len)
         self.sampler = BatchSampler(self.train_windows, t.batch_size, t.seed, rank=self.world.rank,
@@ -197,6 +203,24 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------ the step
+    def _compiled(self) -> bool:
+        return self.forward_compiled or is_compiled(self.model)  # compiled from the start, or by CompileWhenItPays
+
+    def _to_eager(self) -> None:
+        uncompile_blocks(self.model)
+        self.forward, self.forward_compiled = self.model, False  # one process only (compile_fallback.py)
+
+    def _snapshot(self) -> tuple[dict[str, int], torch.Tensor, list[torch.Tensor]]:
+        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        return self.sampler.state_dict(), torch.get_rng_state(), cuda
+
+    def _rewind(self, state: tuple[dict[str, int], torch.Tensor, list[torch.Tensor]]) -> None:
+        data, rng, cuda = state
+        self.sampler.load_state_dict(data)
+        torch.set_rng_state(rng)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
     def _step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step of the objective: accumulated micro-batches, clipping, AdamW."""
         t = self.config.train
@@ -251,6 +275,11 @@ class Trainer:
         self.step += 1
         return out
 
+    def ledger_figures(self) -> dict[str, Any] | None:
+        """This session's own figures for the ledger: the time budget's, a failed compile's."""
+        figures = {**(self.budget.record() if self.budget else {}), **self.compiling.record()}
+        return figures or None
+
     def evaluate(self) -> dict[str, float]:
         t = self.config.train
         return evaluate_bpb(self.model, self.val_windows, self.token_bytes, batch_size=t.batch_size,
@@ -303,6 +332,7 @@ class Trainer:
         step_fn = self.step_fn
         if self.compile_later and self.budget is None and not self.private:
             step_fn = CompileWhenItPays(self.model, self.step, self.max_steps).wrap(step_fn)
+        step_fn = self.compiling.wrap(step_fn)  # a compiler that fails: eager, or one line (compile_fallback.py)
         loop = Loop(step_fn, self.optimizer, schedule=self.lr_at, max_steps=self.max_steps, device=self.device,
                     first_step=self.step, log_every=t.log_every, eval_every=t.eval_every, save_every=t.save_every,
                     evaluate=self.evaluate, save=self.save, agree=self.agree, tokens_per_step=tokens_per_step,

@@ -2,12 +2,17 @@
 methods use one: the tagger proposes each position's best few candidates from the dictionary,
 and a beam search over the sentence picks the characters that maximise
 
-    sum_i  log p_tagger(c_i | source)  +  weight * log p_lm(c_i | c_{i-2} c_{i-1})  (+ weight * log p_lm(<eos> | ...))
+    sum_i  log p_tagger(c_i | source)  +  weight * log p_lm(c_i | c_{i-2} c_{i-1})  +  channel * log p(s_i | c_i)
+                                                                      (+ weight * log p_lm(<eos> | ...))
+
+where p(s_i | c_i) is the dictionary's channel probability: how often character c_i was written with
+syllable s_i in the training split (smoothed). The tagger's posterior already reads the syllables,
+but it is a small model's guess; the channel term adds what the counts know about rare readings.
 
 The LM (candorlm.tasks.ngram: interpolated Kneser-Ney, order 3 by default) is counted on the
-training split's targets only. `weight` and the beam width are chosen on the dev split when the
-fine-tuning ends and stored in task.json's "lm" entry; the model itself is `ngram.safetensors` in
-the run. weight 0 (or no "lm" entry: a run from before) is plain tagging, one argmax per position.
+training split's targets only. `weight`, `channel` and the beam width are chosen on the dev split
+when the fine-tuning ends and stored in task.json's "lm" entry (the channel's counts with them); the
+model itself is `ngram.safetensors` in the run. weight 0 (or no "lm" entry: a run from before) is plain tagging, one argmax per position.
 
 The same search with the dictionary's channel probability log p(syllable | character) in place of
 the tagger, weight 1, is an HMM input method: the LM and dictionary alone, a baseline of its own.
@@ -21,9 +26,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +51,11 @@ WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # LM weights tried on dev, at the
 # Beam widths: the first to choose the weight, the others tried at that weight. On the lead's 26-minute
 # tagger (dev, weight 1.5): beam 4 0.9115, 8 0.9181, 16 0.9206, 32 0.9211, 64 0.9213; weight 2: 32 0.9227.
 BEAMS = (16, 32)
+# Channel-term weights tried on dev with each LM weight. On the lead's 26-minute tagger (dev, beam 16,
+# best LM weight for each): 0 0.9271, 0.5 0.9276, 1 0.9280, 1.5 0.9282, 2 0.9281; test at beam 32
+# 0.9294 (channel 0) -> 0.9305 (channel 1). 0.5 and 1.5 are within 0.0004 of 1: not worth their decodes.
+CHANNELS = (0.0, 1.0)
+CHANNEL_SMOOTHING = 0.1  # added to a (syllable, character) count: a reading never seen is unlikely, not impossible
 HMM_CANDIDATES, HMM_BEAM = 32, 16  # the HMM baseline's search: on dev, k16 beam 4 0.874, k32 beam 16 0.914, k64 beam 16 0.914
 DEAD = -1e9  # the score of a missing candidate (a position with fewer than K)
 
@@ -101,23 +112,69 @@ def tagger_lattice(model: nn.Module, src: Tokenizer, tgt: Tokenizer, sources: Se
     return lat
 
 
+def channel_counts(train: Iterable[Record]) -> dict[str, dict[str, int]]:
+    """How often each source token (syllable) stood for each character in `train`: token -> char -> n."""
+    pair: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in train:
+        for token, ch in zip(r["source"].split(), r["target"]):
+            pair[token][ch] += 1
+    return {token: dict(chars.most_common()) for token, chars in sorted(pair.items())}
+
+
+def _per_char(counts: dict[str, dict[str, int]]) -> Counter[str]:
+    per_char: Counter[str] = Counter()
+    for chars in counts.values():
+        per_char.update(chars)
+    return per_char
+
+
+def channel_scores(lat: Lattice, sources: Sequence[str], counts: dict[str, dict[str, int]], tgt: Tokenizer) -> np.ndarray:
+    """log p(syllable | character) of each candidate in `lat` (N, T, K), smoothed: (n + 0.1) /
+    (count(character) + 1). 0 where the lattice has no choice (a copied or missing token) and for a
+    token the counts never saw (no evidence either way)."""
+    per_char = _per_char(counts)
+    unseen = np.full(tgt.vocab_size, np.log(CHANNEL_SMOOTHING))  # a reading never seen: log(0.1 / (count(c) + 1))
+    for ch, n in per_char.items():
+        cid = tgt.hf.token_to_id(ch)
+        if cid is not None:
+            unseen[cid] -= np.log(n + 1.0)
+    out = np.zeros(lat.scores.shape)
+    rows: dict[str, np.ndarray] = {}  # token -> log p(token | class) over the target classes
+    for i, text in enumerate(sources):
+        for t, token in enumerate(text.split()[:lat.ids.shape[1]]):
+            if (i, t) in lat.fixed or token not in counts:
+                continue
+            if token not in rows:
+                row = unseen.copy()
+                for ch, n in counts[token].items():
+                    cid = tgt.hf.token_to_id(ch)
+                    if cid is not None:
+                        row[cid] = np.log((n + CHANNEL_SMOOTHING) / (per_char[ch] + 1.0))
+                rows[token] = row
+            out[i, t] = rows[token][lat.ids[i, t]]
+    return np.where(lat.scores <= DEAD / 2, 0.0, out)
+
+
+def with_channel(lat: Lattice, channel: np.ndarray, mu: float) -> Lattice:
+    """`lat` with mu * the channel term added to its live candidates' scores."""
+    if not mu:
+        return lat
+    return Lattice(lat.ids, np.where(lat.scores <= DEAD / 2, lat.scores, lat.scores + mu * channel), lat.lengths, lat.fixed)
+
+
 def channel_lattice(train: Sequence[Record], tgt: Tokenizer, sources: Sequence[str], k: int = HMM_CANDIDATES) -> Lattice:
     """The HMM's candidates: for each syllable the k characters it most often stood for in the
     training split, scored log p(syllable | character); an unseen one-character token is copied,
     an unseen longer one gives nothing (as the most-frequent-character baseline)."""
-    pair: dict[str, Counter[str]] = defaultdict(Counter)
-    per_char: Counter[str] = Counter()
-    for r in train:
-        for token, ch in zip(r["source"].split(), r["target"]):
-            pair[token][ch] += 1
-            per_char[ch] += 1
+    pair = channel_counts(train)
+    per_char = _per_char(pair)
     tokens = [text.split() for text in sources]
     T = max((len(t) for t in tokens), default=0)
     lat = Lattice(np.zeros((len(sources), T, k), dtype=np.int64), np.full((len(sources), T, k), DEAD),
                   np.array([len(t) for t in tokens], dtype=np.int64))
     table: dict[str, tuple[list[int], list[float]]] = {}
     for token, chars in pair.items():
-        best = chars.most_common(k)
+        best = list(chars.items())[:k]  # most frequent first
         table[token] = ([tgt.hf.token_to_id(ch) or tgt.unk_id for ch, _ in best],
                         [float(np.log(c / per_char[ch])) for ch, c in best])
     for i, toks in enumerate(tokens):
@@ -216,25 +273,42 @@ def tag_with_lm(model: nn.Module, src: Tokenizer, tgt: Tokenizer, sources: Seque
     weight = float(entry.get("weight", 0.0))
     if lm is None or not weight:
         return tag(model, src, tgt, sources, info["lexicon"])
-    return decode(tagger_lattice(model, src, tgt, sources, info["lexicon"]), tgt, lm, weight, int(entry["beam"]))
+    lat = fused_lattice(tagger_lattice(model, src, tgt, sources, info["lexicon"]), sources, entry, tgt)
+    return decode(lat, tgt, lm, weight, int(entry["beam"]))
+
+
+def fused_lattice(lat: Lattice, sources: Sequence[str], entry: dict[str, Any], tgt: Tokenizer) -> Lattice:
+    """The tagger's lattice with the channel term of the "lm" entry added (a run from before the
+    channel term, or channel 0: the lattice as it is)."""
+    mu = float(entry.get("channel", 0.0))
+    return with_channel(lat, channel_scores(lat, sources, entry["channel_counts"], tgt), mu) if mu else lat
 
 
 def choose(lat: Lattice, refs: Sequence[str], tgt: Tokenizer, lm: NgramLM,
-           score: Callable[[Sequence[str], Sequence[str]], float]) -> dict[str, Any]:
-    """The LM weight (at beam 16), then the beam width (16 or 32, at that weight) that score best on
-    `refs`. Weights are compared at a wide beam: at beam 4 a narrow search favoured a lower weight
-    (1.5 where beam 16 and 32 favour 2; the lead's 26-minute tagger, dev)."""
+           score: Callable[[Sequence[str], Sequence[str]], float], channel: np.ndarray | None = None) -> dict[str, Any]:
+    """The LM weight and channel weight together (at beam 16), then the beam width (16 or 32, at
+    those weights) that score best on `refs`; ties go to the smaller weights. Weights are compared
+    at a wide beam: at beam 4 a narrow search favoured a lower weight (1.5 where beam 16 and 32
+    favour 2; the lead's 26-minute tagger, dev). `channel`: channel_scores of `lat` (None: not tried)."""
+    def fused(w: float, mu: float, beam: int) -> float:
+        lattice = with_channel(lat, channel, mu) if channel is not None else lat
+        return score(decode(lattice, tgt, lm, w, beam), refs)
+
+    def name(w: float, mu: float, beam: int) -> str:
+        return f"weight {w:g}, beam {beam}" + (f", channel {mu:g}" if mu else "")
+
     tried = {"weight 0": score(decode(lat, tgt, None, 0.0), refs)}  # the tagger alone: no search
-    for w in WEIGHTS[1:]:
-        tried[f"weight {w:g}, beam {BEAMS[0]}"] = score(decode(lat, tgt, lm, w, BEAMS[0]), refs)
-    weight = max(WEIGHTS[1:], key=lambda w: (tried[f"weight {w:g}, beam {BEAMS[0]}"], -w))
-    beams = {BEAMS[0]: tried[f"weight {weight:g}, beam {BEAMS[0]}"]}
+    pairs = [(w, mu) for w in WEIGHTS[1:] for mu in (CHANNELS if channel is not None else (0.0,))]
+    for w, mu in pairs:
+        tried[name(w, mu, BEAMS[0])] = fused(w, mu, BEAMS[0])
+    weight, mu = max(pairs, key=lambda p: (tried[name(*p, BEAMS[0])], -p[0], -p[1]))
+    beams = {BEAMS[0]: tried[name(weight, mu, BEAMS[0])]}
     for b in BEAMS[1:]:
-        beams[b] = tried[f"weight {weight:g}, beam {b}"] = score(decode(lat, tgt, lm, weight, b), refs)
+        beams[b] = tried[name(weight, mu, b)] = fused(weight, mu, b)
     beam = max(sorted(beams), key=lambda b: (beams[b], -b))
     if tried["weight 0"] >= beams[beam]:  # the LM does not help this tagger on dev: plain tagging
-        weight, beam, beams[beam] = 0.0, 1, tried["weight 0"]
-    return {"weight": weight, "beam": beam, "dev_char_accuracy": round(beams[beam], 4),
+        weight, mu, beam, beams[beam] = 0.0, 0.0, 1, tried["weight 0"]
+    return {"weight": weight, "channel": mu, "beam": beam, "dev_char_accuracy": round(beams[beam], 4),
             "dev_tagger_alone": round(tried["weight 0"], 4), "dev": {k: round(v, 4) for k, v in tried.items()}}
 
 
@@ -246,14 +320,18 @@ def fit(model: nn.Module, src: Tokenizer, tgt: Tokenizer, lexicon: dict[str, str
     start = time.perf_counter()
     lm = build_lm(train, tgt, order)
     lm.save(out / LM_FILE)
-    lat = tagger_lattice(model, src, tgt, [r["source"] for r in dev], lexicon)
-    chosen = choose(lat, [r["target"] for r in dev], tgt, lm, score)
+    sources = [r["source"] for r in dev]
+    lat = tagger_lattice(model, src, tgt, sources, lexicon)
+    counts = channel_counts(train)
+    chosen = choose(lat, [r["target"] for r in dev], tgt, lm, score, channel_scores(lat, sources, counts, tgt))
     entry = {"file": LM_FILE, "order": order, "kind": "interpolated Kneser-Ney (modified discounts), characters",
              "counted_on": f"the training split's targets ({len(train)} sentences)", "candidates": CANDIDATES,
              "bytes": (out / LM_FILE).stat().st_size, **chosen, "seconds": round(time.perf_counter() - start, 1)}
-    log.info("n-gram LM (order %d, %.1f MB): dev char accuracy %.4f fused (weight %g, beam %d), %.4f tagger alone",
-             order, entry["bytes"] / 1e6, chosen["dev_char_accuracy"], chosen["weight"], chosen["beam"],
-             chosen["dev_tagger_alone"])
+    if chosen["channel"]:
+        entry["channel_counts"] = counts  # the channel term's p(syllable | character), for predict and eval
+    log.info("n-gram LM (order %d, %.1f MB): dev char accuracy %.4f fused (weight %g, channel %g, beam %d), "
+             "%.4f tagger alone", order, entry["bytes"] / 1e6, chosen["dev_char_accuracy"], chosen["weight"],
+             chosen["channel"], chosen["beam"], chosen["dev_tagger_alone"])
     return entry
 
 
@@ -265,6 +343,9 @@ def load_lm(run: Path, info: dict[str, Any], verify: bool = True) -> NgramLM | N
     entry = info.get("lm")
     if not entry:
         return None
+    if entry.get("channel") and not isinstance(entry.get("channel_counts"), dict):
+        raise CandorError(f"{Path(run) / 'task.json'}: its \"lm\" entry has a channel weight but no channel counts; "
+                          f"rebuild it with candorlm.tasks.translate.attach_lm('{run}')")
     path = Path(run) / str(entry.get("file", LM_FILE))
     if not path.is_file():
         raise CandorError(f"{path} is missing; task.json's \"lm\" names it. Rebuild it with "
@@ -307,10 +388,12 @@ def evaluate_tagger(path: Path, info: dict[str, Any], model: nn.Module, src: Tok
                **scores(alone, refs)}]
     hyps = alone
     if lm is not None and weight:
-        hyps = decode(lat, tgt, lm, weight, beam)
+        hyps = decode(fused_lattice(lat, sources, entry, tgt), tgt, lm, weight, beam)
+        channel = float(entry.get("channel", 0.0))
         models.insert(0, {**row, "name": f"{path.name} (tagger + n-gram LM)", "decoding":
-                          f"tagger + {lm.order}-gram LM, weight {weight:g}, beam {beam} (chosen on dev)",
-                          **scores(hyps, refs)})
+                          f"tagger + {lm.order}-gram LM, weight {weight:g}"
+                          + (f" + channel log p(syllable | character), weight {channel:g}" if channel else "")
+                          + f", beam {beam} (chosen on dev)", **scores(hyps, refs)})
     return {
         "task": "translate",
         "split": {"train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(test)},

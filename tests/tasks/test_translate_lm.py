@@ -15,8 +15,21 @@ from candorlm.errors import CandorError
 from candorlm.model import EncoderLM, TokenTagger
 from candorlm.tasks.data import Record
 from candorlm.tasks.ngram import NgramLM
-from candorlm.tasks.translate_lm import (Lattice, beam_decode, build_lm, channel_lattice, decode, load_lm,
-                                         tag_with_lm, tagger_lattice)
+from candorlm.tasks.translate_lm import (
+    DEAD,
+    Lattice,
+    beam_decode,
+    build_lm,
+    channel_counts,
+    channel_lattice,
+    channel_scores,
+    choose,
+    decode,
+    load_lm,
+    tag_with_lm,
+    tagger_lattice,
+    with_channel,
+)
 from candorlm.tasks.translate_tag import make_lexicon, tag, vocabulary
 
 SENTENCES = [[3, 4, 5, 6], [3, 4, 7], [5, 6, 5, 6, 4], [8], [4, 3, 4, 5, 6, 7, 8, 3]]
@@ -107,6 +120,50 @@ def test_lm_settles_a_homophone_that_only_the_previous_character_tells():
     # the LM and the dictionary alone (the HMM baseline) read it the same way; an unseen character is copied
     hmm = channel_lattice(records, tgt, sources + ["ban ★"])
     assert decode(hmm, tgt, lm, 1.0, beam=4) == ["办事", "就是", "他办事", "办★"]
+
+
+def test_channel_term_is_log_p_syllable_given_character_and_settles_a_rare_reading():
+    # 行 reads xing (3 times) and hang (once); 航 reads only hang (once). The tagger cannot tell
+    # hang's two characters apart; the counts can: p(hang | 航) = 1 > p(hang | 行) = 1/4.
+    records = [Record({"source": s, "target": t}, f"toy:{i}") for i, (s, t) in
+               enumerate([("xing", "行"), ("xing", "行"), ("xing", "行"), ("hang", "行"), ("hang", "航")])]
+    tgt = vocabulary((ch for r in records for ch in r["target"]), characters=True)
+    counts = channel_counts(records)
+    assert counts == {"hang": {"行": 1, "航": 1}, "xing": {"行": 3}}
+    xing, hang = tgt.token_id("行"), tgt.token_id("航")
+    lat = Lattice(np.array([[[xing, hang]], [[xing, hang]]]), np.log(np.array([[[0.5, 0.5]], [[0.9, 0.1]]])),
+                  np.array([1, 1]))
+    ch = channel_scores(lat, ["hang", "zzz"], counts, tgt)
+    np.testing.assert_allclose(ch[0, 0], np.log([1.1 / 5, 1.1 / 2]))  # (n + 0.1) / (count(character) + 1)
+    assert (ch[1] == 0).all()  # a syllable the counts never saw: no evidence either way
+    assert decode(lat, tgt, None, 0.0) == ["行", "行"]
+    assert decode(with_channel(lat, ch, 1.0), tgt, None, 0.0) == ["航", "行"]
+    assert with_channel(lat, ch, 0.0) is lat
+    # a dead candidate stays dead, and a fixed (copied) position gets no channel score
+    lat.scores[0, 0, 1] = DEAD
+    lat.fixed[(0, 0)] = "行"
+    assert (channel_scores(lat, ["hang", "zzz"], counts, tgt) == 0).all()
+
+
+def test_choose_picks_the_channel_weight_on_dev_and_a_run_keeps_it(tmp_path):
+    records, src, tgt, tagger = _toy()
+    lexicon = make_lexicon(records)
+    sources, refs = [r["source"] for r in records], [r["target"] for r in records]
+    lm = build_lm(records, tgt)
+    lat = tagger_lattice(tagger, src, tgt, sources, lexicon)
+    counts = channel_counts(records)
+    exact = lambda hyps, refs: float(np.mean([h == r for h, r in zip(hyps, refs)]))
+    chosen = choose(lat, refs, tgt, lm, exact, channel_scores(lat, sources, counts, tgt))
+    assert chosen["channel"] in (0.0, 1.0) and any("channel 1" in k for k in chosen["dev"])
+    assert chosen["dev_char_accuracy"] >= chosen["dev_tagger_alone"]
+    assert "channel 1" not in " ".join(choose(lat, refs, tgt, lm, exact)["dev"])  # no channel given: none tried
+    # in a run: tag_with_lm applies the stored weight and counts, as choose scored them
+    entry = {"weight": 1.0, "beam": 4, "channel": 1.0, "channel_counts": counts}
+    want = decode(with_channel(lat, channel_scores(lat, sources, counts, tgt), 1.0), tgt, lm, 1.0, 4)
+    assert tag_with_lm(tagger, src, tgt, sources, {"lexicon": lexicon, "lm": entry}, lm) == want
+    # a channel weight without its counts (a hand-edited task.json): refused in one line
+    with pytest.raises(CandorError, match="channel weight but no channel counts"):
+        load_lm(tmp_path, {"lm": {"file": "ngram.safetensors", "weight": 1.0, "beam": 4, "channel": 1.0}})
 
 
 def test_beam_search_finds_the_best_path_of_a_small_lattice():

@@ -15,7 +15,8 @@ error, an out-of-memory, a non-finite loss, Ctrl-C) is not the compiler's and go
   blocks wraps none). One warning says why and how not to try (`train.compile = false`), and the
   ledger records it (`record`).
 - `train.compile = true`: the run stops with one CandorError line saying what failed and what to
-  do; its checkpoints so far are complete (they are written whole or not at all).
+  do; its checkpoints so far are complete (they are written whole or not at all), and the line
+  names the last one to resume from (trainer.py).
 - several processes (torchrun) stop in one line too, whatever train.compile says: a rank whose
   compile failed cannot turn back alone while the others wait for it in the gradients'
   all-reduce (DDP, FSDP), and agreeing first would take a collective that those ranks never
@@ -35,6 +36,10 @@ from candorlm.model.compiled import compile_errors, cxx_failed, failure_reason
 log = logging.getLogger("candorlm")
 
 StepFn = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class CompileFailed(CandorError):
+    """The run stops because compiling its training step failed (the trainer adds what it kept)."""
 
 
 class CompileFallback:
@@ -70,7 +75,7 @@ class CompileFallback:
     def _fail(self, index: int, error: BaseException) -> None:
         reason = failure_reason(error)
         if self.explicit or self.distributed:
-            raise CandorError(stop_message(reason, cxx_failed(error), self.explicit)) from None
+            raise CompileFailed(stop_message(reason, cxx_failed(error), self.explicit)) from None
         self.to_eager()
         self.optimizer.zero_grad(set_to_none=True)  # what the failed attempt accumulated (a backward cut short)
         self.failed = (index, reason)

@@ -38,7 +38,7 @@ from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.agreement import CollectiveFailed
 from candorlm.training.budget import NO_LIMIT, TimeBudget, budget_for
 from candorlm.training.callbacks import Manifest, MetricsFile
-from candorlm.training.compile_fallback import CompileFallback
+from candorlm.training.compile_fallback import CompileFailed, CompileFallback
 from candorlm.training.compile_policy import CompileWhenItPays, compile_upfront
 from candorlm.training.distributed import World, resumable
 from candorlm.training.loop import Callback, Loop, LoopResult
@@ -299,6 +299,11 @@ class Trainer:
         except CollectiveFailed as exc:  # a rank died or the ranks disagreed: say what is left to resume
             self._put_back_replaced()
             raise CollectiveFailed(f"{exc}; {resumable(self.run.path)}") from None
+        except CompileFailed as exc:  # train.compile = true, or several processes: say what the run kept
+            self._put_back_replaced()
+            if latest_checkpoint(self.run.checkpoints) is None:
+                raise
+            raise CompileFailed(f"{exc}; {resumable(self.run.path)}") from None
         except BaseException:
             self._put_back_replaced()
             raise

@@ -158,9 +158,11 @@ def test_asked_for_a_compiler_failure_stops_in_one_line_keeping_the_checkpoints(
         trainer.fit()
     message = str(raised.value)
     assert "\n" not in message and message.startswith(f"could not compile the training step: {NO_CXX}")
-    assert message.endswith("install a C++ compiler (Debian: apt-get install g++) or point $CXX at a working one, "
-                            "or set train.compile = false to train without compiling")
     checkpoints = tmp_path / "run" / "checkpoints"
+    assert message.endswith("install a C++ compiler (Debian: apt-get install g++) or point $CXX at a working one, "
+                            "or set train.compile = false to train without compiling; the last checkpoint, "
+                            f"{checkpoints / 'step-000002'}, is complete: continue with the same command and "
+                            f"--resume (instead of --overwrite)")
     assert [c.name for c in list_checkpoints(checkpoints)] == ["step-000002"]
     assert latest_checkpoint(checkpoints).name == "step-000002"  # complete: what --resume continues from
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000002"]  # nothing half-written

@@ -119,13 +119,17 @@ def failure_reason(error: BaseException) -> str:
     return line
 
 
-def cxx_failed(error: BaseException) -> bool:
-    """Whether `error` (one of `compile_errors()`) is the C++ compiler's: none works ($CXX, g++), or
-    it failed on inductor's code (a missing header, an internal error)."""
+def cxx_failed(error: BaseException) -> str | None:
+    """Whether `error` (one of `compile_errors()`) is the C++ compiler's: "InvalidCxxCompiler" when
+    none works ($CXX, g++), "CppCompileError" when it failed on inductor's code (a missing header,
+    an internal error), else None."""
     from torch._inductor import exc as inductor
 
-    cxx = tuple(c for name in ("InvalidCxxCompiler", "CppCompileError") if (c := getattr(inductor, name, None)))
-    return isinstance(error, cxx) or isinstance(getattr(error, "inner_exception", None), cxx)
+    for name in ("InvalidCxxCompiler", "CppCompileError"):
+        cls = getattr(inductor, name, None)
+        if cls is not None and (isinstance(error, cls) or isinstance(getattr(error, "inner_exception", None), cls)):
+            return name
+    return None
 
 
 def recompile_limit_hit(error: BaseException) -> bool:

@@ -92,12 +92,17 @@ class CompileFallback:
                                       f"and the rest of the run trained without compiling"}}
 
 
-def stop_message(reason: str, cxx: bool, explicit: bool) -> str:
+_FIXES = {  # by model/compiled.py's cxx_failed
+    "InvalidCxxCompiler": "install a C++ compiler (Debian: apt-get install g++) or point $CXX at a working one, or ",
+    "CppCompileError": "fix what the C++ compiler says (Debian: apt-get install g++ python3-dev gives it Python's "
+                       "headers) or point $CXX at a working one, or ",
+}
+
+
+def stop_message(reason: str, cxx: str | None, explicit: bool) -> str:
     """The one line of a run that stops because compiling failed: what failed, what to do."""
     what = f"could not compile the training step: {reason}"
     if not explicit:  # several processes, compiled by default
         return (f"{what}; with several processes the run cannot go on without compiling on one rank alone: "
                 f"set train.compile = false")
-    fix = "install a C++ compiler (Debian: apt-get install g++) or point $CXX at a working one, or set " if cxx \
-        else "set "
-    return f"{what}; {fix}train.compile = false to train without compiling"
+    return f"{what}; {_FIXES.get(cxx or '', '')}set train.compile = false to train without compiling"

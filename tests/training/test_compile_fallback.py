@@ -182,23 +182,46 @@ def test_an_error_that_is_not_the_compilers_goes_on_up(monkeypatch, caplog, tmp_
     assert not compile_warnings(caplog)
 
 
+def guarded(error: BaseException, explicit: bool, distributed: bool = False):
+    """A step that fails with `error` inside a CompileFallback that believes it runs compiled code."""
+    def step(index):
+        raise error
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return CompileFallback(optimizer, compiled=lambda: True, to_eager=lambda: None, snapshot=lambda: None,
+                           rewind=lambda s: None, explicit=explicit, distributed=distributed).wrap(step)
+
+
 def test_several_processes_stop_in_one_line_even_by_default():
     """A rank cannot turn back alone while the others wait for it in the gradients' all-reduce."""
     from torch._dynamo.exc import Unsupported
 
-    def step(index):
-        raise Unsupported("call to an unsupported function")
-
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    guard = CompileFallback(optimizer, compiled=lambda: True, to_eager=lambda: None, snapshot=lambda: None,
-                            rewind=lambda s: None, explicit=False, distributed=True)
     with pytest.raises(CandorError, match=r"^could not compile the training step: call to an unsupported function; "
                                           r"with several processes .*: set train.compile = false$"):
-        guard.wrap(step)(0)
-    guard.explicit, guard.distributed = True, False
-    with pytest.raises(CandorError, match=r"^could not compile the training step: call to an unsupported function; "
-                                          r"set train.compile = false to train without compiling$"):
-        guard.wrap(step)(0)  # not the C++ compiler's: nothing to install
+        guarded(Unsupported("call to an unsupported function"), explicit=False, distributed=True)(0)
+
+
+def test_the_stop_line_says_what_failed_and_what_to_do():
+    from torch._dynamo.exc import Unsupported
+    from torch._inductor.exc import CppCompileError, InductorError
+
+    header = InductorError(CppCompileError(["g++", "x.cpp"], "In file included from x.cpp:1:\n"
+                                           "x.cpp:1:10: fatal error: Python.h: No such file or directory\n"), None)
+    said = {}
+    errors = {"no compiler": no_cxx(), "header": header, "dynamo": Unsupported("an unsupported call")}
+    for name, error in errors.items():
+        with pytest.raises(CandorError) as raised:
+            guarded(error, explicit=True)(0)
+        said[name] = str(raised.value)
+        assert "\n" not in said[name] and said[name].endswith("set train.compile = false to train without compiling")
+    assert said["no compiler"].startswith(f"could not compile the training step: {NO_CXX}")
+    assert "; install a C++ compiler (Debian: apt-get install g++) or point $CXX at a working one, or " \
+        in said["no compiler"]
+    assert said["header"].startswith("could not compile the training step: CppCompileError: C++ compile error: "
+                                     "x.cpp:1:10: fatal error: Python.h: No such file or directory; fix what the C++ "
+                                     "compiler says")
+    assert said["dynamo"] == ("could not compile the training step: an unsupported call; set train.compile = false to "
+                              "train without compiling")  # not the C++ compiler's: nothing to install
 
 
 # ------------------------------------------------------------ inductor's real C++ build, through the CLI

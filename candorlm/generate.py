@@ -33,7 +33,7 @@ from torch import nn
 
 from candorlm.errors import CandorError
 from candorlm.model import decode
-from candorlm.model.compiled import compile_errors, recompile_limit_hit
+from candorlm.model.compiled import compile_errors, failure_reason, recompile_limit_hit
 from candorlm.model.decode import DecodeStep, StaticKVCache, decode_step, greedy_key, shape_key, supports
 
 log = logging.getLogger("candorlm")
@@ -208,9 +208,7 @@ class _Steps:
         return tokens
 
     def _compile_failed(self, e: Exception) -> None:
-        cause = getattr(e, "inner_exception", None)  # a backend's failure: "backend='…' raised:" and then the cause
-        text = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
-        reason = (text.strip().splitlines() or [type(e).__name__])[0]
+        reason = failure_reason(e)
         limit = recompile_limit_hit(e)
         if limit:  # this shape decodes eagerly from now on; the graphs there still serve theirs
             self.step.over_limit.update(self.keys)

@@ -45,6 +45,7 @@ class TaskModel:
     source_tokenizer: Tokenizer | None = field(default=None, repr=False)
     lm: Any = field(default=None, repr=False)  # a pinyin tagger's n-gram LM (candorlm.tasks.ngram), when it has one
     linear: Any = field(default=None, repr=False)  # a sentiment run's NB-LR (candorlm.tasks.nblr), when it has one
+    channel: Any = field(default=None, repr=False)  # a pinyin tagger's channel term (translate_lm.Channel), built once
 
     def predict(self, inputs: Sequence[str | dict[str, Any]], **options: Any) -> list[dict[str, Any]]:
         """One output per input, in order.
@@ -90,7 +91,8 @@ class TaskModel:
             from candorlm.tasks.translate_lm import tag_with_lm
 
             texts = [_field(x, "source", i) for i, x in enumerate(inputs)]
-            return [{"translation": h} for h in tag_with_lm(self.model, src, self.tokenizer, texts, self.info, self.lm)]
+            return [{"translation": h} for h in tag_with_lm(self.model, src, self.tokenizer, texts, self.info, self.lm,
+                                                                  self.channel)]
         sources = [encode_source(src, _field(x, "source", i), self.config.model.max_seq_len)
                    for i, x in enumerate(inputs)]
         hyps = translate(self.model, self.tokenizer, sources, beam_size=beam_size, length_penalty=length_penalty,
@@ -161,16 +163,17 @@ def load_task(run: str | Path, verify: bool | None = None) -> TaskModel:
     if task not in ("sentiment", "translate", "qa", "chat"):
         raise CandorError(f"{rd.path} is not a fine-tuned task run (no task in its task.json); for a language "
                           f"model use `candorlm generate` or candorlm.load")
-    lm = linear = None
+    lm = linear = channel = None
     if task == "translate" and info.get("lm"):  # loaded now: a missing or damaged file fails here, not mid-request
-        from candorlm.tasks.translate_lm import load_lm
+        from candorlm.tasks.translate_lm import load_lm, run_channel
 
         lm = load_lm(rd.path, info, verify=verify is not False)
+        channel = run_channel(info, tok)
     if task == "sentiment" and info.get("ensemble"):  # the same: a bad NB-LR fails at loading
         from candorlm.tasks.nblr import NBLR
 
         linear = NBLR.load(rd.path, verify=verify is not False)
-    return TaskModel(task, rd.path, config, info, model.eval(), tok, source, lm, linear)
+    return TaskModel(task, rd.path, config, info, model.eval(), tok, source, lm, linear, channel)
 
 
 def read_inputs(spec: str) -> list[str | dict[str, Any]]:

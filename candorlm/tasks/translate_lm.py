@@ -128,31 +128,44 @@ def _per_char(counts: dict[str, dict[str, int]]) -> Counter[str]:
     return per_char
 
 
+class Channel:
+    """log p(syllable | character) over the target classes, from a run's (syllable, character) counts,
+    smoothed: (n + 0.1) / (count(character) + 1). Built once per loaded run (predict and serve keep it
+    beside the LM), since building it looks up every counted character in the tokenizer."""
+
+    def __init__(self, counts: dict[str, dict[str, int]], tgt: Tokenizer):
+        per_char = _per_char(counts)
+        # a reading never seen: log(0.1 / (count(c) + 1)); one vector over the classes
+        self.unseen = np.full(tgt.vocab_size, np.log(CHANNEL_SMOOTHING))
+        for ch, n in per_char.items():
+            cid = tgt.hf.token_to_id(ch)
+            if cid is not None:
+                self.unseen[cid] -= np.log(n + 1.0)
+        self.seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # token -> its characters' ids (sorted), log p
+        for token, chars in counts.items():
+            pairs = sorted((cid, np.log((n + CHANNEL_SMOOTHING) / (per_char[ch] + 1.0)))
+                           for ch, n in chars.items() if (cid := tgt.hf.token_to_id(ch)) is not None)
+            pairs = pairs or [(-1, 0.0)]  # none of its characters is a class: every candidate an unseen reading
+            self.seen[token] = (np.array([c for c, _ in pairs], dtype=np.int64), np.array([v for _, v in pairs]))
+
+    def scores(self, lat: Lattice, sources: Sequence[str]) -> np.ndarray:
+        """The term for each candidate in `lat` (N, T, K). 0 where the lattice has no choice (a copied
+        or missing token) and for a token the counts never saw (no evidence either way)."""
+        out = np.zeros(lat.scores.shape)
+        for i, text in enumerate(sources):
+            for t, token in enumerate(text.split()[:lat.ids.shape[1]]):
+                if (i, t) in lat.fixed or token not in self.seen:
+                    continue
+                ids, logp = self.seen[token]
+                cand = lat.ids[i, t]
+                at = np.minimum(np.searchsorted(ids, cand), len(ids) - 1)
+                out[i, t] = np.where(ids[at] == cand, logp[at], self.unseen[cand])
+        return np.where(lat.scores <= DEAD / 2, 0.0, out)
+
+
 def channel_scores(lat: Lattice, sources: Sequence[str], counts: dict[str, dict[str, int]], tgt: Tokenizer) -> np.ndarray:
-    """log p(syllable | character) of each candidate in `lat` (N, T, K), smoothed: (n + 0.1) /
-    (count(character) + 1). 0 where the lattice has no choice (a copied or missing token) and for a
-    token the counts never saw (no evidence either way)."""
-    per_char = _per_char(counts)
-    unseen = np.full(tgt.vocab_size, np.log(CHANNEL_SMOOTHING))  # a reading never seen: log(0.1 / (count(c) + 1))
-    for ch, n in per_char.items():
-        cid = tgt.hf.token_to_id(ch)
-        if cid is not None:
-            unseen[cid] -= np.log(n + 1.0)
-    out = np.zeros(lat.scores.shape)
-    rows: dict[str, np.ndarray] = {}  # token -> log p(token | class) over the target classes
-    for i, text in enumerate(sources):
-        for t, token in enumerate(text.split()[:lat.ids.shape[1]]):
-            if (i, t) in lat.fixed or token not in counts:
-                continue
-            if token not in rows:
-                row = unseen.copy()
-                for ch, n in counts[token].items():
-                    cid = tgt.hf.token_to_id(ch)
-                    if cid is not None:
-                        row[cid] = np.log((n + CHANNEL_SMOOTHING) / (per_char[ch] + 1.0))
-                rows[token] = row
-            out[i, t] = rows[token][lat.ids[i, t]]
-    return np.where(lat.scores <= DEAD / 2, 0.0, out)
+    """Channel(counts, tgt).scores(lat, sources), for one lattice."""
+    return Channel(counts, tgt).scores(lat, sources)
 
 
 def with_channel(lat: Lattice, channel: np.ndarray, mu: float) -> Lattice:
@@ -266,22 +279,32 @@ def decode(lat: Lattice, tgt: Tokenizer, lm: NgramLM | None, weight: float, beam
 
 
 def tag_with_lm(model: nn.Module, src: Tokenizer, tgt: Tokenizer, sources: Sequence[str], info: dict[str, Any],
-                lm: NgramLM | None) -> list[str]:
+                lm: NgramLM | None, channel: Channel | None = None) -> list[str]:
     """What a tagger run outputs (predict, serve): fused with its LM at the weight and beam of task.json's
-    "lm"; a run without one (or weight 0) tags as translate_tag.tag."""
+    "lm"; a run without one (or weight 0) tags as translate_tag.tag. `channel`: the run's Channel, when
+    the caller keeps one (built from task.json's counts otherwise)."""
     entry = info.get("lm") or {}
     weight = float(entry.get("weight", 0.0))
     if lm is None or not weight:
         return tag(model, src, tgt, sources, info["lexicon"])
-    lat = fused_lattice(tagger_lattice(model, src, tgt, sources, info["lexicon"]), sources, entry, tgt)
+    lat = fused_lattice(tagger_lattice(model, src, tgt, sources, info["lexicon"]), sources, entry, tgt, channel)
     return decode(lat, tgt, lm, weight, int(entry["beam"]))
 
 
-def fused_lattice(lat: Lattice, sources: Sequence[str], entry: dict[str, Any], tgt: Tokenizer) -> Lattice:
+def fused_lattice(lat: Lattice, sources: Sequence[str], entry: dict[str, Any], tgt: Tokenizer,
+                  channel: Channel | None = None) -> Lattice:
     """The tagger's lattice with the channel term of the "lm" entry added (a run from before the
     channel term, or channel 0: the lattice as it is)."""
     mu = float(entry.get("channel", 0.0))
-    return with_channel(lat, channel_scores(lat, sources, entry["channel_counts"], tgt), mu) if mu else lat
+    if not mu:
+        return lat
+    return with_channel(lat, (channel or Channel(entry["channel_counts"], tgt)).scores(lat, sources), mu)
+
+
+def run_channel(info: dict[str, Any], tgt: Tokenizer) -> Channel | None:
+    """The Channel a loaded tagger run decodes with (None: its "lm" entry has no channel term)."""
+    entry = info.get("lm") or {}
+    return Channel(entry["channel_counts"], tgt) if entry.get("channel") else None
 
 
 def choose(lat: Lattice, refs: Sequence[str], tgt: Tokenizer, lm: NgramLM,

@@ -17,6 +17,7 @@ from candorlm.tasks.data import Record
 from candorlm.tasks.ngram import NgramLM
 from candorlm.tasks.translate_lm import (
     DEAD,
+    Channel,
     Lattice,
     beam_decode,
     build_lm,
@@ -26,6 +27,7 @@ from candorlm.tasks.translate_lm import (
     choose,
     decode,
     load_lm,
+    run_channel,
     tag_with_lm,
     tagger_lattice,
     with_channel,
@@ -145,6 +147,31 @@ def test_channel_term_is_log_p_syllable_given_character_and_settles_a_rare_readi
     assert (channel_scores(lat, ["hang", "zzz"], counts, tgt) == 0).all()
 
 
+def test_channel_built_once_scores_as_the_per_syllable_rows_would():
+    # the run's Channel (built once at load) against the definition, position by position: a read
+    # character gets (n + 0.1) / (count(c) + 1), any other class 0.1 / (count(c) + 1), and a syllable
+    # whose characters are none of the classes (炸, not in the tagger's vocabulary) only the latter
+    records = [Record({"source": s, "target": t}, f"toy:{i}") for i, (s, t) in
+               enumerate([("xing", "行"), ("xing", "行"), ("xing", "行"), ("hang", "行"), ("hang", "航"), ("yin", "银")])]
+    tgt = vocabulary((ch for r in records for ch in r["target"]), characters=True)
+    counts = {**channel_counts(records), "zha": {"炸": 2}}
+    per_char = {"行": 4, "航": 1, "银": 1, "炸": 2}
+    ids = [tgt.token_id(c) for c in "行航银"]
+    rng = np.random.default_rng(0)
+    sources = ["xing hang zha", "yin hang xing"]
+    lat = Lattice(np.array([[rng.permutation(ids) for _ in range(3)] for _ in sources]),
+                  np.zeros((2, 3, 3)), np.array([3, 3]))
+    got = Channel(counts, tgt).scores(lat, sources)
+    for i, text in enumerate(sources):
+        for t, token in enumerate(text.split()):
+            for k, cid in enumerate(lat.ids[i, t]):
+                ch = tgt.hf.id_to_token(int(cid))
+                n = counts[token].get(ch, 0)
+                assert got[i, t, k] == pytest.approx(np.log((n + 0.1 if n else 0.1) / (per_char[ch] + 1)))
+    np.testing.assert_array_equal(got, channel_scores(lat, sources, counts, tgt))
+    assert run_channel({"lm": {"weight": 1.0, "channel": 0.0}}, tgt) is None  # no channel term: nothing built
+
+
 def test_choose_picks_the_channel_weight_on_dev_and_a_run_keeps_it(tmp_path):
     records, src, tgt, tagger = _toy()
     lexicon = make_lexicon(records)
@@ -161,6 +188,8 @@ def test_choose_picks_the_channel_weight_on_dev_and_a_run_keeps_it(tmp_path):
     entry = {"weight": 1.0, "beam": 4, "channel": 1.0, "channel_counts": counts}
     want = decode(with_channel(lat, channel_scores(lat, sources, counts, tgt), 1.0), tgt, lm, 1.0, 4)
     assert tag_with_lm(tagger, src, tgt, sources, {"lexicon": lexicon, "lm": entry}, lm) == want
+    channel = run_channel({"lm": entry}, tgt)  # what load_task keeps: the same output, built once
+    assert tag_with_lm(tagger, src, tgt, sources, {"lexicon": lexicon, "lm": entry}, lm, channel) == want
     # a channel weight without its counts (a hand-edited task.json): refused in one line
     with pytest.raises(CandorError, match="channel weight but no channel counts"):
         load_lm(tmp_path, {"lm": {"file": "ngram.safetensors", "weight": 1.0, "beam": 4, "channel": 1.0}})
@@ -223,6 +252,7 @@ def test_tagger_run_keeps_its_lm_and_a_run_without_one_takes_one_later(tmp_path,
     assert entry["weight"] == lm_entry["weight"] and (out / "ngram.safetensors").is_file()
     again = candorlm.load_task(out)
     assert again.lm is not None and again.predict(["zhong guo ren min"])[0]["translation"] == fused
+    assert (again.channel is not None) == bool(entry.get("channel"))  # built once at loading, when it has one
 
     (out / "ngram.safetensors").write_bytes(b"garbage")  # damaged: refused in one line, naming the file
     proc = run_cli("predict", out, "--input", "zhong guo", check=False)

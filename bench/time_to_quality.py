@@ -145,6 +145,8 @@ def build(name: str, overrides: dict[str, dict[str, Any]], seed: int, data: Path
 
     shards = ShardSet(data)
     vocab = shards.tokenizer.vocab_size
+    train_keys = dict(overrides.get("train", {}))
+    batch = int(train_keys.pop("batch_size", batch))  # a variant's own batch (train.batch_size=16)
     sampler = BatchSampler(shards.windows("train", seq_len), batch, seed)
     torch.manual_seed(seed)
     if name == "nanogpt":
@@ -155,10 +157,10 @@ def build(name: str, overrides: dict[str, dict[str, Any]], seed: int, data: Path
         return Contestant(name, seed, model, [nanogpt.optimizer(model)], sampler, budget_s, peak_lr=1e-3, warmup=100)
     if name == "default" or (base == "default" and name not in ("today",)):  # the default, or a variant of it
         cfg = resolve("tiny", model={**shape, "vocab_size": vocab, **overrides.get("model", {})},
-                      train={"seed": seed, **overrides.get("train", {})})
+                      train={"seed": seed, **train_keys})
     else:  # today, or a variant of it
         model_keys = {**TODAY_MODEL, **shape, "vocab_size": vocab, **overrides.get("model", {})}
-        cfg = resolve("tiny", model=model_keys, train=dict(TODAY_TRAIN, seed=seed, **overrides.get("train", {})))
+        cfg = resolve("tiny", model=model_keys, train=dict(TODAY_TRAIN, seed=seed, **train_keys))
     model = build_model(cfg.model)
     t = cfg.train
     if t.compile:  # as the trainer compiles on the CPU; the compile is paid in its first step, on its clock

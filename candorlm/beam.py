@@ -36,9 +36,13 @@ class Session(Protocol):
     def reorder(self, index: torch.Tensor) -> None: ...
 
 
-def right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids padded on the right with `pad`, and the (B, T) mask of real tokens."""
+def right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu", multiple: int = 1,
+              limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids padded on the right with `pad`, and the (B, T) mask of real tokens. T is the
+    longest row rounded up to `multiple`, but not past `limit` (a model's max_seq_len)."""
     width = max(1, max(len(r) for r in rows))
+    rounded = -(-width // multiple) * multiple
+    width = max(width, min(rounded, limit)) if limit is not None else rounded
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):

@@ -52,6 +52,17 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     return contextlib.nullcontext()
 
 
+def batch_width_multiple() -> int:
+    """What a variable-length training batch's width rounds up to: 16 under CPU bf16 autocast,
+    else 1. Under CPU bf16 each new batch shape costs resident memory that is never given back
+    (measured on the pinyin tagger, widths 2 to 66: 1.65 -> 2.51 GB in 150 steps, 5.5 GB after
+    3,770, whether or not freed memory is kept and with oneDNN's primitive cache off; with widths
+    rounded to 16, 1.49 -> 1.82 GB and flat after step 70, 3% slower a step). fp32 does not grow,
+    and the padding would only cost it time."""
+    on = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return 16 if on else 1
+
+
 def physical_cores() -> int:
     """Physical cores available to this process (hyperthreads slow matmul-bound loops down)."""
     try:

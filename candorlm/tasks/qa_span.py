@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from candorlm.beam import right_pad
+from candorlm.device import batch_width_multiple
 from candorlm.model import SpanReader, best_spans
 from candorlm.tasks.base import Prepared
 from candorlm.tasks.data import Record
@@ -114,10 +115,12 @@ def prepare(tok: Tokenizer, backbone: nn.Module, splits: dict[str, list[Record]]
     return Prepared(model, cfg, tok, None, train, examples("dev"), {**info, "head": "span", "max_answer": max_answer})
 
 
-def _batch(examples: Sequence[Example], pad_id: int, device: torch.device
+def _batch(examples: Sequence[Example], pad_id: int, device: torch.device, limit: int | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    ids, mask = right_pad([e.ids for e in examples], pad_id)
-    feats, _ = right_pad([e.features for e in examples], 0)
+    """With `limit` (training): under CPU bf16 the width rounds up (device.batch_width_multiple)."""
+    width = {"multiple": batch_width_multiple(), "limit": limit} if limit else {}
+    ids, mask = right_pad([e.ids for e in examples], pad_id, **width)
+    feats, _ = right_pad([e.features for e in examples], 0, **width)
     allowed = torch.zeros_like(mask, dtype=torch.bool)
     for row, e in enumerate(examples):
         allowed[row, e.offset:e.offset + len(e.spans)] = True
@@ -125,7 +128,7 @@ def _batch(examples: Sequence[Example], pad_id: int, device: torch.device
 
 
 def loss(model: nn.Module, batch: Sequence[Example], device: torch.device, prepared: Prepared) -> torch.Tensor:
-    ids, mask, feats, allowed = _batch(batch, prepared.tokenizer.pad_id, device)
+    ids, mask, feats, allowed = _batch(batch, prepared.tokenizer.pad_id, device, prepared.model_config.max_seq_len)
     start, end = model(ids, mask, feats)
     start, end = start.masked_fill(~allowed, -1e4), end.masked_fill(~allowed, -1e4)
     gold_s = torch.tensor([e.offset + e.gold[0] for e in batch], device=device)  # type: ignore[index]

@@ -37,6 +37,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
 from candorlm.beam import right_pad
+from candorlm.device import batch_width_multiple
 from candorlm.errors import CandorError
 from candorlm.model import TokenTagger
 from candorlm.progress import batched
@@ -157,8 +158,9 @@ def _scores(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, allowed: to
 def loss(model: nn.Module, batch: Sequence[Example], device: torch.device, prepared: Prepared) -> torch.Tensor:
     src, tgt = prepared.source_tokenizer, prepared.tokenizer
     allowed = candidates(prepared.info["lexicon"], src, tgt)  # type: ignore[arg-type]
-    ids, mask = right_pad([e.ids for e in batch], src.pad_id)  # type: ignore[union-attr]
-    labels, _ = right_pad([e.labels for e in batch], -100)
+    width = {"multiple": batch_width_multiple(), "limit": prepared.model_config.max_seq_len}  # bf16: few shapes
+    ids, mask = right_pad([e.ids for e in batch], src.pad_id, **width)  # type: ignore[union-attr]
+    labels, _ = right_pad([e.labels for e in batch], -100, **width)
     logits = _scores(model, ids.to(device), mask.to(device), allowed)
     return F.cross_entropy(logits.flatten(0, 1), labels.to(device).flatten(), ignore_index=-100)
 

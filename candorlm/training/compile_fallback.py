@@ -17,6 +17,10 @@ error, an out-of-memory, a non-finite loss, Ctrl-C) is not the compiler's and go
 - `train.compile = true`: the run stops with one CandorError line saying what failed and what to
   do; its checkpoints so far are complete (they are written whole or not at all), and the line
   names the last one to resume from (trainer.py).
+- a Ctrl-C while the C++ compiler runs kills the compiler too (it is in the terminal's process
+  group), which inductor reports as a failed compile. That is the user's stop, not the compiler's
+  failure: the step is done again eagerly (so it counts), no warning or ledger figure says the
+  compile failed, and the run saves and stops as after any Ctrl-C (`interrupted`).
 - several processes (torchrun) stop in one line too, whatever train.compile says: a rank whose
   compile failed cannot turn back alone while the others wait for it in the gradients'
   all-reduce (DDP, FSDP), and agreeing first would take a collective that those ranks never
@@ -48,12 +52,13 @@ class CompileFallback:
     compiled(): whether the next step runs compiled code; to_eager(): make it run eagerly from
     now on; snapshot() -> state and rewind(state): what a step consumes before its optimizer step
     (the data cursor, the random state), taken before each compiled step and put back after a
-    failed one. explicit: `train.compile = true` (stop, do not fall back)."""
+    failed one. explicit: `train.compile = true` (stop, do not fall back). interrupted(): whether a
+    stop was asked for (Ctrl-C): a compile that fails then was cut short by it."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, compiled: Callable[[], bool],
                  to_eager: Callable[[], None], snapshot: Callable[[], Any], rewind: Callable[[Any], None],
-                 explicit: bool, distributed: bool = False) -> None:
-        self.optimizer, self.compiled, self.to_eager = optimizer, compiled, to_eager
+                 explicit: bool, distributed: bool = False, interrupted: Callable[[], bool] = lambda: False) -> None:
+        self.optimizer, self.compiled, self.to_eager, self.interrupted = optimizer, compiled, to_eager, interrupted
         self.snapshot, self.rewind = snapshot, rewind
         self.explicit, self.distributed = explicit, distributed
         self.failed: tuple[int, str] | None = None  # (step, reason) once compiling failed
@@ -73,6 +78,12 @@ class CompileFallback:
         return step
 
     def _fail(self, index: int, error: BaseException) -> None:
+        if self.interrupted() and not self.distributed:  # Ctrl-C killed the compiler: redo eagerly, then save and stop
+            self.to_eager()
+            self.optimizer.zero_grad(set_to_none=True)
+            log.info("interrupted while compiling: step %d runs without compiling, then the run saves and stops",
+                     index + 1)
+            return
         reason = failure_reason(error)
         if self.explicit or self.distributed:
             raise CompileFailed(stop_message(reason, cxx_failed(error), self.explicit)) from None

@@ -144,6 +144,12 @@ class Loop:
         self._health = Health(device)
         self.saved_step: int | None = first_step if first_step else None  # resumed from a checkpoint of it
         self.start_time = 0.0
+        self._stop: _StopFlag | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a stop was asked for (Ctrl-C, SIGTERM) during this run: it ends after the current step."""
+        return self._stop is not None and self._stop.requested
 
     @property
     def lr(self) -> float:
@@ -184,6 +190,7 @@ class Loop:
         last_step = self.step
         total = self.max_steps if self.show_total else None
         with _StopFlag(self.stop_signals, self.grace_s) as stop, progress_bar(self.label, total=total) as bar:
+            self._stop = stop
             bar.advance(self.step)
             while self.step < self.max_steps:
                 lr = self.schedule(self.step)

@@ -111,7 +111,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.compiling = CompileFallback(self.optimizer, compiled=self._compiled, to_eager=self._to_eager,
                                          snapshot=self._snapshot, rewind=self._rewind, explicit=t.compile is True,
-                                         distributed=self.world.distributed)
+                                         distributed=self.world.distributed,
+                                         interrupted=lambda: self.loop is not None and self.loop.interrupted)
+        self.loop: Loop | None = None  # the run's loop, once it starts (a Ctrl-C during a compile: compile_fallback.py)
         self.train_windows = self.data.windows("train", config.seq_len, aligned=t.align_windows)
         self.val_windows = self.data.windows("val", config.seq_len)
         self.sampler = BatchSampler(self.train_windows, t.batch_size, t.seed, rank=self.world.rank,
@@ -346,6 +348,7 @@ class Trainer:
                     grace_s=30.0 if self.world.distributed else 0.0,
                     out_of_time=self.budget.after_step if self.budget else None,
                     callbacks=[own, MetricsFile(self.run.metrics), *self.callbacks, Manifest(self.run.path)])
+        self.loop = loop
         done = loop.run()
         self.world.close()
         return TrainResult(self.run.path, done.steps, done.interrupted, done.final_eval, done.tokens_per_s,

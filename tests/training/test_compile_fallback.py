@@ -182,6 +182,41 @@ def test_an_error_that_is_not_the_compilers_goes_on_up(monkeypatch, caplog, tmp_
     assert not compile_warnings(caplog)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("explicit", [False, True], ids=["by default", "train.compile = true"])
+def test_a_ctrl_c_that_kills_the_compiler_saves_and_stops_as_an_interrupt(monkeypatch, caplog, tmp_path, data_dir,
+                                                                          eager_rows, explicit):
+    """Ctrl-C reaches the C++ compiler too (one process group): inductor then reports a failed compile.
+    That is the user's stop: the step is done eagerly, the run saves and stops, no compile failure said."""
+    import signal
+
+    from torch._inductor.exc import CppCompileError, InductorError
+
+    killed = InductorError(CppCompileError(["g++"], "g++: fatal error: Killed signal terminated program cc1plus"), None)
+    calls: list[int] = []
+
+    def compile(fn, **kw):
+        def run(*a, **k):
+            calls.append(1)
+            if len(calls) == 7:  # step 4's first block: the Ctrl-C arrives while it compiles
+                os.kill(os.getpid(), signal.SIGINT)
+                raise killed
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile)
+    compiled_by_default(monkeypatch)
+    trainer = make_trainer(tmp_path, data_dir, "run", **({"compile": True} if explicit else {}))
+    with caplog.at_level(logging.INFO, logger="candorlm"):
+        result = trainer.fit()
+    assert result.interrupted and result.steps == 4 and len(calls) == 7
+    assert rows(result.run_dir) == pytest.approx(eager_rows[1][:8], rel=1e-6)  # step 4 trained, eagerly, once
+    assert latest_checkpoint(result.run_dir / "checkpoints").name == "step-000004"  # what --resume continues
+    assert not compile_warnings(caplog)
+    assert any("interrupted while compiling" in r.getMessage() for r in caplog.records)
+    assert "compile" not in json.loads((result.run_dir / "ledger.json").read_text())["train"]["total"]
+
+
 def guarded(error: BaseException, explicit: bool, distributed: bool = False):
     """A step that fails with `error` inside a CompileFallback that believes it runs compiled code."""
     def step(index):

@@ -22,6 +22,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import nn
 
+from candorlm.device import batch_width_multiple
 from candorlm.errors import CandorError
 from candorlm.generate import left_pad, repeated_ngram_ends
 
@@ -49,6 +50,12 @@ def right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | st
         ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
         mask[i, :len(r)] = 1
     return ids.to(device), mask.to(device)
+
+
+def pad_training_batch(rows: Sequence[Sequence[int]], pad: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """right_pad for a training batch: under CPU bf16 its width rounds up to
+    device.batch_width_multiple (few shapes, bounded memory), never past `limit` (max_seq_len)."""
+    return right_pad(rows, pad, multiple=batch_width_multiple(), limit=limit)
 
 
 class Seq2SeqSession:

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from candorlm.beam import right_pad
-from candorlm.device import batch_width_multiple
+from candorlm.beam import pad_training_batch, right_pad
 from candorlm.model import SpanReader, best_spans
 from candorlm.tasks.base import Prepared
 from candorlm.tasks.data import Record
@@ -117,10 +116,10 @@ def prepare(tok: Tokenizer, backbone: nn.Module, splits: dict[str, list[Record]]
 
 def _batch(examples: Sequence[Example], pad_id: int, device: torch.device, limit: int | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """With `limit` (training): under CPU bf16 the width rounds up (device.batch_width_multiple)."""
-    width = {"multiple": batch_width_multiple(), "limit": limit} if limit else {}
-    ids, mask = right_pad([e.ids for e in examples], pad_id, **width)
-    feats, _ = right_pad([e.features for e in examples], 0, **width)
+    """With `limit`, a training batch (beam.pad_training_batch); without, as it is."""
+    pad = (lambda rows, value: pad_training_batch(rows, value, limit)) if limit else right_pad
+    ids, mask = pad([e.ids for e in examples], pad_id)
+    feats, _ = pad([e.features for e in examples], 0)
     allowed = torch.zeros_like(mask, dtype=torch.bool)
     for row, e in enumerate(examples):
         allowed[row, e.offset:e.offset + len(e.spans)] = True

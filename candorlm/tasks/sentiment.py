@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from candorlm.beam import right_pad
-from candorlm.device import batch_width_multiple
+from candorlm.beam import pad_training_batch, right_pad
 from candorlm.corpus import review_records
 from candorlm.errors import CandorError
 from candorlm.io.files import write_json
@@ -126,8 +125,7 @@ def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None =
 
 
 def _batch(tokenizer_pad: int, batch: Sequence[tuple[list[int], int]], device: torch.device, limit: int):
-    # a training batch: under CPU bf16 its width rounds up (device.batch_width_multiple: few shapes)
-    ids, mask = right_pad([ids for ids, _ in batch], tokenizer_pad, multiple=batch_width_multiple(), limit=limit)
+    ids, mask = pad_training_batch([ids for ids, _ in batch], tokenizer_pad, limit)
     labels = torch.tensor([y for _, y in batch])
     return ids.to(device), mask.to(device), labels.to(device)
 
@@ -143,7 +141,8 @@ def mlm_rows(prepared: Prepared) -> tuple[list[list[int]], list[list[int]]]:
 
 def loss(model: nn.Module, batch: Sequence[tuple[list[int], int]], device: torch.device,
          prepared: Prepared) -> torch.Tensor:
-    ids, mask, labels = _batch(0, batch, device, prepared.model_config.max_seq_len)  # the pad id is never read: masked, or after the pooled token
+    # the pad id is never read: masked, or after the pooled token
+    ids, mask, labels = _batch(0, batch, device, prepared.model_config.max_seq_len)
     weight = prepared.info.get("mlm_weight", 0.0)
     if not weight:
         return F.cross_entropy(model(ids, mask).float(), labels)

@@ -36,8 +36,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
-from candorlm.beam import right_pad
-from candorlm.device import batch_width_multiple
+from candorlm.beam import pad_training_batch, right_pad
 from candorlm.errors import CandorError
 from candorlm.model import TokenTagger
 from candorlm.progress import batched
@@ -158,9 +157,9 @@ def _scores(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, allowed: to
 def loss(model: nn.Module, batch: Sequence[Example], device: torch.device, prepared: Prepared) -> torch.Tensor:
     src, tgt = prepared.source_tokenizer, prepared.tokenizer
     allowed = candidates(prepared.info["lexicon"], src, tgt)  # type: ignore[arg-type]
-    width = {"multiple": batch_width_multiple(), "limit": prepared.model_config.max_seq_len}  # bf16: few shapes
-    ids, mask = right_pad([e.ids for e in batch], src.pad_id, **width)  # type: ignore[union-attr]
-    labels, _ = right_pad([e.labels for e in batch], -100, **width)
+    limit = prepared.model_config.max_seq_len
+    ids, mask = pad_training_batch([e.ids for e in batch], src.pad_id, limit)  # type: ignore[union-attr]
+    labels, _ = pad_training_batch([e.labels for e in batch], -100, limit)
     logits = _scores(model, ids.to(device), mask.to(device), allowed)
     return F.cross_entropy(logits.flatten(0, 1), labels.to(device).flatten(), ignore_index=-100)
 

@@ -109,11 +109,11 @@ class Trainer:
         self.forward = self.world.wrap(self.model, self.precision, bool(compile))
         self.forward_compiled = bool(compile)  # until compiling fails (compile_fallback.py)
         self.optimizer = build_optimizer(self.model, config)
+        self.loop: Loop | None = None  # the run's loop, once it starts (a Ctrl-C during a compile: compile_fallback.py)
         self.compiling = CompileFallback(self.optimizer, compiled=self._compiled, to_eager=self._to_eager,
                                          snapshot=self._snapshot, rewind=self._rewind, explicit=t.compile is True,
                                          distributed=self.world.distributed,
                                          interrupted=lambda: self.loop is not None and self.loop.interrupted)
-        self.loop: Loop | None = None  # the run's loop, once it starts (a Ctrl-C during a compile: compile_fallback.py)
         self.train_windows = self.data.windows("train", config.seq_len, aligned=t.align_windows)
         self.val_windows = self.data.windows("val", config.seq_len)
         self.sampler = BatchSampler(self.train_windows, t.batch_size, t.seed, rank=self.world.rank,

@@ -52,9 +52,12 @@ def right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | st
     return ids.to(device), mask.to(device)
 
 
-def pad_training_batch(rows: Sequence[Sequence[int]], pad: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_training_batch(rows: Sequence[Sequence[int]], pad: int, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """right_pad for a training batch: under CPU bf16 its width rounds up to
-    device.batch_width_multiple (few shapes, bounded memory), never past `limit` (max_seq_len)."""
+    device.batch_width_multiple (few shapes, bounded memory), never past `limit` (max_seq_len).
+    With `limit` None (an evaluation batch), as wide as its longest row."""
+    if limit is None:
+        return right_pad(rows, pad)
     return right_pad(rows, pad, multiple=batch_width_multiple(), limit=limit)
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from candorlm.beam import right_pad
+from candorlm.beam import pad_training_batch
 from candorlm.corpus import document_hash, review_records
 from candorlm.errors import CandorError
 from candorlm.io.files import write_json
@@ -172,9 +172,10 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "bpe", vocab_
 
 
 def _batch(batch: Sequence[tuple[list[int], list[int], Any]], pad: int,
-           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, _ = right_pad([i for i, _, _ in batch], pad)
-    targets, mask = right_pad([t for _, t, _ in batch], -100)
+           device: torch.device, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """With `limit`, a training batch (beam.pad_training_batch); without, as it is."""
+    ids, _ = pad_training_batch([i for i, _, _ in batch], pad, limit)
+    targets, mask = pad_training_batch([t for _, t, _ in batch], -100, limit)
     return ids.to(device), targets.masked_fill(mask == 0, -100).to(device)
 
 
@@ -184,13 +185,14 @@ def loss(model: nn.Module, batch: Sequence[Any], device: torch.device, prepared:
     the paragraph, and a user's question is itself a near-copy of a paragraph sentence, so the
     prompt's tokens train the copying (induction) heads with ten times the assistant's signal,
     from the forward pass the assistant loss already pays for."""
-    ids, targets = _batch(batch, prepared.tokenizer.pad_id, device)
+    limit = prepared.model_config.max_seq_len
+    ids, targets = _batch(batch, prepared.tokenizer.pad_id, device, limit)
     logits = model(ids)
     value = lm_loss(logits, targets)
     weight = float(prepared.info.get("prompt_loss") or 0.0)
     if weight > 0:
-        prompt, _ = right_pad([[i[t + 1] if t + 1 < len(i) and g[t] == -100 else -100 for t in range(len(i))]
-                               for i, g, _ in batch], -100)
+        prompt, _ = pad_training_batch([[i[t + 1] if t + 1 < len(i) and g[t] == -100 else -100 for t in range(len(i))]
+                                        for i, g, _ in batch], -100, limit)
         value = value + weight * lm_loss(logits, prompt.to(device))
     return value
 

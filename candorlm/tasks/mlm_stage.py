@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from candorlm.beam import right_pad
+from candorlm.beam import pad_training_batch
 from candorlm.errors import CandorError
 from candorlm.progress import batched
 from candorlm.tokenizer import Tokenizer
@@ -40,6 +40,7 @@ class MaskedLM:
     train: list[list[int]]
     dev: list[list[int]]
     rate: float = 0.15
+    max_seq_len: int | None = None  # a training batch's width limit (beam.pad_training_batch)
     info: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -47,8 +48,9 @@ class MaskedLM:
         return len(row)
 
     def masked_loss(self, model: nn.Module, rows: Sequence[list[int]], device: torch.device,
-                    generator: torch.Generator) -> torch.Tensor:
-        ids, mask = right_pad(rows, self.tokenizer.pad_id)
+                    generator: torch.Generator, limit: int | None = None) -> torch.Tensor:
+        """With `limit`, a training batch (beam.pad_training_batch): padding is never masked."""
+        ids, mask = pad_training_batch(rows, self.tokenizer.pad_id, limit)
         inputs, targets = mask_tokens(ids, self.tokenizer, generator, self.rate)
         backbone = model.backbone
         hidden = backbone.hidden_states(inputs.to(device), mask.to(device))
@@ -57,7 +59,7 @@ class MaskedLM:
 
     def loss(self, model: nn.Module, batch: Sequence[list[int]], device: torch.device, prepared: Any) -> torch.Tensor:
         # the global generator, seeded by finetune: a repeated run masks the same tokens
-        return self.masked_loss(model, batch, device, torch.default_generator)
+        return self.masked_loss(model, batch, device, torch.default_generator, self.max_seq_len)
 
     @torch.no_grad()
     def dev_metrics(self, model: nn.Module, prepared: Any, device: torch.device) -> dict[str, float]:
@@ -84,7 +86,7 @@ def masked_lm_stage(spec: Any, prepared: Any, arch: str) -> MaskedLM:
     if tok.mask_id is None:
         raise CandorError("--pretrain-mlm needs a tokenizer with <|mask|> (one trained by candorlm)")
     train, dev = spec.mlm_rows(prepared)
-    return MaskedLM(tok, train, dev)
+    return MaskedLM(tok, train, dev, max_seq_len=prepared.model_config.max_seq_len)
 
 
 def stage_steps(epochs: float, examples: int, batch_size: int) -> int:

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from candorlm.beam import DecoderSession, Seq2SeqSession, greedy_search, right_pad
+from candorlm.beam import DecoderSession, Seq2SeqSession, greedy_search, pad_training_batch
 from candorlm.corpus import document_hash, peoples_daily_tagged
 from candorlm.errors import CandorError
 from candorlm.io.files import write_json
@@ -227,16 +227,17 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str | None = None, 
 
 
 def sequence_batch(tok: Tokenizer, batch: Sequence[tuple[list[int], list[int], Any]], seq2seq: bool,
-                   device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Inputs and targets with loss on the answer (and its <|eos|>) only."""
+                   device: torch.device, limit: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Inputs and targets with loss on the answer (and its <|eos|>) only. With `limit`, a training
+    batch (beam.pad_training_batch)."""
     if seq2seq:
-        src, mask = right_pad([p for p, _, _ in batch], tok.pad_id)
-        dec_in, _ = right_pad([[tok.bos_id] + a for _, a, _ in batch], tok.pad_id)
-        labels, lmask = right_pad([a + [tok.eos_id] for _, a, _ in batch], tok.pad_id)
+        src, mask = pad_training_batch([p for p, _, _ in batch], tok.pad_id, limit)
+        dec_in, _ = pad_training_batch([[tok.bos_id] + a for _, a, _ in batch], tok.pad_id, limit)
+        labels, lmask = pad_training_batch([a + [tok.eos_id] for _, a, _ in batch], tok.pad_id, limit)
         return ({"input_ids": src.to(device), "attention_mask": mask.to(device), "decoder_input_ids": dec_in.to(device)},
                 labels.masked_fill(lmask == 0, -100).to(device))
     rows = [p + a + [tok.eos_id] for p, a, _ in batch]
-    ids, mask = right_pad(rows, tok.pad_id)
+    ids, mask = pad_training_batch(rows, tok.pad_id, limit)
     targets = torch.full_like(ids, -100)
     for i, (p, a, _) in enumerate(batch):
         targets[i, len(p) - 1:len(p) + len(a)] = torch.tensor(a + [tok.eos_id])  # predicted from the previous position
@@ -246,7 +247,8 @@ def sequence_batch(tok: Tokenizer, batch: Sequence[tuple[list[int], list[int], A
 def loss(model: nn.Module, batch: Sequence[Any], device: torch.device, prepared: Prepared) -> torch.Tensor:
     if prepared.info.get("head") == "span":
         return qa_span.loss(model, batch, device, prepared)
-    inputs, targets = sequence_batch(prepared.tokenizer, batch, prepared.model_config.arch == "seq2seq", device)
+    inputs, targets = sequence_batch(prepared.tokenizer, batch, prepared.model_config.arch == "seq2seq", device,
+                                     prepared.model_config.max_seq_len)
     return lm_loss(model(**inputs), targets)
 
 

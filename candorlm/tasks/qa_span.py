@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from candorlm.beam import pad_training_batch, right_pad
+from candorlm.beam import pad_training_batch
 from candorlm.model import SpanReader, best_spans
 from candorlm.tasks.base import Prepared
 from candorlm.tasks.data import Record
@@ -117,9 +117,8 @@ def prepare(tok: Tokenizer, backbone: nn.Module, splits: dict[str, list[Record]]
 def _batch(examples: Sequence[Example], pad_id: int, device: torch.device, limit: int | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """With `limit`, a training batch (beam.pad_training_batch); without, as it is."""
-    pad = (lambda rows, value: pad_training_batch(rows, value, limit)) if limit else right_pad
-    ids, mask = pad([e.ids for e in examples], pad_id)
-    feats, _ = pad([e.features for e in examples], 0)
+    ids, mask = pad_training_batch([e.ids for e in examples], pad_id, limit)
+    feats, _ = pad_training_batch([e.features for e in examples], 0, limit)
     allowed = torch.zeros_like(mask, dtype=torch.bool)
     for row, e in enumerate(examples):
         allowed[row, e.offset:e.offset + len(e.spans)] = True

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from candorlm.beam import Seq2SeqSession, beam_search, greedy_search, right_pad
+from candorlm.beam import Seq2SeqSession, beam_search, greedy_search, pad_training_batch
 from candorlm.corpus import peoples_daily_documents
 from candorlm.errors import CandorError
 from candorlm.io.files import write_json
@@ -175,14 +175,15 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab
     return Prepared(model, cfg, tgt_tok, src_tok, examples("train"), examples("dev"), info)
 
 
-def teacher_forced(tgt: Tokenizer, batch: Sequence[tuple[list[int], list[int], Any]],
-                   src_pad: int, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def teacher_forced(tgt: Tokenizer, batch: Sequence[tuple[list[int], list[int], Any]], src_pad: int,
+                   device: torch.device, limit: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Inputs and targets for a batch of (source ids, target ids): the decoder reads <|bos|> + target
-    and predicts target + <|eos|>; padding is masked in the source and ignored in the loss."""
+    and predicts target + <|eos|>; padding is masked in the source and ignored in the loss. With
+    `limit`, a training batch (beam.pad_training_batch)."""
     bos, eos, pad = tgt.bos_id, tgt.eos_id, tgt.pad_id
-    src, src_mask = right_pad([s for s, _, _ in batch], src_pad)
-    dec_in, _ = right_pad([[bos] + t for _, t, _ in batch], pad)
-    labels, label_mask = right_pad([t + [eos] for _, t, _ in batch], pad)
+    src, src_mask = pad_training_batch([s for s, _, _ in batch], src_pad, limit)
+    dec_in, _ = pad_training_batch([[bos] + t for _, t, _ in batch], pad, limit)
+    labels, label_mask = pad_training_batch([t + [eos] for _, t, _ in batch], pad, limit)
     labels = labels.masked_fill(label_mask == 0, -100)
     inputs = {"input_ids": src.to(device), "attention_mask": src_mask.to(device), "decoder_input_ids": dec_in.to(device)}
     return inputs, labels.to(device)
@@ -193,7 +194,7 @@ def loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int], Any]], de
     if prepared.info.get("head") == "tag":
         return translate_tag.loss(model, batch, device, prepared)  # type: ignore[arg-type]
     src_pad = (prepared.source_tokenizer or prepared.tokenizer).pad_id
-    inputs, labels = teacher_forced(prepared.tokenizer, batch, src_pad, device)
+    inputs, labels = teacher_forced(prepared.tokenizer, batch, src_pad, device, prepared.model_config.max_seq_len)
     return lm_loss(model(**inputs), labels)
 
 

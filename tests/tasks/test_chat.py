@@ -68,8 +68,8 @@ def test_prompt_loss_adds_the_other_messages_next_tokens(tok):
     model = build_model(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=64))
     short = CONVERSATION[:3]
     batch = [(*sft_example(tok, m, max_len=64), None) for m in (CONVERSATION, short)]  # two lengths: padding
-    plain = SimpleNamespace(tokenizer=tok, info={"prompt_loss": 0.0})
-    weighted = SimpleNamespace(tokenizer=tok, info={"prompt_loss": 0.5})
+    plain = SimpleNamespace(tokenizer=tok, model_config=model.cfg, info={"prompt_loss": 0.0})
+    weighted = SimpleNamespace(tokenizer=tok, model_config=model.cfg, info={"prompt_loss": 0.5})
     cpu = torch.device("cpu")
     assistant = chat.loss(model, batch, cpu, plain)
     both = chat.loss(model, batch, cpu, weighted)

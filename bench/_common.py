@@ -17,13 +17,14 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT / "data" / "peoples-daily"
 
 
-def ensure_data() -> Path:
-    """The demo's People's Daily shards (8k BPE), prepared on first use."""
+def ensure_data(vocab_size: int = 8192) -> Path:
+    """The demo's People's Daily shards (8k BPE, or another vocabulary size), prepared on first use."""
     from candorlm.prepare import prepare
 
-    if not (DATA / "meta.json").is_file():
-        prepare(["builtin:peoples-daily"], DATA, tokenizer="bpe", vocab_size=8192, overwrite=True)
-    return DATA
+    data = DATA if vocab_size == 8192 else DATA.with_name(f"{DATA.name}-v{vocab_size}")
+    if not (data / "meta.json").is_file():
+        prepare(["builtin:peoples-daily"], data, tokenizer="bpe", vocab_size=vocab_size, overwrite=True)
+    return data
 
 
 def peak_rss_mib() -> float:

@@ -13,7 +13,10 @@ Contestants (`--contestants`, comma-separated):
   nanogpt  a GPT-2-style model from nanoGPT's published recipe (bench/nanogpt.py)
 and any variant given as `--variant NAME:section.key=value,section.key=value` (for the lever
 ablations: `--variant qknorm:model.qk_norm=true`), a variant of `today`, or with `--base default`
-of the default recipe (`--variant lr2x:train.lr=6e-3 --base default`).
+of the default recipe (`--variant lr2x:train.lr=6e-3 --base default`). `data.vocab_size=4096`
+trains a variant on the same text tokenized with its own BPE vocabulary (prepared on first use);
+bits per byte stay comparable, and it is scored on the same validation text: as many of its
+windows as cover the bytes the others' windows cover.
 `train.compile=true` compiles the contestant's blocks as the trainer does (model/compiled.py);
 its cold compile counts in its own time (its first step), from an empty inductor cache (a fresh
 directory, removed at the end, as on a user's first run) unless --warm-cache. On a shared
@@ -82,6 +85,7 @@ class Contestant:
     schedule: str = "cosine"
     batch_warmup: float = 0.0  # train.batch_warmup / seq_warmup: ramps (candorlm/training/ramp.py)
     seq_warmup: float = 0.0
+    data: Path | None = None  # its own prepared data (a data.vocab_size variant); None: the shared one
     own_s: float = 0.0
     steps: int = 0
     tokens: int = 0
@@ -143,6 +147,11 @@ def build(name: str, overrides: dict[str, dict[str, Any]], seed: int, data: Path
     from candorlm.shards import BatchSampler, ShardSet
     from candorlm.training.optim import build_optimizers
 
+    data_keys = dict(overrides.get("data", {}))
+    if set(data_keys) - {"vocab_size"}:
+        raise SystemExit(f"{name}: only data.vocab_size can vary, not {sorted(set(data_keys) - {'vocab_size'})}")
+    own_data = ensure_data(int(data_keys["vocab_size"])) if data_keys else None
+    data = own_data or data
     shards = ShardSet(data)
     vocab = shards.tokenizer.vocab_size
     train_keys = dict(overrides.get("train", {}))
@@ -169,7 +178,7 @@ def build(name: str, overrides: dict[str, dict[str, Any]], seed: int, data: Path
         sampler = BatchSampler(shards.windows("train", seq_len, aligned=True), batch, seed)
     return Contestant(name, seed, model, build_optimizers(model, cfg), sampler, budget_s, peak_lr=t.lr,
                       warmup=t.warmup_steps, min_lr_ratio=t.min_lr_ratio, clip=t.grad_clip, schedule=t.schedule,
-                      batch_warmup=t.batch_warmup, seq_warmup=t.seq_warmup)
+                      batch_warmup=t.batch_warmup, seq_warmup=t.seq_warmup, data=own_data)
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -218,8 +227,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     field = [build(n, variants.get(n, {}), s, data, args.batch_size, args.seq_len, args.budget, shape, args.base)
              for s in args.seeds for n in names]
 
+    def scoring(own: Path | None) -> tuple[Any, Any, int]:
+        """Validation windows, token byte lengths and a token count covering the same text for all."""
+        if own is None:
+            return val, token_bytes, EVAL_WINDOWS * args.seq_len
+        mine = ShardSet(own)
+        share = mine.meta.tokens["val"] / shards.meta.tokens["val"]  # the same validation text
+        return mine.windows("val", args.seq_len), mine.tokenizer.token_byte_lengths(), \
+            round(EVAL_WINDOWS * share) * args.seq_len
+
+    scorers = {c.data: scoring(c.data) for c in field}
+
     def score(c: Contestant) -> None:
-        bpb = evaluate_bpb(c.model, val, token_bytes, batch_size=16, max_tokens=EVAL_WINDOWS * args.seq_len,
+        windows, nbytes, max_tokens = scorers[c.data]
+        bpb = evaluate_bpb(c.model, windows, nbytes, batch_size=16, max_tokens=max_tokens,
                            precision=precision)["bpb"]
         c.model.train()
         c.curve.append((round(c.own_s, 2), round(bpb, 4)))

@@ -87,12 +87,19 @@ def task_table(where: str, doc: dict[str, Any]) -> dict[str, Any]:
         for key, v in scores.items():
             if key not in keys and (m := _metric(key, v)):
                 keys[key] = m
-    test = (doc.get("split") or {}).get("test")
+    test = _scored(doc)
     title = (f"{NAMES.get(task, task)} on {doc.get('data')}"
              + (f": {test:,} held-out test examples" if isinstance(test, int) else ""))
     return table(title, ["model or baseline", *[label for label, _ in keys.values()]],
                  [[name, *[scores.get(k) for k in keys]] for name, scores in rows],
                  units=["", *[unit for _, unit in keys.values()]], note=_note(task, rows, keys, test))
+
+
+def _scored(doc: dict[str, Any]) -> Any:
+    """How many test examples the figures stand on: a chat evaluation scores turns (all of its
+    test conversations', or --limit of them), the other tasks their (limited) test split."""
+    turns = (doc.get("model") or {}).get("turns") if isinstance(doc.get("model"), dict) else None
+    return turns if isinstance(turns, int) else (doc.get("split") or {}).get("test")
 
 
 def _note(task: str, rows: list[tuple[str, dict[str, Any]]], keys: dict[str, tuple[str, str]], test: Any) -> str:

@@ -97,6 +97,7 @@ def test_full_run_has_real_figures_in_every_section(full_run):
 
 
 def test_schema_rejects_a_broken_report(full_run):
+    report(full_run)  # its own report.json: not one another test left (the tests may run apart)
     doc = json.loads((full_run / "report.json").read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     for breakage in (lambda d: d["sections"].pop(), lambda d: d["sections"].reverse(),
@@ -241,6 +242,13 @@ def test_task_results_are_a_table_against_named_baselines():
     t = task_table("/x/tr", translate)
     assert t["rows"][1][0] == "baseline: most frequent character per source token"
     assert "ahead by 29.8 points" in t["note"] and "baseline: baseline" not in str(t)
+    # a chat evaluation with --limit 150 stands on its 150 scored turns, not on the 1,528 test conversations
+    chat = {"task": "chat", "data": "builtin:chat", "split": {"test": 1528},
+            "model": {"run": "/x/chat", "turns": 150, "right": 0.48},
+            "baseline": {"name": "the run fine-tuning started from", "turns": 150, "right": 0.0}}
+    t = task_table("/x/chat", chat)
+    assert "150 held-out test examples" in t["title"] and t["note"].startswith("On 150 held-out test examples")
+    assert "1,528" not in t["title"] + t["note"]
 
 
 def test_captions_say_what_follows():

@@ -98,7 +98,8 @@ def task_table(where: str, doc: dict[str, Any]) -> dict[str, Any]:
 def _scored(doc: dict[str, Any]) -> Any:
     """How many test examples the figures stand on: a chat evaluation scores turns (all of its
     test conversations', or --limit of them), the other tasks their (limited) test split."""
-    turns = (doc.get("model") or {}).get("turns") if isinstance(doc.get("model"), dict) else None
+    model = doc.get("model")
+    turns = model.get("turns") if isinstance(model, dict) else None
     return turns if isinstance(turns, int) else (doc.get("split") or {}).get("test")
 
 

@@ -92,7 +92,18 @@ def task_table(where: str, doc: dict[str, Any]) -> dict[str, Any]:
              + (f": {test:,} held-out test examples" if isinstance(test, int) else ""))
     return table(title, ["model or baseline", *[label for label, _ in keys.values()]],
                  [[name, *[scores.get(k) for k in keys]] for name, scores in rows],
-                 units=["", *[unit for _, unit in keys.values()]], note=_note(task, rows, keys, test))
+                 units=["", *[unit for _, unit in keys.values()]],
+                 note=" ".join(filter(None, [_note(task, rows, keys, test), _overlap_note(where)])))
+
+
+def _overlap_note(where: str) -> str:
+    """A sentence when the run's test examples were in its start run's pretraining text (tasks/overlap.py)."""
+    found = (load(Path(where) / "task.json") or {}).get("pretraining_overlap") or {}
+    if not found.get("checked") or not found.get("seen"):
+        return ""
+    return (f"{found['seen']:,} of the {found['test_examples']:,} test examples ({percent(found['share'])}) share a "
+            f"{found['window_chars']}-character passage with the text the starting run was pretrained on, so their "
+            f"scores may be memory rather than skill.")
 
 
 def _scored(doc: dict[str, Any]) -> Any:

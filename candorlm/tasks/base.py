@@ -107,8 +107,9 @@ class Prepared:
     train: list[Any]
     dev: list[Any]
     info: dict[str, Any] = field(default_factory=dict)
-    # the task's records by split, for a task whose `finish` fits something on the texts themselves
-    # (sentiment --ensemble nblr); not written into the run
+    # the task's records by split: for a task whose `finish` fits something on the texts themselves
+    # (sentiment --ensemble nblr), and the test split's check against the pretraining text
+    # (tasks/overlap.py); not written into the run
     records: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
 

@@ -30,6 +30,7 @@ from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.tasks.base import load_base
 from candorlm.tasks.mlm_stage import masked_lm_stage, stage_steps
+from candorlm.tasks.overlap import overlap_warning, pretraining_overlap
 from candorlm.tasks.registry import get_task
 from candorlm.errors import CandorError
 from candorlm.forecast import parse_duration, say_duration
@@ -90,6 +91,8 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     base = load_base(run, scratch=scratch, preset=preset, arch=arch or default, overrides=overrides)
     torch.manual_seed(seed)
     prepared = spec.prepare(base, data, seed=seed, **options)
+    if base.weights is not None and prepared.records.get("test"):
+        _check_overlap(base, prepared)
     model = prepared.model
     lr = lr if lr is not None else (1e-3 if base.weights is None else 5e-4)
     steps_per_epoch = math.ceil(len(prepared.train) / batch_size)
@@ -138,6 +141,17 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
         eval_options["limit"] = eval_limit
     log.info("%s", eval_forecast(out, eval_options.get("limit")))
     return spec.evaluate(out, data=None, **eval_options)
+
+
+def _check_overlap(base: Any, prepared: Any) -> None:
+    """Test examples the start run was pretrained on (tasks/overlap.py): said in the log, kept in task.json."""
+    overlap = pretraining_overlap(base.config, prepared.records["test"])
+    prepared.info["pretraining_overlap"] = overlap
+    warning = overlap_warning(overlap, base.run)
+    if warning:
+        log.warning("%s", warning)
+    elif not overlap["checked"]:
+        log.info("test split not checked against %s's pretraining text: %s", base.run, overlap["why"])
 
 
 def _loop(spec: Any, prepared: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, t: TrainConfig,

@@ -223,7 +223,8 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str | None = None, 
         return [(encode_prompt(tok, r["context"], r["question"], room, seq2seq),
                  tok.encode(r["answer"])[:max_answer], r) for r in splits[split]]
 
-    return Prepared(model, cfg, tok, None, examples("train"), examples("dev"), {**info, "max_answer": max_answer})
+    return Prepared(model, cfg, tok, None, examples("train"), examples("dev"), {**info, "max_answer": max_answer},
+                    splits)
 
 
 def sequence_batch(tok: Tokenizer, batch: Sequence[tuple[list[int], list[int], Any]], seq2seq: bool,

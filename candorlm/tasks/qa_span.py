@@ -111,7 +111,8 @@ def prepare(tok: Tokenizer, backbone: nn.Module, splits: dict[str, list[Record]]
         return [encode(tok, r["context"], r["question"], cfg.max_seq_len, r["answer"], record=r) for r in splits[split]]
 
     train = [e for e in examples("train") if e.gold is not None]  # an answer cut off with the context teaches nothing
-    return Prepared(model, cfg, tok, None, train, examples("dev"), {**info, "head": "span", "max_answer": max_answer})
+    return Prepared(model, cfg, tok, None, train, examples("dev"), {**info, "head": "span", "max_answer": max_answer},
+                    splits)
 
 
 def _batch(examples: Sequence[Example], pad_id: int, device: torch.device, limit: int | None = None

@@ -172,7 +172,7 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab
 
     info = {"split_rule": rule, "test_size": len(splits["test"]), "shared_vocab": src_tok is None,
             "source_tokenizer": src.kind, "target_tokenizer": tgt_tok.kind}
-    return Prepared(model, cfg, tgt_tok, src_tok, examples("train"), examples("dev"), info)
+    return Prepared(model, cfg, tgt_tok, src_tok, examples("train"), examples("dev"), info, splits)
 
 
 def teacher_forced(tgt: Tokenizer, batch: Sequence[tuple[list[int], list[int], Any]], src_pad: int,

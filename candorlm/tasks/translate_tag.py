@@ -120,7 +120,7 @@ def prepare(base: Base, splits: dict[str, list[Record]], info: dict[str, Any]) -
 
     info = {**info, "head": "tag", "tags": tgt.vocab_size, "source_tokenizer": "word (space-separated tokens)",
             "target_tokenizer": "char (one class per character)", "lexicon": lexicon}
-    return Prepared(model, cfg, tgt, src, examples("train"), examples("dev"), info)
+    return Prepared(model, cfg, tgt, src, examples("train"), examples("dev"), info, splits)
 
 
 _CANDIDATES: dict[int, tuple[dict[str, str], torch.Tensor]] = {}

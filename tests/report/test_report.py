@@ -251,6 +251,23 @@ def test_task_results_are_a_table_against_named_baselines():
     assert "1,528" not in t["title"] + t["note"]
 
 
+def test_task_table_says_when_test_examples_were_in_the_pretraining_text(tmp_path):
+    import json
+
+    from candorlm.report.tasks import task_table
+
+    doc = {"task": "translate", "data": "builtin:pinyin", "split": {"test": 10},
+           "model": {"run": str(tmp_path), "char_accuracy": 0.9},
+           "baseline": {"name": "most frequent character", "char_accuracy": 0.5}}
+    assert "pretrained on" not in task_table(str(tmp_path), doc)["note"]  # no task.json: nothing to say
+    found = {"checked": True, "test_examples": 10, "seen": 4, "share": 0.4, "window_chars": 32, "data": "data/pd"}
+    (tmp_path / "task.json").write_text(json.dumps({"task": "translate", "pretraining_overlap": found}))
+    note = task_table(str(tmp_path), doc)["note"]
+    assert note.startswith("On 10 held-out test examples") and "4 of the 10 test examples (40%)" in note
+    (tmp_path / "task.json").write_text(json.dumps({"task": "translate", "pretraining_overlap": {**found, "seen": 0}}))
+    assert "pretrained on" not in task_table(str(tmp_path), doc)["note"]
+
+
 def test_captions_say_what_follows():
     from candorlm.config import resolve
     from candorlm.report.compute import gpu_note, loss_caption

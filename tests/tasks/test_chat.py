@@ -281,3 +281,26 @@ def test_no_repeat_ngram_in_generate_and_the_terminal_chat(chat_run):
     assert session.sampling["no_repeat_ngram"] == 3
     with pytest.raises(Exception, match="no_repeat_ngram must be 0"):
         lm.generate(prompt, max_new_tokens=2, no_repeat_ngram=-1)
+
+
+def test_chat_batches_group_conversations_by_length(tok):
+    """builtin:chat mixes short reviews with long paragraphs: grouped batches pad far less."""
+    import numpy as np
+
+    from candorlm.tasks import chat
+    from candorlm.tasks.chat import builtin_conversations
+    from candorlm.tasks.finetune import example_lengths, length_batches
+
+    records = builtin_conversations()["train"][::5]
+    examples = [(*ex, r) for r in records if (ex := sft_example(tok, r["messages"], 320)) is not None]
+    lengths = example_lengths(chat, examples)
+    assert lengths == [len(ids) for ids, _, _ in examples]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(examples))
+
+    def padded(batches):  # tokens the batches pad to: each batch's longest row times its size
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    grouped, plain = length_batches(order, lengths, 32, rng), length_batches(order, None, 32, rng)
+    assert sorted(int(i) for b in grouped for i in b) == list(range(len(examples)))
+    assert padded(grouped) < 0.6 * padded(plain)

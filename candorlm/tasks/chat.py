@@ -49,6 +49,9 @@ SYSTEM_PROMPT = "你是一个认真的助手，回答简短准确。"
 CHAT_TOKENS = ("bos", "eos", "system", "user", "assistant", "end")
 SENTIMENT_QUESTION = "这条商品评论是好评还是差评？\n"
 READING_QUESTION = "阅读下面这段话，回答问题。\n"
+# Which of builtin:reviews' training reviews builtin:chat trains on: "all" (the 14,859 the
+# sentiment classifier learns from) or "third" (every third, as many conversations as the reading ones)
+TRAIN_REVIEWS = "third"
 
 
 # ---------------------------------------------------------------- data
@@ -70,8 +73,8 @@ def builtin_conversations() -> dict[str, list[Record]]:
         splits[split_of(article)].append(_record(messages, "reading", f"{BUILTIN}#qa{i}", first["context"], sources))
     _drop_seen_paragraphs(splits)
     for i, (text, label) in enumerate(review_records()):
-        if i % 3:  # a third of the reviews: about as many conversations as the reading ones
-            continue
+        if i % 3 and (TRAIN_REVIEWS == "third" or split_of(text) != "train"):
+            continue  # held out: a third of the reviews' dev and test, about as many turns as the reading ones
         messages = [{"role": "user", "content": SENTIMENT_QUESTION + text},
                     {"role": "assistant", "content": "好评" if label == "pos" else "差评"}]
         splits[split_of(text)].append(_record(messages, "sentiment", f"{BUILTIN}#review{i}", text, [{"text": text}]))

@@ -23,6 +23,7 @@ import numpy as np
 from candorlm.config import RunConfig
 from candorlm.errors import CandorError
 from candorlm.shards import ShardSet
+from candorlm.tasks.data import TEST_FRACTION
 
 WINDOW = 32  # characters: longer than a common phrase (中共中央总书记、国家主席江泽民 is 14), shorter than a sentence
 MAX_TOKENS = 50_000_000  # pretraining splits past this are not decoded (minutes and gigabytes)
@@ -77,7 +78,8 @@ def pretraining_overlap(config: RunConfig, records: Sequence[Any], window: int =
         return {"checked": False, "data": str(data), "why": str(exc)}
     hashes = [_record_hashes(r, window) for r in records]
     hits = [_any_in(h, seen) for h in hashes]
-    return {"checked": True, "data": str(data), "sources": list(shards.meta.sources), "window_chars": window,
+    return {"checked": True, "data": str(data), "sources": list(shards.meta.sources),
+            "val_fraction": shards.meta.val_fraction, "window_chars": window,
             "test_examples": len(records), "seen": sum(hits), "share": round(sum(hits) / max(len(records), 1), 4),
             "too_short": sum(not len(h) for h in hashes)}
 
@@ -102,7 +104,7 @@ def overlap_warning(overlap: dict[str, Any], run: Any) -> str | None:
     if not overlap.get("checked") or not overlap.get("seen"):
         return None
     hint = ""
-    if "builtin:peoples-daily" in overlap.get("sources", ()):
+    if "builtin:peoples-daily" in overlap.get("sources", ()) and overlap.get("val_fraction", 0) < TEST_FRACTION:
         hint = (" builtin:qa, builtin:chat and builtin:pinyin hold out the People's Daily articles whose hash is "
                 "under 10%: prepare the pretraining data with --val-fraction 0.1 to leave exactly those out.")
     return (f"{overlap['seen']:,} of {overlap['test_examples']:,} test examples ({overlap['share']:.1%}) share a "

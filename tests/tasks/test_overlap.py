@@ -47,6 +47,10 @@ def test_a_passage_of_the_pretraining_text_is_seen_and_the_held_out_text_is_not(
     line = overlap_warning(result, "runs/pd")
     assert "2 of 5 test examples (40.0%)" in line and "runs/pd" in line
     assert overlap_warning({**result, "seen": 0}, "runs/pd") is None
+    # People's Daily with its validation split under the tasks' 10%: the warning says how to hold their test out
+    pd = {**result, "sources": ["builtin:peoples-daily"], "val_fraction": 0.05}
+    assert "--val-fraction 0.1" in overlap_warning(pd, "runs/pd")
+    assert "--val-fraction" not in overlap_warning({**pd, "val_fraction": 0.1}, "runs/pd")
 
 
 def test_the_check_says_why_when_it_cannot_tell(data_dir, tmp_path, monkeypatch):

@@ -74,7 +74,7 @@ def builtin_conversations() -> dict[str, list[Record]]:
     _drop_seen_paragraphs(splits)
     for i, (text, label) in enumerate(review_records()):
         if i % 3 and (TRAIN_REVIEWS == "third" or split_of(text) != "train"):
-            continue  # held out: a third of the reviews' dev and test, about as many turns as the reading ones
+            continue  # every third review (TRAIN_REVIEWS "all": every training one), about as many as the reading turns
         messages = [{"role": "user", "content": SENTIMENT_QUESTION + text},
                     {"role": "assistant", "content": "好评" if label == "pos" else "差评"}]
         splits[split_of(text)].append(_record(messages, "sentiment", f"{BUILTIN}#review{i}", text, [{"text": text}]))

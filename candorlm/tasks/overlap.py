@@ -26,7 +26,8 @@ from candorlm.shards import ShardSet
 from candorlm.tasks.data import TEST_FRACTION
 
 WINDOW = 32  # characters: longer than a common phrase (中共中央总书记、国家主席江泽民 is 14), shorter than a sentence
-MAX_TOKENS = 50_000_000  # pretraining splits past this are not decoded (minutes and gigabytes)
+MAX_TOKENS = 20_000_000  # pretraining splits past this are not decoded (minutes, and 8 bytes a character)
+CHUNK = 1_000_000  # tokens decoded at a time
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: the rolling hash's multiplier, arithmetic mod 2**64
 
 
@@ -72,8 +73,7 @@ def pretraining_overlap(config: RunConfig, records: Sequence[Any], window: int =
         if shards.meta.tokens["train"] > MAX_TOKENS:
             return {"checked": False, "data": str(data),
                     "why": f"its training split holds {shards.meta.tokens['train']:,} tokens; the check decodes at most {MAX_TOKENS:,}"}
-        seen = np.unique(np.concatenate([window_hashes(shards.tokenizer.decode([int(t) for t in a]), window)
-                                         for a in shards.arrays("train")] or [np.zeros(0, np.uint64)]))
+        seen = np.unique(np.concatenate([np.zeros(0, np.uint64), *_shard_hashes(shards, window)]))
     except CandorError as exc:
         return {"checked": False, "data": str(data), "why": str(exc)}
     hashes = [_record_hashes(r, window) for r in records]
@@ -82,6 +82,16 @@ def pretraining_overlap(config: RunConfig, records: Sequence[Any], window: int =
             "val_fraction": shards.meta.val_fraction, "window_chars": window,
             "test_examples": len(records), "seen": sum(hits), "share": round(sum(hits) / max(len(records), 1), 4),
             "too_short": sum(not len(h) for h in hashes)}
+
+
+def _shard_hashes(shards: ShardSet, window: int) -> Iterator[np.ndarray]:
+    """The training split's window hashes, decoded CHUNK tokens at a time (a Python list of every
+    token id of a large split would be gigabytes); a chunk starts `window` tokens before the last
+    one ended, so no passage is lost at its edge."""
+    for a in shards.arrays("train"):
+        for start in range(0, len(a), CHUNK):
+            ids = a[max(0, start - window):start + CHUNK].tolist()
+            yield window_hashes(shards.tokenizer.decode(ids), window)
 
 
 def _any_in(hashes: np.ndarray, seen: np.ndarray) -> bool:

@@ -25,7 +25,7 @@ from candorlm.errors import CandorError
 from candorlm.shards import ShardSet
 from candorlm.tasks.data import TEST_FRACTION
 
-WINDOW = 32  # characters: longer than a common phrase (中共中央总书记、国家主席江泽民 is 14), shorter than a sentence
+WINDOW = 32  # characters: longer than a common phrase (中共中央总书记、国家主席江泽民 is 15), shorter than a sentence
 MAX_TOKENS = 20_000_000  # pretraining splits past this are not decoded (minutes, and 8 bytes a character)
 CHUNK = 1_000_000  # tokens decoded at a time
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: the rolling hash's multiplier, arithmetic mod 2**64

@@ -148,6 +148,7 @@ def predict(
                                           "of stdout."),
     system: Optional[str] = typer.Option(None, help="chat: system message for every input."),
     beam_size: int = typer.Option(4, help="translate: beam width (1 = greedy)."),
+    overwrite: bool = typer.Option(False, help="Replace an --output file an earlier `candorlm predict` wrote."),
     key_file: KeyFile = None, no_verify: NoVerify = False,
 ) -> None:
     """Use a fine-tuned run on new input: one JSON line per input, {"input": ..., and the
@@ -158,17 +159,18 @@ def predict(
 
     Example: candorlm predict runs/qa --input questions.jsonl --output answers.jsonl
     """
-    from candorlm.io.files import atomic_write_text
     from candorlm.progress import console
-    from candorlm.tasks.predict import predict_lines, read_inputs
+    from candorlm.tasks.predict import claim_output, predict_lines, read_inputs, write_predictions
 
+    if output is not None:
+        claim_output(run, output, input, overwrite=overwrite)
     with reading_with(key_file, no_verify):
         inputs = [x for spec in input for x in read_inputs(spec)]
-        lines = "".join(line + "\n" for line in predict_lines(run, inputs, system=system, beam_size=beam_size))
+        lines = predict_lines(run, inputs, system=system, beam_size=beam_size)
     if output is None:
-        sys.stdout.write(lines)
+        sys.stdout.write("".join(line + "\n" for line in lines))
     else:
-        atomic_write_text(output, lines)
+        write_predictions(output, lines)
         console.print(f"wrote {len(inputs)} predictions to {output}")
 
 

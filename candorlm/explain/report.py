@@ -15,7 +15,8 @@ from candorlm.explain import attribution, faithfulness, lens, patching, plots
 from candorlm.explain.html import render_html
 from candorlm.explain.subject import Subject, load_subject, model_inputs
 from candorlm.explain.tokens import Example, token_labels
-from candorlm.io.files import write_json
+from candorlm.io.files import atomic_write_text, write_json
+from candorlm.io.outputs import claim_folder, write_marker
 from candorlm.io.sealedtree import encrypted_tree, refuse_plain_output_in_sealed_tree
 from candorlm.rundir import RunDir
 
@@ -84,10 +85,11 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
                               "the prompt (for example the prompt with one word changed)")
         methods.remove("patching")
     run_dir = RunDir(Path(run))
-    subject = load_subject(run, device=device)
-    model, tok, arch = subject.model, subject.target, subject.arch
     out_dir = Path(out) if out is not None else run_dir.path / "explain"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_folder(out_dir, "explain", "candorlm explain", legacy=_older_explain)
+    subject = load_subject(run, device=device)
+    write_marker(out_dir, "explain", "candorlm explain")  # makes the folder
+    model, tok, arch = subject.model, subject.target, subject.arch
     example = subject.example(prompt, target)
     ids = torch.tensor([example.ids], device=subject.device)
     extra = model_inputs(ids, example)[1:]  # an encoder-decoder's decoder input
@@ -177,9 +179,15 @@ def explain(run: str | Path, prompt: str, target: str | None = None, method: str
     if encrypted_tree(run_dir.path) is None:  # an encrypted run gets no plain copy (--out was outside it)
         run_dir.evals.mkdir(parents=True, exist_ok=True)
         write_json(run_dir.evals / "explain.json", doc)
-    (out_dir / "explain.html").write_text(render_html(doc), encoding="utf-8")
+    atomic_write_text(out_dir / "explain.html", render_html(doc))
     doc["files"] += ["explain.html", "explain.json"]
     return doc
+
+
+def _older_explain(folder: Path) -> bool:
+    """A folder an explain from before the markers wrote: its explain.json, and only files of explain's names."""
+    return (folder / "explain.json").is_file() and all(
+        f.is_file() and (f.suffix == ".png" or f.name in ("explain.html", "explain.json")) for f in folder.iterdir())
 
 
 def _vocab(tok: Any) -> list[int]:

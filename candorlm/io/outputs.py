@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from candorlm.errors import CandorError
-from candorlm.io.files import read_json, remove_stale_temps, write_json
+from candorlm.io.files import atomic_write_text, read_json, remove_stale_temps, write_json
 from candorlm.io.sealed import is_encrypted
 
 log = logging.getLogger("candorlm")
@@ -48,6 +48,7 @@ def read_marker(directory: Path) -> dict[str, Any] | None:
 
 def write_marker(directory: Path, kind: str, made_by: str, **extra: Any) -> Path:
     """Mark `directory` as candorlm's output of `kind` (so a later --overwrite may replace it)."""
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / MARKER
     write_json(path, {"kind": kind, "made_by": made_by, **extra})  # no timestamp: outputs stay reproducible
     return path
@@ -120,6 +121,26 @@ def claim_dir(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | P
                        f"--overwrite replaces only candorlm's own output", what)
 
 
+def claim_folder(out: Path, kind: str, made_by: str, *, legacy: Callable[[Path], bool] | None = None,
+                 what: str = "--out") -> None:
+    """For a command that writes its own named files into a folder and may be run into it again
+    (explain): `out` must be new, empty, or hold that command's earlier output (its marker of `kind`,
+    or `legacy`); anything else may hold the user's files of the same names, so it is refused.
+    Creates nothing: the command makes the folder with `write_marker` once its inputs have loaded."""
+    out = Path(out)
+    if out.is_symlink():
+        raise _refuse(out, "is a symbolic link (candorlm writes into folders it made, and a link is not that)", what)
+    if out.exists() and not out.is_dir():
+        raise CandorError(f"{out} is a file, not a folder. Choose a new path for {what}")
+    if out.is_dir() and any(out.iterdir()):
+        marker = read_marker(out)
+        if marker is not None and marker["kind"] != kind:
+            raise _refuse(out, f"holds candorlm {marker['kind']} output, not {kind}", what)
+        if marker is None and not (legacy is not None and legacy(out)):
+            raise CandorError(f"{out} already holds files candorlm did not write there, and {made_by} would write "
+                              f"files of its own names into it. Choose a new or empty folder for {what}")
+
+
 def _record(directory: Path) -> dict[str, Any]:
     path = directory / FILES_RECORD
     try:
@@ -135,6 +156,13 @@ def record_file(path: Path, kind: str, made_by: str) -> None:
     st = path.stat()
     record[path.name] = {"kind": kind, "made_by": made_by, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     write_json(path.parent / FILES_RECORD, record)
+
+
+def write_owned_text(path: Path, text: str, kind: str, made_by: str) -> None:
+    """Write a file `claim_file` allowed (atomically: an interruption leaves the old file or none,
+    never half) and record it as candorlm's, so a later --overwrite may replace it."""
+    atomic_write_text(path, text)
+    record_file(path, kind, made_by)
 
 
 def _written_by_candorlm(path: Path, kind: str) -> bool:

@@ -32,10 +32,14 @@ def generate_key() -> bytes:
 def write_key_file(path: str | Path, overwrite: bool = False) -> Path:
     """A new random key as 64 hex digits in a file only its owner can read."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise CandorError(f"{path} already exists; refusing to overwrite a key (data encrypted with it would be lost)")
+    exists = CandorError(f"{path} already exists; refusing to overwrite a key (data encrypted with it would be lost)")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise exists
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:  # O_EXCL: a file (or a link) that appears after the check is not overwritten either
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL), 0o600)
+    except FileExistsError:
+        raise exists from None
     os.fchmod(fd, 0o600)  # an existing file (--overwrite) keeps its mode otherwise
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(generate_key().hex() + "\n")

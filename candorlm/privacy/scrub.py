@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from candorlm.corpus import Corpus, CorpusFilter, Document, batched
-from candorlm.io.files import temp_path, terminate_cleanly
-from candorlm.io.outputs import claim_file, record_file
+from candorlm.errors import CandorError
+from candorlm.io.files import atomic_write_text, temp_path, terminate_cleanly
+from candorlm.io.outputs import claim_file, record_file, write_owned_text
 from candorlm.privacy.anonymize import Anonymizer, Result, mask
 from candorlm.privacy.pii import ENTITY_TYPES, Entity
 from candorlm.progress import progress_bar
 
 EXAMPLES_PER_TYPE = 5
+REPORT_KIND = "scrub-report"  # the kind of file --report writes (io.outputs)
 _CONTEXT = 12
 _BATCH = 64
 
@@ -81,10 +83,11 @@ class ScrubReport:
         out["seconds"] = round(self.seconds, 3)
         return out
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(Path(path), self.to_json())
 
 
 def _masked_context(text: str, entities: Sequence[Entity], target: Entity) -> str:
@@ -189,10 +192,15 @@ def scrub(sources: Sequence[str], out: str | Path, *, operator: str = "placehold
         report: Write counts per type and masked examples to this JSON file.
         text_field: JSONL field that holds the text.
         workers: Worker processes (None: cores, at most 4).
-        overwrite: Replace an existing output file.
+        overwrite: Replace an existing output file (and --report file) that candorlm wrote.
     """
     out = Path(out)
     claim_file(out, "scrubbed", overwrite=overwrite, inputs=sources)
+    if report is not None:  # checked before the work, as the output is: never a source, never the output
+        report = Path(report)
+        if report.resolve() == out.resolve():
+            raise CandorError(f"--report and -o/--out both name {out}; give the report a file name of its own")
+        claim_file(report, REPORT_KIND, overwrite=overwrite, inputs=sources, what="--report")
     corpus = Corpus(sources, text_field=text_field)
     anonymizer = Anonymizer(operator, types, key)
     workers = workers or min(4, os.cpu_count() or 1)
@@ -217,7 +225,7 @@ def scrub(sources: Sequence[str], out: str | Path, *, operator: str = "placehold
     record_file(out, "scrubbed", "candorlm scrub")
     rep.seconds = time.perf_counter() - start
     if report is not None:
-        rep.save(report)
+        write_owned_text(report, rep.to_json(), REPORT_KIND, "candorlm scrub")
     return rep
 
 

@@ -30,6 +30,7 @@ from candorlm.tasks.base import load_task_run
 from candorlm.tokenizer import Tokenizer
 
 FIELDS = {"sentiment": "text", "translate": "source"}
+PREDICTIONS = "predictions"  # the kind of file `candorlm predict --output` writes
 
 
 @dataclass
@@ -210,6 +211,25 @@ def read_inputs(spec: str) -> list[str | dict[str, Any]]:
     if not spec.strip():
         raise CandorError("--input is empty")
     return [spec]
+
+
+def claim_output(run: str | Path, output: str | Path, specs: Sequence[str], *, overwrite: bool = False) -> None:
+    """Raise CandorError, before any work, unless `candorlm predict` may write `output`: a new file,
+    or with `overwrite` one an earlier predict wrote and nobody changed since; never one of the
+    inputs (the run, an --input file), nor plain text inside an encrypted run."""
+    from candorlm.io.outputs import claim_file
+    from candorlm.io.sealedtree import refuse_plain_output_in_sealed_tree
+
+    refuse_plain_output_in_sealed_tree(run, "the predictions", out=output, option="--output FILE")
+    claim_file(Path(output), PREDICTIONS, overwrite=overwrite, inputs=[run, *(s for s in specs if Path(s).is_file())],
+               what="--output")
+
+
+def write_predictions(output: str | Path, lines: Sequence[str]) -> None:
+    """The JSON lines to `output`, whole or not at all, recorded as candorlm's (see `claim_output`)."""
+    from candorlm.io.outputs import write_owned_text
+
+    write_owned_text(Path(output), "".join(line + "\n" for line in lines), PREDICTIONS, "candorlm predict")
 
 
 def predict_lines(run: str | Path, inputs: Sequence[str | dict[str, Any]], *, system: str | None = None,

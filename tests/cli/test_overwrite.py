@@ -18,7 +18,7 @@ import pytest
 
 from candorlm.errors import CandorError
 from candorlm.io.files import swapped_into_place, temp_path
-from candorlm.io.outputs import MARKER, claim_dir, claim_file, read_marker, record_file
+from candorlm.io.outputs import MARKER, claim_dir, claim_file, claim_folder, read_marker, record_file, write_marker
 from candorlm.rundir import looks_like_old_run
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.conftest import assert_clean_error, run_cli
@@ -183,6 +183,71 @@ def test_single_files_scrub_decrypt_encrypt(tmp_path, home):
     run_cli("decrypt", enc, "-o", dec, "--key-file", key)
     run_cli("decrypt", enc, "-o", dec, "--key-file", key, "--overwrite")
     assert dec.read_bytes() == notes.read_bytes()
+
+
+def test_scrub_report_never_replaces_a_users_file_and_is_checked_before_the_work(tmp_path, home):
+    notes = home / "project" / "notes.txt"
+    before = snapshot(home)
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("years of work")
+    out = tmp_path / "clean.txt"
+    # the report is claimed before the scrub: no output is written when the report would be refused
+    assert_clean_error(run_cli("scrub", notes, "-o", out, "--report", thesis, check=False), "already exists")
+    assert_clean_error(run_cli("scrub", notes, "-o", out, "--report", thesis, "--overwrite", check=False),
+                       "was not written by candorlm")
+    assert_clean_error(run_cli("scrub", notes, "-o", out, "--report", notes, "--overwrite", check=False),
+                       "is the input")
+    assert_clean_error(run_cli("scrub", notes, "-o", out, "--report", out, check=False), "a file name of its own")
+    assert thesis.read_text() == "years of work" and not out.exists() and snapshot(home) == before
+    report = tmp_path / "report.json"
+    run_cli("scrub", notes, "-o", out, "--report", report)
+    assert json.loads(report.read_text(encoding="utf-8"))["documents"] == 200
+    run_cli("scrub", notes, "-o", out, "--report", report, "--overwrite")  # candorlm's own report: replaced
+    report.write_text("my notes on the report")
+    assert_clean_error(run_cli("scrub", notes, "-o", out, "--report", report, "--overwrite", check=False),
+                       "changed since")
+    assert report.read_text() == "my notes on the report"
+
+
+def test_explain_writes_only_into_a_new_empty_or_its_own_folder(tmp_path, trained_run):
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "explain.html").write_text("my own page")
+    proc = run_cli("explain", trained_run, "--prompt", "人民日报", "--method", "lens", "--out", papers, check=False)
+    assert_clean_error(proc, "files candorlm did not write", "new or empty folder")
+    assert [p.name for p in papers.iterdir()] == ["explain.html"] and (papers / "explain.html").read_text() == "my own page"
+    out = tmp_path / "explain-out"
+    run_cli("explain", trained_run, "--prompt", "人民日报", "--method", "lens", "--out", out)
+    assert read_marker(out)["kind"] == "explain" and (out / "lens.png").is_file()
+    run_cli("explain", trained_run, "--prompt", "人民日报", "--method", "lens", "--out", out)  # its own: again
+    assert_clean_error(run_cli("explain", trained_run, "--prompt", "人民日报", "--out", trained_run, check=False),
+                       "holds candorlm run output")
+    # a typo in the run's path creates nothing
+    assert_clean_error(run_cli("explain", tmp_path / "typo", "--prompt", "中国", check=False), "not found")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_claim_folder(tmp_path):
+    claim_folder(tmp_path / "new", "explain", "candorlm explain")  # new: taken, and nothing created
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    claim_folder(tmp_path / "empty", "explain", "candorlm explain")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(CandorError, match="is a file, not a folder"):
+        claim_folder(tmp_path / "a-file", "explain", "candorlm explain")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "explain.json").write_text("{}")
+    (old / "lens.png").write_bytes(b"png")
+    with pytest.raises(CandorError, match="did not write there"):
+        claim_folder(old, "explain", "candorlm explain")  # without a legacy rule, no marker is no claim
+    claim_folder(old, "explain", "candorlm explain", legacy=lambda f: (f / "explain.json").is_file())
+    write_marker(tmp_path / "sweep", "sweep", "candorlm sweep")
+    with pytest.raises(CandorError, match="holds candorlm sweep output"):
+        claim_folder(tmp_path / "sweep", "explain", "candorlm explain")
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    with pytest.raises(CandorError, match="symbolic link"):
+        claim_folder(tmp_path / "link", "explain", "candorlm explain")
 
 
 def test_backup_finetune_import_export_and_sweep_refuse_foreign_folders(tmp_path, trained_run, data_dir):

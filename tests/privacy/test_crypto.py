@@ -196,3 +196,15 @@ def test_cli_keygen_encrypt_decrypt_and_errors(tmp_path, corpus_file):
     assert_clean_error(run_cli("decrypt", tmp_path / "c.enc", "-o", tmp_path / "z.txt", check=False), "no key")
     no_tty = run_cli("decrypt", tmp_path / "c.enc", "-o", tmp_path / "p.txt", "--passphrase", check=False)
     assert_clean_error(no_tty, "CANDORLM_PASSPHRASE")
+
+
+def test_keygen_never_writes_through_a_link(tmp_path):
+    from candorlm.privacy.crypto import write_key_file
+
+    link = tmp_path / "k.key"
+    link.symlink_to(tmp_path / "elsewhere.txt")  # dangling: path.exists() is False
+    with pytest.raises(CandorError, match="refusing to overwrite a key"):
+        write_key_file(link)
+    assert not (tmp_path / "elsewhere.txt").exists()
+    key = write_key_file(tmp_path / "new.key")
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and len(key.read_text().strip()) == 64

@@ -118,6 +118,33 @@ def test_predict_command_line(runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_output_never_replaces_what_candorlm_did_not_write(runs, tmp_path):
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("这个手机很好用\n太差了\n", encoding="utf-8")
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("years of work", encoding="utf-8")
+    sent = runs["sentiment"]
+    assert_clean_error(run_cli("predict", sent, "--input", reviews, "--output", thesis, check=False),
+                       "already exists", "--overwrite")
+    assert_clean_error(run_cli("predict", sent, "--input", reviews, "--output", thesis, "--overwrite", check=False),
+                       "was not written by candorlm")
+    assert_clean_error(run_cli("predict", sent, "--input", reviews, "--output", reviews, "--overwrite", check=False),
+                       "is the input")
+    assert_clean_error(run_cli("predict", sent, "--input", "好", "--output", sent, "--overwrite", check=False),
+                       "is the input")
+    assert thesis.read_text(encoding="utf-8") == "years of work"
+    assert reviews.read_text(encoding="utf-8") == "这个手机很好用\n太差了\n"
+    out = tmp_path / "labels.jsonl"
+    run_cli("predict", sent, "--input", reviews, "--output", out)
+    run_cli("predict", sent, "--input", "好", "--output", out, "--overwrite")  # its own output: replaced
+    assert [json.loads(line)["input"] for line in out.read_text(encoding="utf-8").splitlines()] == ["好"]
+    out.write_text("my edits", encoding="utf-8")
+    assert_clean_error(run_cli("predict", sent, "--input", "好", "--output", out, "--overwrite", check=False),
+                       "changed since")
+    assert out.read_text(encoding="utf-8") == "my edits"
+
+
+@pytest.mark.slow
 def test_predict_reads_an_encrypted_run_with_key_file(runs, tmp_path):
     run = tmp_path / "sent.enc"
     key = tmp_path / "k.key"
@@ -126,6 +153,10 @@ def test_predict_reads_an_encrypted_run_with_key_file(runs, tmp_path):
     assert_clean_error(run_cli("predict", run, "--input", "好", check=False))
     proc = run_cli("predict", run, "--input", "很好用", "--key-file", key)
     assert json.loads(proc.stdout)["label"] in ("neg", "pos")
+    # predictions are plain text: never written into the encrypted run
+    assert_clean_error(run_cli("predict", run, "--input", "很好用", "--key-file", key, "--output", run / "p.jsonl",
+                               check=False), "is encrypted", "--output FILE")
+    assert not (run / "p.jsonl").exists()
 
 
 @pytest.mark.slow

@@ -125,12 +125,11 @@ def verify(
 
     Example: candorlm verify runs/pd
     """
-    from candorlm.privacy.integrity import verify as run_verify
-    from candorlm.io.manifest import write_manifest
+    from candorlm.privacy.integrity import update_manifest, verify as run_verify
     from candorlm.progress import console
 
     if update:
-        console.print(f"wrote {write_manifest(path)}")
+        console.print(f"wrote {update_manifest(path)}")
         return
     report = run_verify(path, key=key_from(key_file))
     extra = f"; {len(report.extra)} files not in the manifest: {', '.join(report.extra[:5])}" if report.extra else ""

@@ -40,12 +40,17 @@ def _write(root: Path, entries: dict[str, str]) -> Path:
     return path
 
 
-def write_manifest(root: str | Path) -> Path:
-    """Hash every file under root into root/SHA256SUMS (atomically)."""
+def hash_files(root: Path) -> dict[str, str]:
+    """What a manifest of root would hold: each covered file's relative path and sha256."""
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in manifest_files(root)}
+
+
+def write_manifest(root: str | Path, entries: dict[str, str] | None = None) -> Path:
+    """Write root/SHA256SUMS (atomically): `entries`, or every file under root hashed now."""
     root = Path(root)
     if not root.is_dir():
         raise CandorError(f"not a directory: {root}")
-    return _write(root, {p.relative_to(root).as_posix(): sha256_file(p) for p in manifest_files(root)})
+    return _write(root, hash_files(root) if entries is None else entries)
 
 
 def read_manifest(root: Path) -> dict[str, str]:

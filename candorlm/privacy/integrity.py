@@ -5,16 +5,20 @@ The manifest itself lives in the bottom layer, `candorlm.io.manifest`.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from candorlm.errors import CandorError
-from candorlm.io.files import swapped_into_place
-from candorlm.io.manifest import MANIFEST_NAME, VerifyReport, manifest_files, verify_manifest, write_manifest
-from candorlm.io.outputs import claim_dir, read_marker, write_marker
+from candorlm.io.files import TEMP_TAG, swapped_into_place
+from candorlm.io.manifest import (MANIFEST_NAME, VerifyReport, hash_files, manifest_files, verify_manifest,
+                                  write_manifest)
+from candorlm.io.outputs import FILES_RECORD, MARKER, claim_dir, read_marker, write_marker
 from candorlm.rundir import looks_like_old_run
+
+log = logging.getLogger("candorlm")
 
 
 def backup(src: str | Path, dest: str | Path, overwrite: bool = False) -> VerifyReport:
@@ -27,22 +31,52 @@ def backup(src: str | Path, dest: str | Path, overwrite: bool = False) -> Verify
 
     claim_dir(dest, "backup", overwrite=overwrite, inputs=[src], what="the destination",
               legacy=lambda d: looks_like_old_run(d) or looks_like_old_data(d))
-    if (src / MANIFEST_NAME).is_file():
+    has_manifest = (src / MANIFEST_NAME).is_file()
+    if has_manifest:
         verify_manifest(src, check_extra=False)
-    else:
-        write_manifest(src)
+    entries = None if has_manifest else hash_files(src)  # nothing is written into the source
+    skipped = [p.relative_to(src).as_posix() for p in src.iterdir() if p.name.startswith(".") and p.name not in
+               (MARKER, FILES_RECORD) and TEMP_TAG not in p.name]
+    if skipped:
+        log.warning("not copied: %d hidden entries at the top of %s (%s); a backup holds the files its "
+                    "manifest covers", len(skipped), src, ", ".join(skipped[:5]))
     with swapped_into_place(dest) as tmp:
-        for file in manifest_files(src) + [src / MANIFEST_NAME]:
+        for file in manifest_files(src) + ([src / MANIFEST_NAME] if has_manifest else []):
             target = tmp / file.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file, target)
             with open(target, "rb") as f:
                 os.fsync(f.fileno())
+        if not has_manifest:
+            write_manifest(tmp, entries)  # the source's hashes, taken before the copy: the copy is checked against them
         report = verify_manifest(tmp)
         of = (read_marker(src) or {}).get("kind")
         write_marker(tmp, "backup", "candorlm backup", source=str(src), **({"of": of} if of else {}))
     report.root = dest
     return report
+
+
+def update_manifest(path: str | Path) -> Path:
+    """`candorlm verify PATH --update`: a fresh SHA256SUMS for a folder candorlm made (its marker,
+    or a run or data folder of an older candorlm), or a new one where the folder has none; a
+    SHA256SUMS candorlm did not write (a download's checksums, say) is never replaced."""
+    from candorlm.shards import looks_like_old_data  # (numpy and torch: only here)
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CandorError(f"not a directory: {path}")
+    target = path.resolve()
+    try:
+        home: Path | None = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry
+        home = None
+    if target == Path(target.anchor) or target == home:
+        raise CandorError(f"refusing to hash all of {path} into a SHA256SUMS; name the run or data folder itself")
+    ours = read_marker(path) is not None or looks_like_old_run(path) or looks_like_old_data(path)
+    if (path / MANIFEST_NAME).exists() and not ours:
+        raise CandorError(f"{path} is not a folder candorlm made (no {MARKER} marker), and --update would replace "
+                          f"its {MANIFEST_NAME}, which candorlm did not write; leave it as it is")
+    return write_manifest(path)
 
 
 def verify(path: str | Path, key=None, on_file: Callable[[int], None] | None = None) -> VerifyReport:

@@ -30,7 +30,7 @@ from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_
 from candorlm.errors import CandorError
 from candorlm.evaluate import eval_window_count, evaluate_bpb
 from candorlm.io.files import atomic_write_text, set_aside
-from candorlm.io.outputs import claim_dir, write_marker
+from candorlm.io.outputs import claim_dir, read_marker, write_marker
 from candorlm.model import build_model, lm_loss
 from candorlm.model.compiled import is_compiled, uncompile_blocks
 from candorlm.rundir import RunDir, looks_like_old_run
@@ -137,11 +137,18 @@ class Trainer:
     # ------------------------------------------------------------ run directory
     def _claim_run_dir(self, config: RunConfig, resume: bool, overwrite: bool) -> Path | None:
         path = self.run.path
+        if path.exists() and not path.is_dir():
+            raise CandorError(f"{path} is a file, not a directory. Choose a new path for --out")
         occupied = path.exists() and any(path.iterdir())
         if resume:
             refuse_encrypted_resume(path)  # tampering named first; plain checkpoints never go into an encrypted run
             if not self.run.exists():
                 raise CandorError(f"--resume: {path} holds no run to resume (no config.toml)")
+            marker = read_marker(path)
+            if marker is not None and marker["kind"] != "run":  # a backup or export: resuming would rewrite it
+                raise CandorError(f"--resume: {path} holds candorlm {marker['kind']} output, not a run, and resuming "
+                                  f"would change it; resume the run itself, or copy this one to a new folder "
+                                  f"(candorlm backup {path} NEW) and resume there")
             previous = self.run.read_config()
             if previous.model != config.model:
                 raise CandorError(f"--resume: {path} was trained with a different model config; "
@@ -309,18 +316,44 @@ class Trainer:
         except BaseException:
             self._put_back_replaced()
             raise
-        if self.replaced is not None:  # this run saved what it has: the old one goes now
+        if self.replaced is not None and result.interrupted:  # Ctrl-C or SIGTERM: saved, but not finished
+            self._keep_replaced()
+        elif self.replaced is not None:  # this run finished and saved: the old one goes now
             shutil.rmtree(self.replaced, ignore_errors=True)
         return result
 
     def _put_back_replaced(self) -> None:
-        """A run that failed before its first checkpoint gives the place back to the run it replaced."""
-        if self.replaced is None or latest_checkpoint(self.run.checkpoints) is not None:
-            return  # (with a checkpoint, the new run is resumable; the old one is removed by the next command)
+        """A run that failed before its first checkpoint gives the place back to the run it replaced;
+        one that failed after it stays (resumable), and the replaced run is kept beside it."""
+        if self.replaced is None:
+            return
+        if latest_checkpoint(self.run.checkpoints) is not None:
+            self._keep_replaced()
+            return
         shutil.rmtree(self.run.path, ignore_errors=True)
         os.replace(self.replaced, self.run.path)
         log.warning("the new run failed before its first checkpoint; put back the run it was replacing in %s",
                     self.run.path)
+
+    def _keep_replaced(self) -> None:
+        """The new run stopped before its end but can be resumed: the whole run it was replacing
+        moves from its hidden set-aside name (which the next command would clear) to a visible
+        sibling, for the user to keep or delete; candorlm never removes it."""
+        assert self.replaced is not None
+        old = RunDir(self.replaced)
+        if not old.weights.is_file() and latest_checkpoint(old.checkpoints) is None:  # no model in it to keep
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+            return
+        keep = self.run.path.with_name(f"{self.run.path.name}.replaced")
+        n = 1
+        while keep.exists() or keep.is_symlink():
+            n += 1
+            keep = self.run.path.with_name(f"{self.run.path.name}.replaced-{n}")
+        os.replace(self.replaced, keep)
+        self.replaced = None
+        log.warning("the new run stopped before its end; the run it was replacing is kept whole in %s "
+                    "(finish this one with --resume, then delete %s if you no longer need it)", keep, keep)
 
     def _fit(self) -> TrainResult:
         if self.resume_from is not None:

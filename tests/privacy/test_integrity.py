@@ -91,3 +91,31 @@ def test_training_keeps_the_best_checkpoint(trained_run):
     assert best in kept and kept[-1].name == "step-000030"
     states = [json.loads((p / "state.json").read_text()) for p in kept]
     assert all("val_loss" in s for s in states)  # eval_every = save_every in the fixture
+
+
+def test_verify_update_never_replaces_checksums_candorlm_did_not_write(tmp_path):
+    download = tmp_path / "download"
+    download.mkdir()
+    (download / "a.txt").write_text("a")
+    theirs = "# checksums from the publisher\n" + "0" * 64 + "  a.txt\n"
+    (download / MANIFEST_NAME).write_text(theirs)
+    assert_clean_error(run_cli("verify", download, "--update", check=False), "did not write")
+    assert (download / MANIFEST_NAME).read_text() == theirs
+    mine = tmp_path / "mine"  # a folder with no SHA256SUMS: a new one replaces nothing
+    mine.mkdir()
+    (mine / "b.txt").write_text("b")
+    run_cli("verify", mine, "--update")
+    assert verify(mine).checked == 1
+
+
+def test_backup_writes_nothing_into_the_source_and_names_what_it_skips(tmp_path, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"jpeg")
+    (photos / ".secret").write_text("hidden")
+    before = sorted(p.name for p in photos.iterdir())
+    with caplog.at_level("WARNING", logger="candorlm"):
+        report = backup(photos, tmp_path / "bak")
+    assert sorted(p.name for p in photos.iterdir()) == before  # no SHA256SUMS written into the source
+    assert report.checked == 1 and (tmp_path / "bak" / "a.jpg").read_bytes() == b"jpeg"
+    assert verify(tmp_path / "bak").ok and "1 hidden entries" in caplog.text and ".secret" in caplog.text

@@ -194,3 +194,39 @@ def test_generation_refuses_non_finite_weights(tmp_path, trained_run):
     write_manifest(run)  # an honest manifest: the weights themselves are the problem
     with pytest.raises(CandorError, match="non-finite weights"):
         load(run)
+
+
+def test_an_interrupted_overwrite_keeps_the_run_it_was_replacing(tmp_path, data_dir):
+    """Ctrl-C saves the new run (resumable), so it stays; the complete run it was replacing once
+    went with it. Now it is kept whole beside it, under a visible name the next command leaves alone."""
+    run = tmp_path / "run"
+    train(run, data=data_dir, model=TINY_MODEL, max_steps=2, **TINY_TRAIN)
+    weights = (run / "model.safetensors").read_bytes()
+    proc = subprocess.Popen([*_train_args(data_dir, run, 100000), "--overwrite"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoints(run, 3, proc)  # past the old run's last step: the new run's own checkpoint
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    kept = tmp_path / "run.replaced"
+    assert (kept / "model.safetensors").read_bytes() == weights
+    assert "kept whole in" in " ".join((out + err).split())
+    assert list_checkpoints(run / "checkpoints")  # the new run: resumable where it was
+    train(tmp_path / "next", data=data_dir, model=TINY_MODEL, max_steps=1, **TINY_TRAIN)  # sweeps the folder
+    assert (kept / "model.safetensors").read_bytes() == weights
+
+
+def test_resume_never_rewrites_a_backup_and_a_file_as_out_is_one_line(tmp_path, trained_run, data_dir):
+    from candorlm.privacy.integrity import backup
+
+    copy = tmp_path / "bak"
+    backup(trained_run, copy)
+    before = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*"))
+    with pytest.raises(CandorError, match="holds candorlm backup output, not a run"):
+        train(copy, data=data_dir, model=TINY_MODEL, max_steps=40, resume=True, **TINY_TRAIN)
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*")) == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(CandorError, match="is a file, not a directory"):
+        train(notes, data=data_dir, model=TINY_MODEL, max_steps=1, **TINY_TRAIN)
+    assert notes.read_text() == "mine"

@@ -8,6 +8,7 @@ one line and exit 2; Ctrl-C exits 130; nothing prints a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -85,6 +86,20 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+# A path the user named that cannot be read or written is the user's to fix, not a bug: one line each.
+_PATH_ERRORS = {
+    errno.ENOENT: "check that the path and the folders on the way exist",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder: name a file",
+    errno.EEXIST: "something of that name is already there: choose another path",
+    errno.EACCES: "no permission there: choose a path you can write, or change its permissions",
+    errno.EPERM: "not permitted there: choose a path you can write",
+    errno.EROFS: "that file system is read-only: choose another path",
+    errno.ENOSPC: "the disk is full: free some space and run it again",
+    errno.EDQUOT: "your disk quota is used up: free some space and run it again",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; every way it can end is an exit status and at most one line of error."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -112,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if extra is None or os.environ.get("CANDORLM_DEBUG"):
             raise
         fail(str(extras.MissingExtra(exc.name or "?", extra, " ".join(args[:1]) or None)))
+    except OSError as exc:
+        if os.environ.get("CANDORLM_DEBUG") or exc.filename is None or exc.errno not in _PATH_ERRORS:
+            raise
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else f"{exc.filename}"
+        fail(f"{exc.strerror}: {where}; {_PATH_ERRORS[exc.errno]}")
     except Exception as exc:  # noqa: BLE001 (a bug: say so in one line; the traceback on request)
         if os.environ.get("CANDORLM_DEBUG"):
             raise

@@ -29,10 +29,6 @@ from candorlm.model import DecoderLM
 from candorlm.rundir import RunDir, looks_like_old_run
 from candorlm.tokenizer import CHAT_ROLES, CHAT_TEMPLATE, Tokenizer
 
-# What `export` writes: an export directory without a marker (older candorlm) holds only these.
-HF_EXPORT_FILES = frozenset({"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                             "special_tokens_map.json", "tokenizer_config.json"})
-
 # candorlm parameter name -> Hugging Face Llama name; {i} is the layer index.
 _NAMES = {
     "tok_emb.weight": "model.embed_tokens.weight",
@@ -97,8 +93,9 @@ def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
         overwrite: Replace an export candorlm wrote in --out.
     """
     out = Path(out)
-    claim_dir(out, "hf-export", overwrite=overwrite, inputs=[run_dir],
-              legacy=lambda d: (d / "config.json").is_file() and {p.name for p in d.iterdir()} <= HF_EXPORT_FILES)
+    # No rule for unmarked exports: their file names are the ones any `save_pretrained` writes, so a
+    # user's own Hugging Face model would pass it.
+    claim_dir(out, "hf-export", overwrite=overwrite, inputs=[run_dir])
     lm = LanguageModel.load(run_dir, device="cpu")
     cfg = lm.model.cfg
     if cfg.mlp != "swiglu":

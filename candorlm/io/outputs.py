@@ -8,25 +8,26 @@ kinds: `data` (prepare), `run` (train, finetune, import), `encrypted` (encrypt o
 `backup`, `sweep`, `hf-export`. `--overwrite` replaces a target only when it is empty or carries
 candorlm's marker of the same kind (or, for directories made before markers existed, passes the
 caller's `legacy` test), and never `/`, the home directory, the working directory or any of its
-ancestors (`.` and `..` among them), nor a directory that holds one of the command's inputs;
-symbolic links are resolved first. A refusal is one CandorError that says why and what to do.
+ancestors (`.` and `..` among them), nor a path that is, holds or lies inside one of the
+command's inputs, nor one inside an encrypted tree; symbolic links are resolved first. A
+refusal is one CandorError that says why and what to do.
 
-A single file (scrub, encrypt or decrypt of one file) cannot carry a marker inside it, so the
-files candorlm writes are recorded in `.candorlm-files.json` beside them (kind, size, mtime):
-`--overwrite` replaces a file only while it is exactly as candorlm left it (an encrypted file is
-recognised by its header).
+A single file (scrub, encrypt or decrypt of one file, predict's output) cannot carry a marker
+inside it, so the files candorlm writes are recorded in `.candorlm-files.json` beside them (kind,
+size, mtime): `--overwrite` replaces a file only while it is exactly as candorlm left it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from candorlm.errors import CandorError
 from candorlm.io.files import atomic_write_text, read_json, remove_stale_temps, write_json
-from candorlm.io.sealed import is_encrypted
+from candorlm.io.sealed import TREE_MANIFEST
 
 log = logging.getLogger("candorlm")
 
@@ -70,17 +71,42 @@ def _forbidden(out: Path, inputs: Sequence[str | Path]) -> str | None:
         return "is the working directory"
     if target in cwd.parents:
         return "holds the working directory"
+    for folder in target.parents:
+        if (folder / TREE_MANIFEST).is_file():  # a plain file there leaks, and the tree no longer decrypts
+            return f"lies inside the encrypted tree {folder}"
     for given in inputs:
         source = Path(given).resolve()
         if source == target:
             return f"is the input {given}"
         if target in source.parents:
             return f"holds the input {given}"
+        if source in target.parents and source.is_dir():  # the next run would read its own output back
+            return f"lies inside the input {given}"
+    return None
+
+
+def _unreachable(out: Path) -> str | None:
+    """Why `out` cannot be created (checked before any work, so the work is not wasted), or None."""
+    parent = Path(os.path.abspath(out)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so {out} cannot be made there"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write in {parent} (permission denied)"
     return None
 
 
 def _refuse(out: Path, why: str, what: str) -> CandorError:
-    return CandorError(f"refusing to replace {out}: it {why}. Choose a new path for {what}")
+    verb = "replace" if out.exists() or out.is_symlink() else "write"
+    return CandorError(f"refusing to {verb} {out}: it {why}. Choose a new path for {what}")
+
+
+def refuse_unreachable(out: Path, what: str = "--out") -> None:
+    """Raise CandorError, before any work, when `out` cannot be created where it is named."""
+    blocked = _unreachable(out)
+    if blocked:
+        raise CandorError(f"{blocked}. Choose another path for {what}")
 
 
 def _inputs(inputs: Sequence[str | Path]) -> list[str | Path]:
@@ -99,6 +125,7 @@ def claim_dir(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | P
     if why:
         raise _refuse(out, why, what)
     if not out.exists() and not out.is_symlink():
+        refuse_unreachable(out, what)
         return False
     if out.is_symlink():
         raise _refuse(out, "is a symbolic link (candorlm replaces only what it wrote, and a link is not that)", what)
@@ -166,8 +193,6 @@ def write_owned_text(path: Path, text: str, kind: str, made_by: str) -> None:
 
 
 def _written_by_candorlm(path: Path, kind: str) -> bool:
-    if kind == "encrypted" and is_encrypted(path):
-        return True
     entry = _record(path.parent).get(path.name)
     if not isinstance(entry, dict) or entry.get("kind") != kind:
         return False
@@ -186,6 +211,7 @@ def claim_file(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | 
     if why:
         raise _refuse(out, why, what)
     if not out.exists() and not out.is_symlink():
+        refuse_unreachable(out, what)
         return False
     if out.is_dir() and not out.is_symlink():
         raise CandorError(f"{out} is a directory; {what} names the one file to write. Choose a file name")

@@ -16,7 +16,7 @@ from typing import Callable
 from candorlm.errors import CandorError
 from candorlm.io.files import swapped_into_place
 from candorlm.io.manifest import MANIFEST_NAME, verify_manifest, write_manifest
-from candorlm.io.outputs import claim_dir, claim_file, read_marker, record_file, write_marker
+from candorlm.io.outputs import claim_dir, claim_file, read_marker, record_file, refuse_unreachable, write_marker
 from candorlm.io.sealed import (TREE_MANIFEST, Key, decrypt_file, encrypt_file, is_encrypted, member_name,
                                 old_format, plain_in_tree, read_header, tree_root)
 from candorlm.io.sealedtree import open_tree, tree_files, tree_format, write_tree_manifest
@@ -35,6 +35,7 @@ def write_key_file(path: str | Path, overwrite: bool = False) -> Path:
     exists = CandorError(f"{path} already exists; refusing to overwrite a key (data encrypted with it would be lost)")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise exists
+    refuse_unreachable(path, "-o")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # O_EXCL: a file (or a link) that appears after the check is not overwritten either
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL), 0o600)

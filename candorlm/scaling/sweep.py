@@ -93,7 +93,7 @@ def sweep(data: str | Path, out: str | Path, presets: Sequence[str] = DEFAULT_PR
     if len(presets) < 2:
         raise CandorError("--presets: a sweep needs at least two sizes to fit a power law")
     # Each size's run is replaced by `train` itself (only once the new one is saved); the folder stays.
-    claim_dir(out, "sweep", overwrite=overwrite, inputs=[data], legacy=lambda d: (d / "sweep.json").is_file())
+    claim_dir(out, "sweep", overwrite=overwrite, inputs=[data])  # no rule for unmarked folders: any may hold a sweep.json
     shards = ShardSet(data)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "sweep", "candorlm sweep")

@@ -215,7 +215,8 @@ def test_explain_writes_only_into_a_new_empty_or_its_own_folder(tmp_path, traine
     (papers / "explain.html").write_text("my own page")
     proc = run_cli("explain", trained_run, "--prompt", "人民日报", "--method", "lens", "--out", papers, check=False)
     assert_clean_error(proc, "files candorlm did not write", "new or empty folder")
-    assert [p.name for p in papers.iterdir()] == ["explain.html"] and (papers / "explain.html").read_text() == "my own page"
+    assert [p.name for p in papers.iterdir()] == ["explain.html"]
+    assert (papers / "explain.html").read_text() == "my own page"
     out = tmp_path / "explain-out"
     run_cli("explain", trained_run, "--prompt", "人民日报", "--method", "lens", "--out", out)
     assert read_marker(out)["kind"] == "explain" and (out / "lens.png").is_file()
@@ -263,6 +264,23 @@ def test_backup_finetune_import_export_and_sweep_refuse_foreign_folders(tmp_path
                  ["sweep", "--data", data_dir, "--out", mine, "--overwrite"]):
         assert_clean_error(run_cli(*args, check=False), "was not written by candorlm")
     assert snapshot(mine) == before
+    # a user's own Hugging Face model (the file names `save_pretrained` writes) and a folder that
+    # happens to hold a sweep.json look like candorlm's unmarked output, but are not
+    model = tmp_path / "my-model"
+    model.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "special_tokens_map.json", "tokenizer_config.json"):
+        (model / name).write_text("theirs")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "sweep.json").write_text("{}")
+    (results / "thesis.tex").write_text("years of work")
+    before = snapshot(tmp_path)
+    assert_clean_error(run_cli("export", trained_run, "--out", model, "--overwrite", check=False),
+                       "was not written by candorlm")
+    assert_clean_error(run_cli("sweep", "--data", data_dir, "--out", results, "--overwrite", check=False),
+                       "was not written by candorlm")
+    assert snapshot(tmp_path) == before
 
 
 def test_own_output_is_replaced_and_carries_its_marker(tmp_path, corpus_file, data_dir, trained_run):
@@ -353,3 +371,46 @@ def test_tokenizer_train_never_overwrites_a_users_file(tmp_path, home):
     ours = tmp_path / "ours.json"
     run_cli("tokenizer", "train", notes, "--out", ours, "--kind", "char")
     run_cli("tokenizer", "train", notes, "--out", ours, "--kind", "char", "--overwrite")
+
+
+def test_outputs_inside_an_input_folder_or_an_encrypted_tree_are_refused(tmp_path, home):
+    notes = home / "project"
+    before = snapshot(home)
+    assert_clean_error(run_cli("scrub", notes, "-o", notes / "clean.txt", check=False), "lies inside the input")
+    assert_clean_error(run_cli("prepare", notes, "--out", notes / "data", "--tokenizer", "char", check=False),
+                       "lies inside the input")
+    assert snapshot(home) == before
+    key = key_file(tmp_path)
+    enc = tmp_path / "notes.enc"
+    run_cli("encrypt", notes, "-o", enc, "--key-file", key)
+    sealed = snapshot(enc)
+    member = enc / "notes.txt"
+    assert_clean_error(run_cli("decrypt", member, "-o", enc / "notes.plain.txt", "--key-file", key, check=False),
+                       "lies inside the encrypted tree")
+    assert_clean_error(run_cli("decrypt", enc, "-o", enc / "plain", "--key-file", key, check=False),
+                       "lies inside the encrypted tree")
+    assert_clean_error(run_cli("scrub", home / "other", "-o", enc / "clean.txt", check=False),
+                       "lies inside the encrypted tree")
+    # an encrypted file candorlm did not record (a member of a tree, another key's file) is not replaced
+    (tmp_path / "k2").mkdir()
+    other = key_file(tmp_path / "k2")
+    loose = tmp_path / "loose.enc"
+    loose.write_bytes(member.read_bytes())
+    assert_clean_error(run_cli("encrypt", home / "other" / "keep.txt", "-o", loose, "--key-file", other,
+                               "--overwrite", check=False), "was not written by candorlm")
+    assert snapshot(enc) == sealed and loose.read_bytes() == member.read_bytes()
+    run_cli("decrypt", enc, "-o", tmp_path / "back", "--key-file", key)  # the tree still decrypts
+
+
+def test_paths_that_cannot_be_made_are_one_line_before_any_work(tmp_path, home):
+    notes = home / "project" / "notes.txt"
+    for args in (["scrub", notes, "-o", notes / "clean.txt"],
+                 ["tokenizer", "train", notes, "--out", notes / "tok.json", "--kind", "char"],
+                 ["prepare", notes, "--out", notes / "data", "--tokenizer", "char"],
+                 ["keygen", "-o", notes / "k.key"]):
+        proc = run_cli(*args, check=False)
+        assert_clean_error(proc)
+        assert "is a file" in " ".join(proc.stderr.split()) or "not a folder" in " ".join(proc.stderr.split()), args
+    assert notes.is_file()
+    # where the file system itself says no (here /proc: no new folders), one line and exit 2, not "a bug"
+    assert_clean_error(run_cli("prepare", notes, "--out", "/proc/candorlm-x/data", "--tokenizer", "char", check=False))

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from candorlm.errors import CandorError
 from candorlm.io.files import atomic_write_text, read_json, remove_stale_temps, write_json
-from candorlm.io.sealed import TREE_MANIFEST
+from candorlm.io.sealed import tree_holding
 
 log = logging.getLogger("candorlm")
 
@@ -71,9 +71,9 @@ def _forbidden(out: Path, inputs: Sequence[str | Path]) -> str | None:
         return "is the working directory"
     if target in cwd.parents:
         return "holds the working directory"
-    for folder in target.parents:
-        if (folder / TREE_MANIFEST).is_file():  # a plain file there leaks, and the tree no longer decrypts
-            return f"lies inside the encrypted tree {folder}"
+    tree = tree_holding(target)
+    if tree is not None:
+        return f"lies inside the encrypted tree {tree}"
     for given in inputs:
         source = Path(given).resolve()
         if source == target:

@@ -66,6 +66,15 @@ class DecryptionError(CandorError):
 # ---------------------------------------------------------------- the format
 
 
+def tree_holding(path: str | Path) -> Path | None:
+    """The encrypted tree (a folder with a keyed manifest) that `path` lies inside, or None: no
+    plain file may be written there (it leaks, and the tree no longer decrypts)."""
+    for folder in Path(os.path.abspath(path)).parents:
+        if (folder / TREE_MANIFEST).is_file():
+            return folder
+    return None
+
+
 def _subkeys(master: bytes, salt: bytes) -> tuple[bytes, bytes]:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF

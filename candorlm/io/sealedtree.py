@@ -79,7 +79,7 @@ class SealedTree:
     files: dict[str, str]  # member path -> sha256 of its encrypted bytes
 
     def name(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root)).as_posix()
 
     def check_listing(self, ignore: Iterable[str] = ()) -> None:
         """Refuse a missing member, or a file that is not one (ignore: top-level entries that

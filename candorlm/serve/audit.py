@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candorlm.errors import CandorError
-from candorlm.io.sealed import is_encrypted
+from candorlm.io.sealed import is_encrypted, tree_holding
 from candorlm.serve.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,16 @@ class AuditLog:
                               f"{path / 'audit.jsonl'}")
         if path.exists() and not path.is_file():
             raise CandorError(f"the audit log {path} is not a regular file; give a file path with --audit-log")
+        tree = tree_holding(path)
+        if tree is not None:  # a plain log there leaks what was asked, and the tree no longer decrypts
+            raise CandorError(f"the audit log {path} would be written as plain text inside the encrypted tree {tree}; "
+                              f"give --audit-log a path outside it")
         if path.is_file() and path.stat().st_size:
             if is_encrypted(path):
                 raise CandorError(f"the audit log {path} is encrypted; give --audit-log a new path (the log is "
                                   f"written as plain text)")
             if not _starts_like_a_log(path):
-                raise CandorError(f"{path} is not a candorlm audit log (its first line is not a JSON record); give "
+                raise CandorError(f"{path} is not a candorlm audit log (its first line is not an audit record); give "
                                   f"another --audit-log path, so that nothing is added to a file of yours")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,12 +155,16 @@ class AuditLog:
 
 
 def _starts_like_a_log(path: Path) -> bool:
+    """Whether the first line is one of our records (a JSONL corpus of the user's starts with an
+    object too, so a JSON object alone does not make a log)."""
     with path.open("rb") as f:
         first = f.readline(1 << 20)
     try:
-        return isinstance(json.loads(first), dict)
+        record = json.loads(first)
     except ValueError:
         return False
+    return isinstance(record, dict) and {"time", "request_id", "method", "path"} <= record.keys() and \
+        str(record["request_id"]).startswith("req-")
 
 
 class AuditMiddleware:

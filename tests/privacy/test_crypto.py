@@ -208,3 +208,12 @@ def test_keygen_never_writes_through_a_link(tmp_path):
     assert not (tmp_path / "elsewhere.txt").exists()
     key = write_key_file(tmp_path / "new.key")
     assert oct(key.stat().st_mode & 0o777) == "0o600" and len(key.read_text().strip()) == 64
+
+
+def test_one_member_of_an_encrypted_tree_decrypts_by_a_relative_path(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("第一段")
+    run_cli("keygen", "-o", tmp_path / "k.key")
+    run_cli("encrypt", "notes", "-o", "notes.enc", "--key-file", "k.key", cwd=tmp_path)
+    run_cli("decrypt", "notes.enc/a.txt", "-o", "a.txt", "--key-file", "k.key", cwd=tmp_path)
+    assert (tmp_path / "a.txt").read_text() == "第一段"

@@ -71,9 +71,23 @@ def test_an_encrypted_run_needs_an_audit_log_outside_it(trained_run, tmp_path):
     encrypt_path(trained_run, tmp_path / "enc", key)
     with pytest.raises(CandorError, match="is encrypted, and candorlm does not write into an encrypted run"):
         serve(tmp_path / "enc", key=key)
-    (tmp_path / "enc" / "audit.jsonl").write_bytes((tmp_path / "enc" / "config.toml").read_bytes())
+    sealed = sorted(p.name for p in (tmp_path / "enc").iterdir())
+    for inside in (tmp_path / "enc" / "audit.jsonl", tmp_path / "enc" / "logs" / "audit.jsonl"):
+        with pytest.raises(CandorError, match="plain text inside the encrypted tree"):
+            serve(tmp_path / "enc", key=key, audit_log=inside)
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == sealed
+    (tmp_path / "old.jsonl").write_bytes((tmp_path / "enc" / "config.toml").read_bytes())
     with pytest.raises(CandorError, match="the audit log .* is encrypted"):
-        serve(tmp_path / "enc", key=key, audit_log=tmp_path / "enc" / "audit.jsonl")
+        serve(tmp_path / "enc", key=key, audit_log=tmp_path / "old.jsonl")
+
+
+def test_a_jsonl_corpus_is_not_taken_for_an_audit_log(trained_run, tmp_path):
+    corpus = tmp_path / "reviews.jsonl"
+    corpus.write_text('{"text": "很好用", "label": "pos"}\n', encoding="utf-8")
+    before = corpus.read_bytes()
+    with pytest.raises(CandorError, match="is not a candorlm audit log"):
+        serve(trained_run, audit_log=corpus)
+    assert corpus.read_bytes() == before
 
 
 def test_a_port_in_use_and_an_address_not_ours_are_one_line(trained_run, tmp_path):

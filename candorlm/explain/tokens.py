@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, replace
 
 from candorlm.errors import CandorError
@@ -77,13 +78,15 @@ def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
     """One visible label per token. A byte-level token that holds part of a character (a Chinese
     character is three UTF-8 bytes and BPE may split it) shows that character with a dot on
     the side where the rest of it lies: '爱·' then '·爱'. Newlines, tabs and blank tokens are
-    drawn as ↵, ⇥ and ␣."""
+    drawn as ↵, ⇥ and ␣, other control characters as \\xNN (no font has a glyph for them)."""
     return [_visible(label) for label in _raw_labels(tokenizer, ids)]
 
 
 def _visible(label: str) -> str:
     label = label.replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵").replace("\t", "⇥")
-    return "␣" * len(label) if label and not label.strip() else label
+    if label and not label.strip():
+        return "␣" * len(label)
+    return "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in label)
 
 
 def _raw_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:

@@ -37,8 +37,10 @@ def test_labels_show_split_characters_and_specials(lm):
     assert labels[0] == "<|bos|>" and labels[-1] == "↵"
     assert all(label for label in labels)  # every token has something to show
     # A character split across two byte tokens is shown on both, dotted where the rest lies.
-    from candorlm.explain.tokens import _label_run
+    from candorlm.explain.tokens import _label_run, _visible
     assert _label_run(["爱".encode()[:2], "爱".encode()[2:] + b"ab"]) == ["爱·", "·爱ab"]
+    # control characters have no glyph in any font (figures drew boxes): written as escapes
+    assert _visible("a\x1ab\x00") == "a\\x1ab\\x00" and _visible("\t") == "⇥" and _visible("  ") == "␣␣"
 
 
 def test_logit_lens_last_row_is_the_model_output(lm):

@@ -31,7 +31,7 @@ def train_tokenizer_file(sources: Sequence[str], out: str | Path, kind: Tokenize
         overwrite: Replace a tokenizer file candorlm wrote there.
     """
     out = Path(out)
-    claim_file(out, "tokenizer", overwrite=overwrite, inputs=sources)
+    claim_file(out, "tokenizer", overwrite=overwrite, inputs=sources, walked=True)
     corpus = Corpus(sources, text_field=text_field)
     tokenizer = train_tokenizer(corpus.texts(), kind, vocab_size)
     corpus.check_not_empty()
@@ -72,7 +72,7 @@ def prepare(sources: Sequence[str], out: str | Path, *, tokenizer: TokenizerKind
     """
     out = Path(out)
     claim_dir(out, "data", overwrite=overwrite, inputs=[*sources, *([tokenizer_file] if tokenizer_file else [])],
-              legacy=looks_like_old_data)
+              legacy=looks_like_old_data, walked=True)
     corpus: Any = Corpus(sources, text_field=text_field)
     wrapped = []
     for wrap in filters:

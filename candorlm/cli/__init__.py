@@ -97,6 +97,8 @@ _PATH_ERRORS = {
     errno.EROFS: "that file system is read-only: choose another path",
     errno.ENOSPC: "the disk is full: free some space and run it again",
     errno.EDQUOT: "your disk quota is used up: free some space and run it again",
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.ELOOP: "its symbolic links go round in a loop: choose another path",
 }
 
 
@@ -127,14 +129,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if extra is None or os.environ.get("CANDORLM_DEBUG"):
             raise
         fail(str(extras.MissingExtra(exc.name or "?", extra, " ".join(args[:1]) or None)))
-    except OSError as exc:
-        if os.environ.get("CANDORLM_DEBUG") or exc.filename is None or exc.errno not in _PATH_ERRORS:
-            raise
-        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else f"{exc.filename}"
-        fail(f"{exc.strerror}: {where}; {_PATH_ERRORS[exc.errno]}")
     except Exception as exc:  # noqa: BLE001 (a bug: say so in one line; the traceback on request)
         if os.environ.get("CANDORLM_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename is not None and exc.errno in _PATH_ERRORS:
+            where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else f"{exc.filename}"
+            fail(f"{exc.strerror}: {where}; {_PATH_ERRORS[exc.errno]}")
         fail(f"unexpected {type(exc).__name__}: {exc} (a bug in candorlm; CANDORLM_DEBUG=1 shows the traceback)", 1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -84,9 +84,8 @@ def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
 
 def _visible(label: str) -> str:
     label = label.replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵").replace("\t", "⇥")
-    if label and not label.strip():
-        return "␣" * len(label)
-    return "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in label)
+    label = "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in label)
+    return "␣" * len(label) if label and not label.strip() else label
 
 
 def _raw_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:

@@ -83,10 +83,15 @@ def remove_stale_temps(directory: Path) -> list[Path]:
         if not m or m["host"] != here or _pid_alive(int(m["pid"])):
             continue
         dest = directory / m["name"]
-        if m["purpose"] == "old" and not dest.exists() and not dest.is_symlink():
+        if m["purpose"] in ("old", "replaced") and not dest.exists() and not dest.is_symlink():
             os.replace(path, dest)  # killed between setting the old one aside and putting the new one in place
             log.warning("found %s set aside by a candorlm command that was killed (pid %s); put it back as %s",
                         path, m["pid"], dest)
+            continue
+        if m["purpose"] == "replaced":  # whole, while what replaced it may not be (a training run): kept
+            kept = keep_beside(path, dest)
+            log.warning("found %s, which a candorlm command killed before its end (pid %s) was replacing; kept "
+                        "whole as %s (delete it once you no longer need it)", dest, m["pid"], kept)
             continue
         _remove(path)
         if not path.exists():
@@ -243,11 +248,25 @@ def sha256_file(path: Path) -> str:
 # ---------------------------------------------------------------- whole directories
 
 
-def set_aside(dest: Path) -> Path:
-    """Rename `dest` to a hidden temporary sibling (purpose `old`); returns the new name."""
-    old = temp_path(dest, "old")
+def set_aside(dest: Path, purpose: str = "old") -> Path:
+    """Rename `dest` to a hidden temporary sibling; returns the new name. Purpose `old`: the
+    replacement is complete before it goes in place, so a leftover is removed once the new one is
+    there; `replaced`: the replacement may stop half-way (training), so a leftover is kept."""
+    old = temp_path(dest, purpose)
     os.replace(dest, old)
     return old
+
+
+def keep_beside(path: Path, dest: Path) -> Path:
+    """Move `path` to a visible sibling of `dest`, `NAME.replaced` (or `.replaced-2`, ...): kept for
+    the user to keep or delete, under a name no candorlm command removes."""
+    keep = dest.with_name(f"{dest.name}.replaced")
+    n = 1
+    while keep.exists() or keep.is_symlink():
+        n += 1
+        keep = dest.with_name(f"{dest.name}.replaced-{n}")
+    os.replace(path, keep)
+    return keep
 
 
 @contextlib.contextmanager

@@ -8,9 +8,9 @@ kinds: `data` (prepare), `run` (train, finetune, import), `encrypted` (encrypt o
 `backup`, `sweep`, `hf-export`. `--overwrite` replaces a target only when it is empty or carries
 candorlm's marker of the same kind (or, for directories made before markers existed, passes the
 caller's `legacy` test), and never `/`, the home directory, the working directory or any of its
-ancestors (`.` and `..` among them), nor a path that is, holds or lies inside one of the
-command's inputs, nor one inside an encrypted tree; symbolic links are resolved first. A
-refusal is one CandorError that says why and what to do.
+ancestors (`.` and `..` among them), nor a path that is or holds one of the command's inputs (or
+lies inside an input folder the command reads whole), nor one inside an encrypted tree;
+symbolic links are resolved first. A refusal is one CandorError that says why and what to do.
 
 A single file (scrub, encrypt or decrypt of one file, predict's output) cannot carry a marker
 inside it, so the files candorlm writes are recorded in `.candorlm-files.json` beside them (kind,
@@ -55,8 +55,9 @@ def write_marker(directory: Path, kind: str, made_by: str, **extra: Any) -> Path
     return path
 
 
-def _forbidden(out: Path, inputs: Sequence[str | Path]) -> str | None:
-    """Why `out` may never be replaced, or None."""
+def _forbidden(out: Path, inputs: Sequence[str | Path], walked: bool = False) -> str | None:
+    """Why `out` may never be replaced, or None (walked: the command reads every file under its
+    input folders, so an output inside one would be read back by the next run)."""
     target = out.resolve()
     cwd = Path.cwd().resolve()
     try:
@@ -80,8 +81,8 @@ def _forbidden(out: Path, inputs: Sequence[str | Path]) -> str | None:
             return f"is the input {given}"
         if target in source.parents:
             return f"holds the input {given}"
-        if source in target.parents and source.is_dir():  # the next run would read its own output back
-            return f"lies inside the input {given}"
+        if walked and source in target.parents and source.is_dir():
+            return f"lies inside the input folder {given}, whose every file is read: the next run would read it back"
     return None
 
 
@@ -115,13 +116,14 @@ def _inputs(inputs: Sequence[str | Path]) -> list[str | Path]:
 
 
 def claim_dir(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | Path] = (),
-              legacy: Callable[[Path], bool] | None = None, what: str = "--out") -> bool:
+              legacy: Callable[[Path], bool] | None = None, what: str = "--out", walked: bool = False) -> bool:
     """May a directory of `kind` be written at `out`? Returns True when it will replace one
-    (build the new one with `swapped_into_place`); raises a CandorError when it may not."""
+    (build the new one with `swapped_into_place`); raises a CandorError when it may not.
+    walked: the command reads every file under its input folders (see `_forbidden`)."""
     out = Path(out)
     if out.parent.is_dir():
         remove_stale_temps(out.parent)
-    why = _forbidden(out, _inputs(inputs))
+    why = _forbidden(out, _inputs(inputs), walked)
     if why:
         raise _refuse(out, why, what)
     if not out.exists() and not out.is_symlink():
@@ -201,13 +203,13 @@ def _written_by_candorlm(path: Path, kind: str) -> bool:
 
 
 def claim_file(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | Path] = (),
-               what: str = "--out") -> bool:
+               what: str = "--out", walked: bool = False) -> bool:
     """`claim_dir` for a single output file; True when it will replace one (write it with
     `atomic_output`, then `record_file`)."""
     out = Path(out)
     if out.parent.is_dir():
         remove_stale_temps(out.parent)
-    why = _forbidden(out, _inputs(inputs))
+    why = _forbidden(out, _inputs(inputs), walked)
     if why:
         raise _refuse(out, why, what)
     if not out.exists() and not out.is_symlink():

@@ -8,6 +8,7 @@ layer, `candorlm.io.sealed`; this module builds on them.
 from __future__ import annotations
 
 import logging
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -38,9 +39,14 @@ def write_key_file(path: str | Path, overwrite: bool = False) -> Path:
     refuse_unreachable(path, "-o")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # O_EXCL: a file (or a link) that appears after the check is not overwritten either
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL), 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if overwrite else os.O_EXCL),
+                     0o600)
     except FileExistsError:
         raise exists from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise CandorError(f"{path} is a symbolic link; a key is written only to a file of its own name") from None
     os.fchmod(fd, 0o600)  # an existing file (--overwrite) keeps its mode otherwise
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(generate_key().hex() + "\n")
@@ -71,7 +77,7 @@ def _transform_tree(src: Path, out: Path, overwrite: bool, one: Callable[[Path, 
     if src.resolve() == out.resolve():
         raise CandorError("the output must differ from the input (write to a new path, then replace the old one)")
     if src.is_file():
-        claim_file(out, file_kind, overwrite=overwrite, inputs=[src])
+        claim_file(out, file_kind, overwrite=overwrite, inputs=[src], walked=True)
         one(src, out)
         record_file(out, file_kind, command)
         if on_file:
@@ -79,7 +85,7 @@ def _transform_tree(src: Path, out: Path, overwrite: bool, one: Callable[[Path, 
         return [out]
     if not src.is_dir():
         raise CandorError(f"not found: {src}")
-    claim_dir(out, kind, overwrite=overwrite, inputs=[src], legacy=_legacy(kind))
+    claim_dir(out, kind, overwrite=overwrite, inputs=[src], legacy=_legacy(kind), walked=True)
     if plain_sums and (src / MANIFEST_NAME).is_file():
         verify_manifest(src, check_extra=False)  # never carry damage silently into the copy
     with swapped_into_place(out, purpose=command.split()[-1]) as tmp:

@@ -30,16 +30,15 @@ def backup(src: str | Path, dest: str | Path, overwrite: bool = False) -> Verify
     from candorlm.shards import looks_like_old_data  # (numpy and torch: only here)
 
     claim_dir(dest, "backup", overwrite=overwrite, inputs=[src], what="the destination",
-              legacy=lambda d: looks_like_old_run(d) or looks_like_old_data(d))
+              legacy=lambda d: looks_like_old_run(d) or looks_like_old_data(d), walked=True)
     has_manifest = (src / MANIFEST_NAME).is_file()
     if has_manifest:
         verify_manifest(src, check_extra=False)
     entries = None if has_manifest else hash_files(src)  # nothing is written into the source
-    skipped = [p.relative_to(src).as_posix() for p in src.iterdir() if p.name.startswith(".") and p.name not in
-               (MARKER, FILES_RECORD) and TEMP_TAG not in p.name]
+    skipped = _hidden_entries(src)
     if skipped:
-        log.warning("not copied: %d hidden entries at the top of %s (%s); a backup holds the files its "
-                    "manifest covers", len(skipped), src, ", ".join(skipped[:5]))
+        log.warning("not copied: %d hidden entries in %s (%s); a backup holds the files its manifest covers",
+                    len(skipped), src, ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
     with swapped_into_place(dest) as tmp:
         for file in manifest_files(src) + ([src / MANIFEST_NAME] if has_manifest else []):
             target = tmp / file.relative_to(src)
@@ -50,10 +49,25 @@ def backup(src: str | Path, dest: str | Path, overwrite: bool = False) -> Verify
         if not has_manifest:
             write_manifest(tmp, entries)  # the source's hashes, taken before the copy: the copy is checked against them
         report = verify_manifest(tmp)
-        of = (read_marker(src) or {}).get("kind")
+        source = read_marker(src) or {}
+        # a backup of a backup is a backup of what the first one copied
+        of = source.get("of") if source.get("kind") == "backup" else source.get("kind")
         write_marker(tmp, "backup", "candorlm backup", source=str(src), **({"of": of} if of else {}))
     report.root = dest
     return report
+
+
+def _hidden_entries(root: Path) -> list[str]:
+    """The hidden files and folders under root that a manifest leaves out (the outermost of each,
+    at any depth), but for candorlm's own marker, record and temporaries."""
+    found = []
+    for path in root.rglob(".*"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts[:-1]):  # inside one already named
+            continue
+        if path.name not in (MARKER, FILES_RECORD) and TEMP_TAG not in path.name:
+            found.append(rel.as_posix())
+    return sorted(found)
 
 
 def update_manifest(path: str | Path) -> Path:

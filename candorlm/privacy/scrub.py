@@ -195,12 +195,12 @@ def scrub(sources: Sequence[str], out: str | Path, *, operator: str = "placehold
         overwrite: Replace an existing output file (and --report file) that candorlm wrote.
     """
     out = Path(out)
-    claim_file(out, "scrubbed", overwrite=overwrite, inputs=sources)
+    claim_file(out, "scrubbed", overwrite=overwrite, inputs=sources, walked=True)
     if report is not None:  # checked before the work, as the output is: never a source, never the output
         report = Path(report)
         if report.resolve() == out.resolve():
             raise CandorError(f"--report and -o/--out both name {out}; give the report a file name of its own")
-        claim_file(report, REPORT_KIND, overwrite=overwrite, inputs=sources, what="--report")
+        claim_file(report, REPORT_KIND, overwrite=overwrite, inputs=sources, what="--report", walked=True)
     corpus = Corpus(sources, text_field=text_field)
     anonymizer = Anonymizer(operator, types, key)
     workers = workers or min(4, os.cpu_count() or 1)

@@ -93,7 +93,7 @@ def sweep(data: str | Path, out: str | Path, presets: Sequence[str] = DEFAULT_PR
     if len(presets) < 2:
         raise CandorError("--presets: a sweep needs at least two sizes to fit a power law")
     # Each size's run is replaced by `train` itself (only once the new one is saved); the folder stays.
-    claim_dir(out, "sweep", overwrite=overwrite, inputs=[data])  # no rule for unmarked folders: any may hold a sweep.json
+    claim_dir(out, "sweep", overwrite=overwrite, inputs=[data])  # no legacy rule: any folder may hold a sweep.json
     shards = ShardSet(data)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "sweep", "candorlm sweep")
@@ -121,7 +121,9 @@ def sweep(data: str | Path, out: str | Path, presets: Sequence[str] = DEFAULT_PR
         run = out / name
         result = train(run, data=data, preset=name, overrides=list(overrides), overwrite=True, **settings)
         if result.interrupted:
-            raise CandorError(f"the sweep was interrupted while training {name}; run it again with --overwrite")
+            kept = max(out.glob(f"{name}.replaced*"), key=lambda p: p.stat().st_mtime, default=None)
+            also = f" (the previous {name} run is kept as {kept}: delete it if you do not need it)" if kept else ""
+            raise CandorError(f"the sweep was interrupted while training {name}; run it again with --overwrite{also}")
         lm = LanguageModel.load(run, device="cpu")
         final = evaluate_bpb(lm.model, shards.windows("val", lm.config.seq_len), lm.tokenizer.token_byte_lengths())
         ledger = read_json(run / "ledger.json")["train"]["total"]

@@ -29,7 +29,7 @@ from candorlm.config import RunConfig
 from candorlm.device import autocast, keep_freed_memory, resolve_precision, set_threads, to_device
 from candorlm.errors import CandorError
 from candorlm.evaluate import eval_window_count, evaluate_bpb
-from candorlm.io.files import atomic_write_text, set_aside
+from candorlm.io.files import atomic_write_text, keep_beside, set_aside
 from candorlm.io.outputs import claim_dir, read_marker, write_marker
 from candorlm.model import build_model, lm_loss
 from candorlm.model.compiled import is_compiled, uncompile_blocks
@@ -147,8 +147,8 @@ class Trainer:
             marker = read_marker(path)
             if marker is not None and marker["kind"] != "run":  # a backup or export: resuming would rewrite it
                 raise CandorError(f"--resume: {path} holds candorlm {marker['kind']} output, not a run, and resuming "
-                                  f"would change it; resume the run itself, or copy this one to a new folder "
-                                  f"(candorlm backup {path} NEW) and resume there")
+                                  f"would change it; resume the run itself, or to go on from this copy: cp -r {path} "
+                                  f"NEW && rm NEW/.candorlm.json, then --resume --out NEW")
             previous = self.run.read_config()
             if previous.model != config.model:
                 raise CandorError(f"--resume: {path} was trained with a different model config; "
@@ -302,7 +302,7 @@ class Trainer:
         # Every rank checks; if the check fails on any, every rank stops (none waits in a collective).
         self.resume_from = self.agree.on_every(lambda: self._claim_run_dir(self.config, self.resume, self.overwrite))
         if self.replace_existing:  # rank 0; the others wait in _write_run_files
-            self.replaced = set_aside(self.run.path)
+            self.replaced = set_aside(self.run.path, "replaced")  # kept, not cleared, if this process is killed
         try:
             result = self._fit()
         except CollectiveFailed as exc:  # a rank died or the ranks disagreed: say what is left to resume
@@ -337,20 +337,14 @@ class Trainer:
 
     def _keep_replaced(self) -> None:
         """The new run stopped before its end but can be resumed: the whole run it was replacing
-        moves from its hidden set-aside name (which the next command would clear) to a visible
-        sibling, for the user to keep or delete; candorlm never removes it."""
+        moves from its hidden set-aside name to a visible sibling, for the user to keep or delete."""
         assert self.replaced is not None
         old = RunDir(self.replaced)
         if not old.weights.is_file() and latest_checkpoint(old.checkpoints) is None:  # no model in it to keep
             shutil.rmtree(self.replaced, ignore_errors=True)
             self.replaced = None
             return
-        keep = self.run.path.with_name(f"{self.run.path.name}.replaced")
-        n = 1
-        while keep.exists() or keep.is_symlink():
-            n += 1
-            keep = self.run.path.with_name(f"{self.run.path.name}.replaced-{n}")
-        os.replace(self.replaced, keep)
+        keep = keep_beside(self.replaced, self.run.path)
         self.replaced = None
         log.warning("the new run stopped before its end; the run it was replacing is kept whole in %s "
                     "(finish this one with --resume, then delete %s if you no longer need it)", keep, keep)

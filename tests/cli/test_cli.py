@@ -84,3 +84,26 @@ def test_bad_input_is_a_clear_error(case, tmp_path, data_dir, trained_run):
     elif case == "bad_preset":
         assert_clean_error(run_cli("train", "--data", data_dir, "--out", tmp_path / "r", "--preset", "huge",
                                    check=False), "unknown preset 'huge'", "tiny")
+
+
+def test_an_os_error_is_one_line_path_errors_exit_2_others_exit_1(monkeypatch, capsys, tmp_path):
+    """A path the file system refuses is the user's to fix (exit 2); any other OSError is a bug
+    (exit 1). Both one line, never a traceback (an OSError without a file name once re-raised)."""
+    import errno
+    import os
+
+    from candorlm.cli import main
+
+    def raises(error):
+        def keygen(*args, **kwargs):
+            raise error
+        return keygen
+
+    for error, code, fragment in ((OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), "x" * 300), 2,
+                                   "choose a shorter name"),
+                                  (OSError(errno.EIO, os.strerror(errno.EIO)), 1, "a bug in candorlm")):
+        monkeypatch.setattr("candorlm.privacy.crypto.write_key_file", raises(error))  # imported when keygen runs
+        with pytest.raises(SystemExit) as exit_:
+            main(["keygen", "-o", str(tmp_path / "k.key")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == code and fragment in " ".join(err.split()) and "Traceback" not in err

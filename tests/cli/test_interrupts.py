@@ -119,3 +119,32 @@ def test_a_live_writers_temporary_is_left_alone(tmp_path):
     other.write_text("someone else's")
     assert remove_stale_temps(tmp_path) == []
     assert mine.exists() and other.exists()
+
+
+def test_a_killed_trainings_replaced_run_is_kept_not_cleared(tmp_path):
+    """A train --overwrite killed (kill -9, the OOM killer) leaves the run it was replacing set
+    aside while its own run is half-made: the next command keeps it whole, visibly, where an
+    `old` leftover (the replacement was complete) is cleared."""
+    import subprocess
+    import sys
+
+    from candorlm.io.files import remove_stale_temps, temp_path
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "run"
+    run.mkdir()  # the new run, half-made
+    aside = temp_path(run, "replaced", pid=dead.pid)
+    aside.mkdir()
+    (aside / "model.safetensors").write_bytes(b"weights of the old run")
+    remove_stale_temps(tmp_path)
+    kept = tmp_path / "run.replaced"
+    assert (kept / "model.safetensors").read_bytes() == b"weights of the old run" and not aside.exists()
+    again = temp_path(run, "replaced", pid=dead.pid)  # a second time: a free name, never over the first
+    again.mkdir()
+    remove_stale_temps(tmp_path)
+    assert (tmp_path / "run.replaced-2").is_dir() and kept.is_dir()
+    lone = temp_path(tmp_path / "solo", "replaced", pid=dead.pid)  # nothing took its place: put back
+    lone.mkdir()
+    remove_stale_temps(tmp_path)
+    assert (tmp_path / "solo").is_dir() and not lone.exists()

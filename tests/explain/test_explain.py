@@ -41,6 +41,7 @@ def test_labels_show_split_characters_and_specials(lm):
     assert _label_run(["爱".encode()[:2], "爱".encode()[2:] + b"ab"]) == ["爱·", "·爱ab"]
     # control characters have no glyph in any font (figures drew boxes): written as escapes
     assert _visible("a\x1ab\x00") == "a\\x1ab\\x00" and _visible("\t") == "⇥" and _visible("  ") == "␣␣"
+    assert _visible("\x1f") == "\\x1f" and _visible("\u3000") == "␣"  # a separator counts as blank to str.strip
 
 
 def test_logit_lens_last_row_is_the_model_output(lm):

@@ -206,6 +206,9 @@ def test_keygen_never_writes_through_a_link(tmp_path):
     with pytest.raises(CandorError, match="refusing to overwrite a key"):
         write_key_file(link)
     assert not (tmp_path / "elsewhere.txt").exists()
+    with pytest.raises(CandorError, match="symbolic link"):
+        write_key_file(link, overwrite=True)  # the library's overwrite does not follow a link either
+    assert not (tmp_path / "elsewhere.txt").exists()
     key = write_key_file(tmp_path / "new.key")
     assert oct(key.stat().st_mode & 0o777) == "0o600" and len(key.read_text().strip()) == 64
 

@@ -110,12 +110,22 @@ def test_verify_update_never_replaces_checksums_candorlm_did_not_write(tmp_path)
 
 def test_backup_writes_nothing_into_the_source_and_names_what_it_skips(tmp_path, caplog):
     photos = tmp_path / "photos"
-    photos.mkdir()
+    (photos / "sub").mkdir(parents=True)
     (photos / "a.jpg").write_bytes(b"jpeg")
     (photos / ".secret").write_text("hidden")
+    (photos / "sub" / ".env").write_text("hidden deeper")
     before = sorted(p.name for p in photos.iterdir())
     with caplog.at_level("WARNING", logger="candorlm"):
         report = backup(photos, tmp_path / "bak")
     assert sorted(p.name for p in photos.iterdir()) == before  # no SHA256SUMS written into the source
     assert report.checked == 1 and (tmp_path / "bak" / "a.jpg").read_bytes() == b"jpeg"
-    assert verify(tmp_path / "bak").ok and "1 hidden entries" in caplog.text and ".secret" in caplog.text
+    assert verify(tmp_path / "bak").ok and "2 hidden entries" in caplog.text
+    assert ".secret" in caplog.text and "sub/.env" in caplog.text
+
+
+def test_a_backup_of_a_backup_says_what_it_is_a_backup_of(tmp_path, trained_run):
+    from candorlm.io.outputs import read_marker
+
+    backup(trained_run, tmp_path / "one")
+    backup(tmp_path / "one", tmp_path / "two")
+    assert read_marker(tmp_path / "one")["of"] == read_marker(tmp_path / "two")["of"] == "run"

@@ -138,6 +138,9 @@ def test_predict_output_never_replaces_what_candorlm_did_not_write(runs, tmp_pat
     run_cli("predict", sent, "--input", reviews, "--output", out)
     run_cli("predict", sent, "--input", "好", "--output", out, "--overwrite")  # its own output: replaced
     assert [json.loads(line)["input"] for line in out.read_text(encoding="utf-8").splitlines()] == ["好"]
+    beside = sent / "predictions.jsonl"  # inside the run: fine (predict reads only the run's own files)
+    run_cli("predict", sent, "--input", "好", "--output", beside)
+    beside.unlink()
     out.write_text("my edits", encoding="utf-8")
     assert_clean_error(run_cli("predict", sent, "--input", "好", "--output", out, "--overwrite", check=False),
                        "changed since")

@@ -67,6 +67,23 @@ RUN_ENTRIES = frozenset({
     "checkpoints", "metrics.jsonl", "ledger.json", "evals", "task.json", "dp.json", "canaries.json",
     "SHA256SUMS", "explain", "report", "report.html", "report.json", "report.md",
 })
+# ... and what a task run or `serve` adds: a sentiment mix's NB-LR, a pinyin tagger's n-gram LM, the audit log
+TASK_RUN_ENTRIES = frozenset({"nblr.safetensors", "nblr.json", "ngram.safetensors", "audit.jsonl"})
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """The entries at a run directory's top that candorlm did not write there (hidden ones aside):
+    what `--overwrite` would delete of someone else's."""
+    from candorlm.io.manifest import MANIFEST_NAME, read_manifest
+
+    listed: set[str] = set()
+    if (path / MANIFEST_NAME).is_file():
+        try:
+            listed = {name.split("/", 1)[0] for name in read_manifest(path)}
+        except CandorError:
+            pass
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith(".")
+                  and p.name not in RUN_ENTRIES | TASK_RUN_ENTRIES | listed)
 
 
 def looks_like_old_run(path: Path) -> bool:

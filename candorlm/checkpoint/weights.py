@@ -34,7 +34,10 @@ def load_weights(model: nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         raise CandorError(f"{path} does not fit this model's shapes ({exc})") from None
     if missing or unexpected:
-        raise CandorError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        hint = ("; they are a fine-tuned task model's (a backbone and a head), so the run's task.json is missing or "
+                "damaged: restore the run from a backup" if any(k.startswith("backbone.") for k in unexpected) else "")
+        raise CandorError(f"{path} does not match the model: missing {sorted(missing)[:5]}, unexpected "
+                          f"{sorted(unexpected)[:5]}{hint}")
 
 
 def _load_encrypted_weights(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:

@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
     except aborted:
-        sys.exit(130)
+        fail("interrupted", 130)  # (each command has cleaned up after itself by now)
     except ModuleNotFoundError as exc:
         extra = extras.extra_for(exc.name)
         if extra is None or os.environ.get("CANDORLM_DEBUG"):
@@ -136,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else f"{exc.filename}"
             fail(f"{exc.strerror}: {where}; {_PATH_ERRORS[exc.errno]}")
         fail(f"unexpected {type(exc).__name__}: {exc} (a bug in candorlm; CANDORLM_DEBUG=1 shows the traceback)", 1)
+    if code == 130:  # Ctrl-C (click hands it back as a status): one line, not silence
+        fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

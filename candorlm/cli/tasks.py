@@ -16,6 +16,11 @@ from candorlm.errors import CandorError
 PANEL = "Tasks and evaluation"
 
 
+# The finetune options that only some tasks take (the others take every task's).
+TASK_OPTIONS = {"labels": ("sentiment",), "head": ("qa", "translate"), "mlm_weight": ("sentiment",),
+                "ensemble": ("sentiment",), "prompt_loss": ("chat",)}
+
+
 @needs("tasks")
 @options_from("candorlm.tasks.finetune:finetune", flags={"evaluate": "--test/--no-test", "time_budget": "--time"})
 @options_from("candorlm.tasks.translate:evaluate", only=("beam_size",), help_prefix="translate: test evaluation's ")
@@ -62,10 +67,11 @@ def finetune(
                                           vocab_size=vocab_size, head=head, mlm_weight=mlm_weight,
                                           ensemble=ensemble, prompt_loss=prompt_loss).items()
                     if v is not None}
-    if prompt_loss is not None and options["task"] != "chat":
-        raise CandorError(f"--prompt-loss is a chat option, not a {options['task']} one")
-    if ensemble is not None and options["task"] != "sentiment":
-        raise CandorError(f"--ensemble is a sentiment option, not a {options['task']} one")
+    for name in task_options:  # an option of another task would be silently ignored
+        tasks = TASK_OPTIONS.get(name)
+        if tasks is not None and options["task"] not in tasks:
+            raise CandorError(f"--{name.replace('_', '-')} is a {' and '.join(tasks)} option, not a {options['task']} "
+                              f"one")
     beam_size = options.pop("beam_size")
     if options["task"] == "translate":
         task_options["beam_size"] = beam_size

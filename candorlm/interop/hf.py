@@ -26,7 +26,7 @@ from candorlm.io.manifest import write_manifest
 from candorlm.io.outputs import claim_dir, write_marker
 from candorlm.lm import LanguageModel
 from candorlm.model import DecoderLM
-from candorlm.rundir import RunDir, looks_like_old_run
+from candorlm.rundir import RunDir, foreign_entries, looks_like_old_run
 from candorlm.tokenizer import CHAT_ROLES, CHAT_TEMPLATE, Tokenizer
 
 # candorlm parameter name -> Hugging Face Llama name; {i} is the layer index.
@@ -190,7 +190,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> R
         overwrite: Replace a run candorlm wrote in --out.
     """
     hf_dir, out = Path(hf_dir), Path(out)
-    claim_dir(out, "run", overwrite=overwrite, inputs=[hf_dir], legacy=looks_like_old_run)
+    claim_dir(out, "run", overwrite=overwrite, inputs=[hf_dir], legacy=looks_like_old_run,
+              foreign=foreign_entries)
     config_file = hf_dir / "config.json"
     if not config_file.is_file():
         raise CandorError(f"{hf_dir} is not a Hugging Face model directory (no config.json)")

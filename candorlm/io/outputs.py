@@ -116,10 +116,13 @@ def _inputs(inputs: Sequence[str | Path]) -> list[str | Path]:
 
 
 def claim_dir(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | Path] = (),
-              legacy: Callable[[Path], bool] | None = None, what: str = "--out", walked: bool = False) -> bool:
+              legacy: Callable[[Path], bool] | None = None, what: str = "--out", walked: bool = False,
+              foreign: Callable[[Path], list[str]] | None = None) -> bool:
     """May a directory of `kind` be written at `out`? Returns True when it will replace one
     (build the new one with `swapped_into_place`); raises a CandorError when it may not.
-    walked: the command reads every file under its input folders (see `_forbidden`)."""
+    walked: the command reads every file under its input folders (see `_forbidden`). foreign:
+    the entries of a marked directory that candorlm did not write (someone may keep notes in a
+    run); replacing would delete them, so any there is a refusal."""
     out = Path(out)
     if out.parent.is_dir():
         remove_stale_temps(out.parent)
@@ -142,6 +145,11 @@ def claim_dir(out: Path, kind: str, *, overwrite: bool, inputs: Sequence[str | P
     if marker is not None:
         if marker["kind"] != kind:
             raise _refuse(out, f"holds candorlm {marker['kind']} output, not {kind}", what)
+        theirs = [name for name in (foreign(out) if foreign else []) if name not in _record(out)]
+        if theirs:
+            listed = ", ".join(theirs[:5]) + (", ..." if len(theirs) > 5 else "")
+            raise CandorError(f"refusing to replace {out}: it holds files candorlm did not write there ({listed}), "
+                              f"which --overwrite would delete. Move them out first, or choose a new path for {what}")
         return True
     if legacy is not None and legacy(out):
         log.info("%s has no %s marker; replacing it as %s written by an older candorlm", out, MARKER, kind)

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, get_args
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ from candorlm.checkpoint.weights import save_weights
 from candorlm.io.files import atomic_write_text, swapped_into_place, write_json
 from candorlm.io.manifest import write_manifest
 from candorlm.io.outputs import claim_dir, write_marker
-from candorlm.rundir import RunDir, looks_like_old_run
-from candorlm.tasks.base import load_base
+from candorlm.rundir import RunDir, foreign_entries, looks_like_old_run
+from candorlm.tasks.base import Prepared, load_base
 from candorlm.tasks.mlm_stage import masked_lm_stage, stage_steps
 from candorlm.tasks.overlap import overlap_warning, pretraining_overlap
 from candorlm.tasks.registry import get_task
@@ -40,6 +40,54 @@ from candorlm.training.loop import Callback, Loop
 from candorlm.training.optim import build_optimizer
 
 log = logging.getLogger("candorlm")
+
+
+# The training settings finetune takes as flags (what `--set train.KEY` would have meant).
+_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "max_steps": "--max-steps",
+          "time": "--time", "seed": "--seed", "precision": "--precision", "device": "--device", "threads": "--threads",
+          "warmup_steps": "--warmup-fraction"}
+
+
+def _check_settings(overrides: list[str] | None, **numbers: Any) -> None:
+    """Refuse, before any work, what finetune would otherwise ignore or trip over: `--set` of a
+    section other than [model] (its training settings are flags), and flags out of range."""
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith("model."):
+            name = key.split(".", 1)[-1]
+            use = f"; use {_FLAGS[name]}" if key.startswith("train.") and name in _FLAGS else ""
+            raise CandorError(f"--set {key}: finetune takes only model.* settings from --set (its training settings "
+                              f"are the flags --lr, --batch-size, --epochs, --max-steps, --time, --warmup-fraction, "
+                              f"--seed, --precision, --device, --threads), so this one would be ignored{use}")
+    rules = {"epochs": (0, False, "--epochs"), "lr": (0, False, "--lr"), "batch_size": (1, True, "--batch-size"),
+             "threads": (1, True, "--threads"), "seed": (0, True, "--seed"),
+             "pretrain_mlm": (0, True, "--pretrain-mlm"), "mlm_weight": (0, True, "--mlm-weight"),
+             "warmup_fraction": (0, True, "--warmup-fraction")}
+    for name, (low, inclusive, flag) in rules.items():
+        value = numbers.get(name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            bound = f"at least {low}" if inclusive else f"above {low}"
+            raise CandorError(f"{flag} must be a finite number {bound}, got {value}")
+    if not numbers.get("warmup_fraction", 0) <= 1:
+        raise CandorError(f"--warmup-fraction is a share of the steps, from 0 to 1; got {numbers['warmup_fraction']}")
+    for name in ("precision", "device"):
+        valid = get_args(TrainConfig.model_fields[name].annotation)
+        if numbers.get(name) not in valid:
+            raise CandorError(f"--{name} {numbers.get(name)}: choose one of {', '.join(valid)}")
+
+
+def _check_splits(data: str, prepared: Prepared, needs_test: bool) -> None:
+    """Refuse data too small to split: with no test example the score at the end is of nothing
+    (a task whose dev split chooses what is kept checks that one itself)."""
+    sizes = {name: len(prepared.records.get(name) or []) for name in ("train", "dev", "test")}
+    empty = [name for name in ("train", *(("test",) if needs_test else ())) if not sizes[name]]
+    if empty:
+        split = ", ".join(f"{n} {name}" for name, n in sizes.items())
+        raise CandorError(f"{data}: too few examples to split ({split}): the {' and '.join(empty)} split "
+                          f"{'is' if len(empty) == 1 else 'are'} empty; give more examples (the test split takes "
+                          f"about 10%)")
 
 
 def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, scratch: bool = False,
@@ -86,11 +134,16 @@ def finetune(run: str | Path | None, *, task: str, data: str, out: str | Path, s
     """
     spec = get_task(task)
     out = Path(out)
-    claim_dir(out, "run", overwrite=overwrite, inputs=[p for p in (run, data) if p], legacy=looks_like_old_run)
+    _check_settings(overrides, epochs=epochs, batch_size=batch_size, lr=lr, warmup_fraction=warmup_fraction,
+                    seed=seed, threads=threads, pretrain_mlm=pretrain_mlm, mlm_weight=options.get("mlm_weight"),
+                    precision=precision, device=device)
+    claim_dir(out, "run", overwrite=overwrite, inputs=[p for p in (run, data) if p], legacy=looks_like_old_run,
+              foreign=foreign_entries)
     default = spec.default_arch_for(**options) if hasattr(spec, "default_arch_for") else spec.default_arch
     base = load_base(run, scratch=scratch, preset=preset, arch=arch or default, overrides=overrides)
     torch.manual_seed(seed)
     prepared = spec.prepare(base, data, seed=seed, **options)
+    _check_splits(data, prepared, needs_test=evaluate)
     if base.weights is not None and prepared.records.get("test"):
         _check_overlap(base, prepared)
     model = prepared.model

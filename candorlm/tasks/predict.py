@@ -186,8 +186,14 @@ def read_inputs(spec: str) -> list[str | dict[str, Any]]:
 
     path = Path(spec)
     if path.is_file():
-        text = read_text(path)
+        try:
+            text = read_text(path)
+        except UnicodeDecodeError as exc:
+            raise CandorError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); convert it to UTF-8 "
+                              f"(for example with iconv) and try again") from None
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if not lines:
+            raise CandorError(f"{path} holds no inputs (it is empty or blank)")
         if path.suffix.lower() != ".jsonl":
             return [line for _, line in lines]
         out: list[str | dict[str, Any]] = []
@@ -199,8 +205,6 @@ def read_inputs(spec: str) -> list[str | dict[str, Any]]:
             if not isinstance(value, (str, dict)):
                 raise CandorError(f"{path}:{n}: expected a JSON string or object, got {type(value).__name__}")
             out.append(value)
-        if not out:
-            raise CandorError(f"{path} holds no inputs")
         return out
     if spec.lstrip().startswith("{"):
         try:

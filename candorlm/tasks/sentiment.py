@@ -71,6 +71,8 @@ def load_records(data: str, labels: Sequence[str] | None = None) -> tuple[list[R
             raise CandorError(f"{rec.where}: label '{rec['label']}' is not in the label set ({', '.join(labels)}). "
                               f"Fix the label, or give the full set with --labels.")
         found.append(rec["label"])
+    if labels is not None and len(set(labels)) != len(labels):
+        raise CandorError(f"--labels names a label twice ({', '.join(labels)}); give each label once")
     label_set = list(labels) if labels is not None else sorted(set(found))
     if len(label_set) < 2:
         raise CandorError(f"{data}: sentiment needs at least two labels, found only {', '.join(label_set)}")
@@ -98,6 +100,9 @@ def prepare(base: Base, data: str, seed: int = 0, labels: Sequence[str] | None =
         raise CandorError(f"--mlm-weight needs an encoder (masked LM); {base.run or 'this model'} is a {base.arch}")
     records, label_set = load_records(data, labels)
     splits = split_records(records, key="text")
+    if not splits["dev"]:  # the dev score picks the epoch kept (and the NB-LR mix): there must be one
+        raise CandorError(f"{data}: too few reviews to split ({len(records)}): none fell into the dev split, which "
+                          f"takes about 10%; give more reviews (a few dozen at least)")
     if base.arch == "seq2seq":
         raise CandorError(f"{base.run}: sentiment classifies with a decoder or an encoder run, not a seq2seq one")
     tok = base.tokenizer

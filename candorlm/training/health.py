@@ -52,19 +52,21 @@ class Health:
                 return False
         return True
 
-    def error(self, step: int, *, lr: float, grad_clip: float, precision: str, weights: bool = False) -> Diverged:
+    def error(self, step: int, *, lr: float, grad_clip: float, precision: str, weights: bool = False,
+              resumable: bool = True) -> Diverged:
         """The one-line error for a run stopped after step `step` (weights: its update left
-        non-finite weights, though its loss was finite)."""
+        non-finite weights, though its loss was finite; resumable: the run keeps checkpoints, as
+        `train` does and `finetune`, which keeps nothing of a failed run, does not)."""
         first = int(self._first)
         seen = f"step {first}" if first >= 0 else f"step {step} (on another rank)"
         values = (f": loss {float(self._loss):g}, gradient norm {float(self._norm):g}" if first >= 0 else "")
         if weights and first < 0:
             seen, values = f"step {step}", ": its update left non-finite weights"
-        causes = [f"a learning rate too high (train.lr={lr:g})",
+        causes = [f"a learning rate too high ({'train.lr=' if resumable else '--lr '}{lr:g})",
                   "no gradient clipping (train.grad_clip=0)" if grad_clip <= 0
                   else f"loose gradient clipping (train.grad_clip={grad_clip:g})"]
         if precision in ("bf16", "fp16"):
             causes.append(f"{precision} precision overflowing (try --precision fp32)")
-        return Diverged(f"training diverged at {seen}{values}; likely causes: {', '.join(causes)}. Nothing from that "
-                        f"step was saved: resume from the last checkpoint with --resume after changing the settings, "
-                        f"or start again")
+        then = ("Nothing from that step was saved: resume from the last checkpoint with --resume after changing the "
+                "settings, or start again") if resumable else "Nothing was written: run it again with other settings"
+        return Diverged(f"training diverged at {seen}{values}; likely causes: {', '.join(causes)}. {then}")

@@ -163,7 +163,7 @@ class Loop:
         # Every rank asks at the same points (each save, the end): no non-finite weights are written.
         if self.model is not None and self.agree.any(not Health.weights_finite(self.model)):
             raise self._health.error(self.step, lr=self.peak_lr or self.lr, grad_clip=self.grad_clip,
-                                     precision=self.precision, weights=True)
+                                     precision=self.precision, weights=True, resumable=self.save_fn is not None)
 
     def save(self) -> None:
         if self.save_fn is None:
@@ -209,7 +209,7 @@ class Loop:
                     plan = replace(plan, diverged=self.agree.any(health.bad()))
                 if plan.diverged:
                     raise health.error(self.step, lr=self.peak_lr or lr, grad_clip=self.grad_clip,
-                                       precision=self.precision)
+                                       precision=self.precision, resumable=self.save_fn is not None)
                 bar.advance(1)
                 row: dict[str, Any] = {}
                 if plan.log:

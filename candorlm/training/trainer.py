@@ -33,7 +33,7 @@ from candorlm.io.files import atomic_write_text, keep_beside, set_aside
 from candorlm.io.outputs import claim_dir, read_marker, write_marker
 from candorlm.model import build_model, lm_loss
 from candorlm.model.compiled import is_compiled, uncompile_blocks
-from candorlm.rundir import RunDir, looks_like_old_run
+from candorlm.rundir import RunDir, foreign_entries, looks_like_old_run
 from candorlm.shards import BatchSampler, ShardSet
 from candorlm.training.agreement import CollectiveFailed
 from candorlm.training.budget import NO_LIMIT, TimeBudget, budget_for
@@ -164,7 +164,8 @@ class Trainer:
             raise CandorError(f"{path} already holds {what}. Pass --resume to continue it, --overwrite to replace it, "
                               f"or choose another --out.")
         # Never the working directory, an ancestor, or a directory holding the data; only candorlm's own run.
-        replace = claim_dir(path, "run", overwrite=overwrite, inputs=[config.data.path], legacy=looks_like_old_run)
+        replace = claim_dir(path, "run", overwrite=overwrite, inputs=[config.data.path], legacy=looks_like_old_run,
+                            foreign=foreign_entries)
         self.replace_existing = replace and self.world.is_main  # set aside when fit starts, removed when it saved
         return None
 

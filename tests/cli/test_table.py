@@ -186,8 +186,8 @@ def test_errors_end_in_one_line_and_a_status(monkeypatch, capsys):
     code, err = run_main(monkeypatch, capsys, bug)
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "unexpected RuntimeError: index out of range" in err and "CANDORLM_DEBUG=1" in err
-    code, _ = run_main(monkeypatch, capsys, interrupted)
-    assert code == 130
+    code, err = run_main(monkeypatch, capsys, interrupted)
+    assert code == 130 and err.strip() == "error: interrupted"  # one line, not silence
 
 
 def test_usage_errors_are_one_line(monkeypatch, capsys):

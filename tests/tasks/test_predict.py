@@ -43,6 +43,13 @@ def test_read_inputs(tmp_path):
         read_inputs(str(tmp_path / "bad.jsonl"))
     with pytest.raises(CandorError, match="not valid JSON"):
         read_inputs("{oops")
+    for name, content in (("empty.txt", b""), ("blank.txt", b"\n \n"), ("empty.jsonl", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CandorError, match="holds no inputs"):
+            read_inputs(str(tmp_path / name))
+    (tmp_path / "gbk.txt").write_bytes("很好用".encode("gbk"))
+    with pytest.raises(CandorError, match="is not UTF-8 text"):
+        read_inputs(str(tmp_path / "gbk.txt"))
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +152,17 @@ def test_predict_output_never_replaces_what_candorlm_did_not_write(runs, tmp_pat
     assert_clean_error(run_cli("predict", sent, "--input", "好", "--output", out, "--overwrite", check=False),
                        "changed since")
     assert out.read_text(encoding="utf-8") == "my edits"
+
+
+@pytest.mark.slow
+def test_a_run_without_its_task_json_is_one_line(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(runs["sentiment"], run)
+    (run / "task.json").unlink()
+    proc = run_cli("predict", run, "--input", "好", "--no-verify", check=False)
+    assert_clean_error(proc, "task.json is missing")
 
 
 @pytest.mark.slow

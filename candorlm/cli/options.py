@@ -242,6 +242,13 @@ def command_callback(func: Callable) -> Callable:
     return callback
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the command's option `name` was given (on the command line or from the environment)
+    rather than left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def key_from(key_file: Path | None, passphrase: str | None = None, required: bool = False):
     """The key a command was given (--key-file, a passphrase, else the environment's)."""
     from candorlm.io.sealed import resolve_key

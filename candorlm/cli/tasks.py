@@ -4,27 +4,49 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterable, List, Optional
 
 import typer
 
 from candorlm.cli import extras
 from candorlm.cli.extras import needs
-from candorlm.cli.options import KeyFile, NoVerify, options_from, reading_with
+from candorlm.cli.options import KeyFile, NoVerify, given, options_from, reading_with
 from candorlm.errors import CandorError
 
 PANEL = "Tasks and evaluation"
 
 
 # The finetune options that only some tasks take (the others take every task's).
-TASK_OPTIONS = {"labels": ("sentiment",), "head": ("qa", "translate"), "mlm_weight": ("sentiment",),
-                "ensemble": ("sentiment",), "prompt_loss": ("chat",)}
+# options only some tasks read: given for another task they would be ignored without a word
+TASK_OPTIONS: dict[str, tuple[str, ...]] = {
+    "labels": ("sentiment",), "mlm_weight": ("sentiment",), "ensemble": ("sentiment",), "compare": ("sentiment",),
+    "head": ("qa", "translate"), "beam_size": ("translate",), "length_penalty": ("translate",),
+    "prompt_loss": ("chat",), "baseline_runs": ("chat",), "no_repeat_ngram": ("chat",), "system": ("chat",)}
+# eval's options for one of its two kinds of scoring
+DOMAINS_ONLY = ("max_docs", "max_chars", "seed", "probes")
+TASK_ONLY = ("limit", "compare", "beam_size", "length_penalty", "baseline_runs", "no_repeat_ngram")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def refuse_other_tasks(ctx: typer.Context, task: str, names: Iterable[str]) -> None:
+    """One line for an option given to a task that does not read it (an unknown task is left to
+    the task registry's own message)."""
+    if not any(task in tasks for tasks in TASK_OPTIONS.values()):
+        return
+    for name in names:
+        tasks = TASK_OPTIONS.get(name)
+        if tasks is not None and task not in tasks and given(ctx, name):
+            raise CandorError(f"{_flag(name)} is a {' and '.join(tasks)} option, not a {task} one")
 
 
 @needs("tasks")
 @options_from("candorlm.tasks.finetune:finetune", flags={"evaluate": "--test/--no-test", "time_budget": "--time"})
 @options_from("candorlm.tasks.translate:evaluate", only=("beam_size",), help_prefix="translate: test evaluation's ")
 def finetune(
+    ctx: typer.Context,
     run: Optional[Path] = typer.Argument(None, help="Pretrained run to start from (omit to start from scratch)."),
     labels: Optional[str] = typer.Option(None, help="sentiment: the label set, comma-separated (default: the labels "
                                          "found in the data)."),
@@ -67,13 +89,9 @@ def finetune(
                                           vocab_size=vocab_size, head=head, mlm_weight=mlm_weight,
                                           ensemble=ensemble, prompt_loss=prompt_loss).items()
                     if v is not None}
-    for name in task_options:  # an option of another task would be silently ignored
-        tasks = TASK_OPTIONS.get(name)
-        if tasks is not None and options["task"] not in tasks:
-            raise CandorError(f"--{name.replace('_', '-')} is a {' and '.join(tasks)} option, not a {options['task']} "
-                              f"one")
+    refuse_other_tasks(ctx, options["task"], [*task_options, "beam_size"])
     beam_size = options.pop("beam_size")
-    if options["task"] == "translate":
+    if beam_size is not None:
         task_options["beam_size"] = beam_size
     with reading_with(key_file, no_verify):
         result = run_finetune(run, **options, **task_options)
@@ -92,6 +110,7 @@ def finetune(
 @options_from("candorlm.generalization.domains:evaluate_domains", only=("max_docs", "max_chars", "seed"),
               help_prefix="--domains: ")
 def evaluate(
+    ctx: typer.Context,
     targets: List[str] = typer.Argument(..., help="Run directory; with --domains, then the held-out sets: "
                                         "builtin:NAME, files or directories (none: the built-in corpora the run "
                                         "did not train on)."),
@@ -121,6 +140,12 @@ def evaluate(
     if domains == (task is not None):
         raise CandorError("give either --task NAME (a fine-tuned run) or --domains (a language model), not "
                           + ("both" if domains else "neither"))
+    for name in TASK_ONLY if domains else DOMAINS_ONLY:
+        if given(ctx, name):
+            raise CandorError(f"{_flag(name)} is an option of eval " + ("--task, not of --domains" if domains
+                                                                       else "--domains, not of --task"))
+    if task is not None:
+        refuse_other_tasks(ctx, task, TASK_ONLY)
     if domains:
         from candorlm.generalization import evaluate_domains, print_domains
 
@@ -153,7 +178,8 @@ def predict(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON lines to this file instead "
                                           "of stdout."),
     system: Optional[str] = typer.Option(None, help="chat: system message for every input."),
-    beam_size: int = typer.Option(4, help="translate: beam width (1 = greedy)."),
+    beam_size: Optional[int] = typer.Option(None, help="translate (not a tagger): beam width (1 = greedy; "
+                                            "default: 4)."),
     overwrite: bool = typer.Option(False, help="Replace an --output file an earlier `candorlm predict` wrote."),
     key_file: KeyFile = None, no_verify: NoVerify = False,
 ) -> None:
@@ -172,7 +198,8 @@ def predict(
         claim_output(run, output, input, overwrite=overwrite)
     with reading_with(key_file, no_verify):
         inputs = [x for spec in input for x in read_inputs(spec)]
-        lines = predict_lines(run, inputs, system=system, beam_size=beam_size)
+        given_options = {k: v for k, v in dict(system=system, beam_size=beam_size).items() if v is not None}
+        lines = predict_lines(run, inputs, **given_options)
     if output is None:
         sys.stdout.write("".join(line + "\n" for line in lines))
     else:

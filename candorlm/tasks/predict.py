@@ -18,6 +18,7 @@ evaluation uses, so a prediction is what the test score measured.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,15 +55,22 @@ class TaskModel:
         Args:
             inputs: Strings, or objects with the task's fields (qa: context and question; chat: a
                 user message, or messages).
-            **options: translate: beam_size, length_penalty (a tagger takes none: it decodes with its n-gram LM as evaluated); chat: system, max_new_tokens,
-                no_repeat_ngram; qa: max_answer.
+            **options: translate: beam_size, length_penalty (a tagger takes none: it decodes with its
+                n-gram LM as evaluated); chat: system, max_new_tokens, no_repeat_ngram; qa: max_answer. An
+                option the run's task does not read is refused (CandorError), not ignored.
         """
         if isinstance(inputs, (str, dict)):
             raise CandorError("predict takes a list of inputs; wrap a single one in a list")
+        method = getattr(self, f"_{self.task}")
+        takes = [name for name in inspect.signature(method).parameters if name != "inputs"]
+        unknown = sorted(set(options) - set(takes))
+        if unknown:  # an option another task reads would be ignored without a word
+            raise CandorError(f"a {self.task} run takes no {', '.join(n.replace('_', '-') for n in unknown)} option"
+                              + (f"; it takes {', '.join(n.replace('_', '-') for n in takes)}" if takes else ""))
         inputs = list(inputs)
         if not inputs:
             return []
-        return getattr(self, f"_{self.task}")(inputs, **options)
+        return method(inputs, **options)
 
     # ------------------------------------------------------------ per task
 
@@ -84,19 +92,23 @@ class TaskModel:
                         "probabilities": {lab: round(q, 4) for lab, q in zip(labels, p)}})
         return out
 
-    def _translate(self, inputs: list[Any], beam_size: int = 4, length_penalty: float = 1.0) -> list[dict[str, Any]]:
-        from candorlm.tasks.translate import encode_source, translate
+    def _translate(self, inputs: list[Any], beam_size: int | None = None,
+                   length_penalty: float | None = None) -> list[dict[str, Any]]:
+        from candorlm.tasks.translate import BEAM_SIZE, LENGTH_PENALTY, encode_source, refuse_tagger_search, translate
 
         src = self.source_tokenizer or self.tokenizer
         if self.info.get("head") == "tag":  # a tagger: one character per source token, no search to tune
             from candorlm.tasks.translate_lm import tag_with_lm
+
+            refuse_tagger_search(self.run, beam_size, length_penalty)
 
             texts = [_field(x, "source", i) for i, x in enumerate(inputs)]
             return [{"translation": h} for h in tag_with_lm(self.model, src, self.tokenizer, texts, self.info, self.lm,
                                                                   self.channel)]
         sources = [encode_source(src, _field(x, "source", i), self.config.model.max_seq_len)
                    for i, x in enumerate(inputs)]
-        hyps = translate(self.model, self.tokenizer, sources, beam_size=beam_size, length_penalty=length_penalty,
+        hyps = translate(self.model, self.tokenizer, sources, beam_size=BEAM_SIZE if beam_size is None else beam_size,
+                         length_penalty=LENGTH_PENALTY if length_penalty is None else length_penalty,
                          src_pad=src.pad_id)
         return [{"translation": h} for h in hyps]
 
@@ -236,12 +248,10 @@ def write_predictions(output: str | Path, lines: Sequence[str]) -> None:
     write_owned_text(Path(output), "".join(line + "\n" for line in lines), PREDICTIONS, "candorlm predict")
 
 
-def predict_lines(run: str | Path, inputs: Sequence[str | dict[str, Any]], *, system: str | None = None,
-                  beam_size: int = 4) -> list[str]:
+def predict_lines(run: str | Path, inputs: Sequence[str | dict[str, Any]], **options: Any) -> list[str]:
     """JSON lines {"input": ..., <prediction>} for `inputs` (what `candorlm predict` prints);
-    `system` is used by chat runs, `beam_size` by translate runs."""
+    `options` as `TaskModel.predict` takes them (refused when the run's task does not read them)."""
     import json
 
     model = load_task(run)
-    options: dict[str, Any] = {"translate": {"beam_size": beam_size}, "chat": {"system": system}}.get(model.task, {})
     return [json.dumps({"input": x, **y}, ensure_ascii=False) for x, y in zip(inputs, model.predict(inputs, **options))]

@@ -52,6 +52,8 @@ default_arch = "seq2seq"
 BUILTIN = "builtin:pinyin"
 MAX_CHARS = 64
 _BREAKS = "。！？；"
+BEAM_SIZE = 4  # an encoder-decoder's beam width at test and predict time
+LENGTH_PENALTY = 1.0
 
 
 # ---------------------------------------------------------------- builtin:pinyin
@@ -133,13 +135,23 @@ def default_arch_for(head: str | None = None, **_: Any) -> str:
     return "encoder" if head == "tag" else default_arch
 
 
+def refuse_tagger_search(run: str | Path, beam_size: int | None, length_penalty: float | None) -> None:
+    """A tagger's decoding is its n-gram LM's beam, chosen on dev: a beam size or length penalty
+    given for it would be ignored without a word."""
+    if beam_size is not None or length_penalty is not None:
+        raise CandorError(f"{run} is a tagger (finetune --head tag): it decodes with its n-gram LM at the beam "
+                          f"chosen on dev and takes no beam size or length penalty; leave them out")
+
+
 def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab_size: int = 8192,
             src_tokenizer: str = "bpe", src_vocab_size: int = 2048, shared_vocab: bool = False,
-            head: str = "generate", **_: Any) -> Prepared:
+            head: str = "generate", beam_size: int | None = None, **_: Any) -> Prepared:
     """head: generate (an encoder-decoder writes the translation, beam search at test time) or tag
     (aligned pairs only: an encoder picks one character per source token; candorlm.tasks.translate_tag)."""
     if head not in ("generate", "tag"):
         raise CandorError(f"unknown translate head '{head}'. Valid: generate, tag.")
+    if head == "tag":  # before any training, not at the test evaluation
+        refuse_tagger_search("the run", beam_size, None)
     splits, rule = load_records(data)
     if not splits["train"] or not splits["test"]:
         raise CandorError(f"{data}: too few pairs to split ({sum(map(len, splits.values()))}); "
@@ -209,8 +221,8 @@ def example_length(example: Any) -> int | None:
 
 
 @torch.no_grad()
-def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *, beam_size: int = 4,
-              length_penalty: float = 1.0, max_new_tokens: int | None = None, batch_size: int = 64,
+def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *, beam_size: int = BEAM_SIZE,
+              length_penalty: float = LENGTH_PENALTY, max_new_tokens: int | None = None, batch_size: int = 64,
               src_pad: int = 0) -> list[str]:
     """Decode each (encoded) source; beam_size 1 is greedy search."""
     was_training = model.training
@@ -247,20 +259,25 @@ def dev_metrics(model: nn.Module, prepared: Prepared, device: torch.device) -> d
     return {"score": acc, "char_accuracy": acc}
 
 
-def evaluate(run: str | Path, data: str | None = None, beam_size: int = 4, length_penalty: float = 1.0,
-             limit: int | None = None, **_: Any) -> dict[str, Any]:
+def evaluate(run: str | Path, data: str | None = None, beam_size: int | None = None,
+             length_penalty: float | None = None, limit: int | None = None, **_: Any) -> dict[str, Any]:
     """Test-split chrF, BLEU and character accuracy of `run` (beam search) next to the baseline;
     written to RUN/evals/translate.json.
 
     Args:
         run: A run fine-tuned with --task translate.
         data: Task data (None: the data it was fine-tuned on).
-        beam_size: Beam size (1 = greedy).
-        length_penalty: Hypotheses are ranked by log-prob / length^this.
+        beam_size: Beam size of an encoder-decoder (1 = greedy; None: 4). A tagger decodes with its
+            n-gram LM at the beam chosen on dev and takes none.
+        length_penalty: Hypotheses are ranked by log-prob / length^this (None: 1.0).
         limit: Score only the first N test examples.
     """
     rd, config, info, model, tgt, src = load_task_run(run)
     tagger = info.get("head") == "tag"
+    if tagger:
+        refuse_tagger_search(rd.path, beam_size, length_penalty)
+    beam_size = BEAM_SIZE if beam_size is None else beam_size
+    length_penalty = LENGTH_PENALTY if length_penalty is None else length_penalty
     if config.model.arch != "seq2seq" and not tagger:
         raise CandorError(f"{rd.path} is a {config.model.arch} run; translation is evaluated on seq2seq runs "
                           f"and on taggers (finetune --head tag)")

@@ -110,6 +110,20 @@ def test_bad_inputs_name_what_the_task_reads(runs):
 
 
 @pytest.mark.slow
+def test_predict_refuses_options_its_run_does_not_read(runs):
+    with pytest.raises(CandorError, match="a sentiment run takes no beam-size option$"):
+        candorlm.load_task(runs["sentiment"]).predict(["好"], beam_size=2)
+    with pytest.raises(CandorError, match="a qa run takes no system option; it takes max-answer"):
+        candorlm.load_task(runs["qa"]).predict([], system="hi")  # checked even with nothing to predict
+    assert_clean_error(run_cli("predict", runs["sentiment"], "--input", "好", "--system", "简短回答", check=False),
+                       "a sentiment run takes no system option")
+    assert_clean_error(run_cli("predict", runs["chat"], "--input", "你好", "--beam-size", "2", check=False),
+                       "a chat run takes no beam-size option; it takes system, max-new-tokens, no-repeat-ngram")
+    # what each run reads still works, and the translator's beam (default 4) can be set
+    assert run_cli("predict", runs["translate"], "--input", "ni hao", "--beam-size", "1").stdout.strip()
+
+
+@pytest.mark.slow
 def test_predict_command_line(runs, tmp_path):
     proc = run_cli("predict", runs["sentiment"], "--input", "这个手机很好用", "--input", "太差了")
     rows = [json.loads(line) for line in proc.stdout.splitlines()]

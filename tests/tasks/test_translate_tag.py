@@ -89,7 +89,11 @@ def test_tagger_trains_evaluates_and_predicts(tmp_path, pairs_file):
     assert again["split"]["test"] == 5 and again["examples"] == result["examples"][:5]
 
     model = candorlm.load_task(out)
-    got = model.predict(["zhong guo", {"source": "zhong ★ guo"}], beam_size=4)  # beam options are ignored
+    with pytest.raises(CandorError, match="is a tagger .* takes no beam size or length penalty"):
+        model.predict(["zhong guo"], beam_size=4)  # it would be ignored: the LM's beam was chosen on dev
+    for command in (["predict", out, "--input", "zhong guo"], ["eval", out, "--task", "translate"]):
+        assert_clean_error(run_cli(*command, "--beam-size", "2", check=False), "is a tagger", "leave them out")
+    got = model.predict(["zhong guo", {"source": "zhong ★ guo"}])
     assert [len(o["translation"]) for o in got] == [2, 3]
     assert got[1]["translation"][1] == "★"  # an unseen character is copied
     long = model.predict([" ".join(["zhong guo"] * 60)])[0]["translation"]  # longer than the model reads: in pieces

@@ -16,7 +16,6 @@ from candorlm.errors import CandorError
 PANEL = "Tasks and evaluation"
 
 
-# The finetune options that only some tasks take (the others take every task's).
 # options only some tasks read: given for another task they would be ignored without a word
 TASK_OPTIONS: dict[str, tuple[str, ...]] = {
     "labels": ("sentiment",), "mlm_weight": ("sentiment",), "ensemble": ("sentiment",), "compare": ("sentiment",),

@@ -101,7 +101,6 @@ class TaskModel:
             from candorlm.tasks.translate_lm import tag_with_lm
 
             refuse_tagger_search(self.run, beam_size, length_penalty)
-
             texts = [_field(x, "source", i) for i, x in enumerate(inputs)]
             return [{"translation": h} for h in tag_with_lm(self.model, src, self.tokenizer, texts, self.info, self.lm,
                                                                   self.channel)]

@@ -58,6 +58,13 @@ def test_tag_head_refuses_pairs_that_are_not_aligned(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_tagger_fine_tune_refuses_a_beam_before_training(tmp_path, pairs_file):
+    proc = run_cli("finetune", "--task", "translate", "--head", "tag", "--data", pairs_file, "--out", tmp_path / "o",
+                   "--beam-size", "2", check=False)
+    assert_clean_error(proc, "the run is a tagger", "takes no beam size", "leave them out")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("arch, head, expect", [("seq2seq", "tag", "--head tag tags with an encoder"),
                                                ("encoder", "beam", "unknown translate head 'beam'")])
 def test_tag_head_needs_an_encoder(tmp_path, pairs_file, arch, head, expect):

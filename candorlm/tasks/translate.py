@@ -28,6 +28,7 @@ pairs it copies the source.
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -135,6 +136,15 @@ def default_arch_for(head: str | None = None, **_: Any) -> str:
     return "encoder" if head == "tag" else default_arch
 
 
+def check_search(beam_size: int | None, length_penalty: float | None) -> None:
+    """The beam options that were given, checked before any work (a bad one would otherwise stop a
+    fine-tune at its test evaluation, or score NaNs)."""
+    if beam_size is not None and beam_size < 1:
+        raise CandorError(f"--beam-size must be at least 1 (1 = greedy), got {beam_size}")
+    if length_penalty is not None and not math.isfinite(length_penalty):
+        raise CandorError(f"--length-penalty must be a finite number, got {length_penalty}")
+
+
 def refuse_tagger_search(run: str | Path, beam_size: int | None, length_penalty: float | None) -> None:
     """A tagger's decoding is its n-gram LM's beam, chosen on dev: a beam size or length penalty
     given for it would be ignored without a word."""
@@ -152,6 +162,7 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab
         raise CandorError(f"unknown translate head '{head}'. Valid: generate, tag.")
     if head == "tag":  # before any training, not at the test evaluation
         refuse_tagger_search("the run", beam_size, None)
+    check_search(beam_size, None)
     splits, rule = load_records(data)
     if not splits["train"] or not splits["test"]:
         raise CandorError(f"{data}: too few pairs to split ({sum(map(len, splits.values()))}); "
@@ -225,6 +236,7 @@ def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *,
               length_penalty: float = LENGTH_PENALTY, max_new_tokens: int | None = None, batch_size: int = 64,
               src_pad: int = 0) -> list[str]:
     """Decode each (encoded) source; beam_size 1 is greedy search."""
+    check_search(beam_size, length_penalty)
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
@@ -272,6 +284,7 @@ def evaluate(run: str | Path, data: str | None = None, beam_size: int | None = N
         length_penalty: Hypotheses are ranked by log-prob / length^this (None: 1.0).
         limit: Score only the first N test examples.
     """
+    check_search(beam_size, length_penalty)
     rd, config, info, model, tgt, src = load_task_run(run)
     tagger = info.get("head") == "tag"
     if tagger:

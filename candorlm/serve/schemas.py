@@ -54,9 +54,16 @@ LogitBias = Annotated[dict[TokenKey, Bias], Field(max_length=300, json_schema_ex
 
 
 def _neutral(*schemas: dict[str, Any]) -> Any:
-    """An OpenAI field candorlm does not implement: the schema admits only its neutral values."""
+    """An OpenAI field candorlm does not implement: the schema admits only its neutral values, each
+    with its JSON type (an enum alone lets tools written in Python take true for 1 and 0 for false)."""
     return Annotated[Any, WithJsonSchema({"anyOf": [{"type": "null"}, *schemas],
                                           "description": "Not implemented by candorlm: only the neutral value."})]
+
+
+def _one_of(value: Any, allowed: tuple[Any, ...]) -> bool:
+    """`value in allowed` as JSON Schema's enum compares: true is not 1 and 0 is not false
+    (in Python True == 1)."""
+    return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
 
 
 class _Body(BaseModel):
@@ -81,9 +88,9 @@ class _Sampling(_Body):
     seed: Seed | None = None
     user: str | None = None
     # OpenAI fields candorlm does not implement: accepted at their neutral value only.
-    logprobs: _neutral({"enum": [False, 0]}) = None
-    presence_penalty: _neutral({"enum": [0]}) = None
-    frequency_penalty: _neutral({"enum": [0]}) = None
+    logprobs: _neutral({"type": "boolean", "enum": [False]}, {"type": "integer", "enum": [0]}) = None
+    presence_penalty: _neutral({"type": "number", "enum": [0]}) = None
+    frequency_penalty: _neutral({"type": "number", "enum": [0]}) = None
     logit_bias: LogitBias | None = Field(
         None, description="Token id -> a bias added to its logit before sampling; -100 bans the "
                                           "token in practice, as in OpenAI. Ids must be below the vocabulary size.")
@@ -96,7 +103,7 @@ class _Sampling(_Body):
                    "top_logprobs": (None, 0), "tools": (None, []), "tool_choice": (None, "none"),
                    "response_format": (None, {"type": "text"})}
         for name, allowed in neutral.items():
-            if name in type(self).model_fields and getattr(self, name) not in allowed:
+            if name in type(self).model_fields and not _one_of(getattr(self, name), allowed):
                 return name
         return None
 
@@ -108,9 +115,9 @@ class _Sampling(_Body):
 class CompletionRequest(_Sampling):
     prompt: Text | list[Text] = Field(description="A prompt, or a list of prompts (one choice each per n).")
     max_tokens: PositiveInt | None = Field(None, description="Most new tokens per choice; default 16.")
-    echo: _neutral({"enum": [False]}) = None
-    best_of: _neutral({"enum": [1]}) = None
-    suffix: _neutral({"enum": [""]}) = None
+    echo: _neutral({"type": "boolean", "enum": [False]}) = None
+    best_of: _neutral({"type": "integer", "enum": [1]}) = None
+    suffix: _neutral({"type": "string", "enum": [""]}) = None
 
 
 class TextPart(_Body):
@@ -132,9 +139,9 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: PositiveInt | None = Field(None, description="Most new tokens; default: the rest of the context.")
     max_completion_tokens: PositiveInt | None = None
-    top_logprobs: _neutral({"enum": [0]}) = None
+    top_logprobs: _neutral({"type": "integer", "enum": [0]}) = None
     tools: _neutral({"type": "array", "maxItems": 0}) = None
-    tool_choice: _neutral({"enum": ["none"]}) = None
+    tool_choice: _neutral({"type": "string", "enum": ["none"]}) = None
     response_format: _neutral({"type": "object", "properties": {"type": {"enum": ["text"]}}, "required": ["type"],
                                "additionalProperties": False}) = None
 

@@ -246,6 +246,9 @@ BAD = [
     ("seed out of range", "/v1/completions", {"model": MODEL, "prompt": "x", "seed": 2**70}, 400),
     ("too many stops", "/v1/completions", {"model": MODEL, "prompt": "x", "stop": list("abcdefgh")}, 400),
     ("unsupported logprobs", "/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 5}, 400),
+    ("best_of true", "/v1/completions", {"model": MODEL, "prompt": "x", "best_of": True}, 400),  # not 1 in JSON
+    ("echo zero", "/v1/completions", {"model": MODEL, "prompt": "x", "echo": 0}, 400),  # not false in JSON
+    ("presence_penalty false", "/v1/completions", {"model": MODEL, "prompt": "x", "presence_penalty": False}, 400),
     ("empty prompt list", "/v1/completions", {"model": MODEL, "prompt": []}, 400),
     ("explain past the target", "/v1/explain", {"model": MODEL, "prompt": "x", "target": "y", "target_index": 9}, 400),
     ("explain a missing layer", "/v1/explain", {"model": MODEL, "prompt": "x", "target": "y", "layer": 99}, 400),
@@ -262,6 +265,13 @@ def test_bad_input_is_a_4xx_with_an_openai_error_object(server, keys, case):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = httpx.post(f"{server[0]}{path}", content=content, headers=headers, timeout=60)
     assert_error(r, status)
+
+
+def test_the_neutral_values_of_fields_candorlm_does_not_implement_are_accepted(server, keys):
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2, "best_of": 1, "echo": False, "logprobs": 0,
+            "presence_penalty": 0.0, "frequency_penalty": 0, "suffix": ""}
+    r = httpx.post(f"{server[0]}/v1/completions", json=body, headers=auth(keys[1]["full"]), timeout=60)
+    assert r.status_code == 200, r.text
 
 
 def test_more_bad_requests(server, keys):

@@ -53,17 +53,30 @@ Bias = Annotated[float, Field(ge=-100, le=100)]
 LogitBias = Annotated[dict[TokenKey, Bias], Field(max_length=300, json_schema_extra={"additionalProperties": False})]
 
 
-def _neutral(*schemas: dict[str, Any]) -> Any:
+@dataclass(frozen=True)
+class Neutral:
+    """The values an OpenAI field candorlm does not implement is accepted at (besides null)."""
+
+    values: tuple[Any, ...]
+
+    def admits(self, value: Any) -> bool:
+        """As JSON Schema's enum compares: true is not 1 and 0 is not false (in Python True == 1)."""
+        return value is None or any(value == v and isinstance(value, bool) == isinstance(v, bool)
+                                    for v in self.values)
+
+
+_JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
+               (dict, "object"))
+
+
+def _neutral(*values: Any) -> Any:
     """An OpenAI field candorlm does not implement: the schema admits only its neutral values, each
-    with its JSON type (an enum alone lets tools written in Python take true for 1 and 0 for false)."""
+    with its JSON type (an enum alone lets tools written in Python take true for 1 and 0 for false),
+    and `_Sampling.unsupported` checks the same values."""
+    schemas = [{"type": next(t for kind, t in _JSON_TYPES if isinstance(v, kind)), "enum": [v]} for v in values]
     return Annotated[Any, WithJsonSchema({"anyOf": [{"type": "null"}, *schemas],
-                                          "description": "Not implemented by candorlm: only the neutral value."})]
-
-
-def _one_of(value: Any, allowed: tuple[Any, ...]) -> bool:
-    """`value in allowed` as JSON Schema's enum compares: true is not 1 and 0 is not false
-    (in Python True == 1)."""
-    return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
+                                          "description": "Not implemented by candorlm: only the neutral value."}),
+                     Neutral(values)]
 
 
 class _Body(BaseModel):
@@ -88,22 +101,18 @@ class _Sampling(_Body):
     seed: Seed | None = None
     user: str | None = None
     # OpenAI fields candorlm does not implement: accepted at their neutral value only.
-    logprobs: _neutral({"type": "boolean", "enum": [False]}, {"type": "integer", "enum": [0]}) = None
-    presence_penalty: _neutral({"type": "number", "enum": [0]}) = None
-    frequency_penalty: _neutral({"type": "number", "enum": [0]}) = None
+    logprobs: _neutral(False, 0) = None
+    presence_penalty: _neutral(0.0) = None
+    frequency_penalty: _neutral(0.0) = None
     logit_bias: LogitBias | None = Field(
         None, description="Token id -> a bias added to its logit before sampling; -100 bans the "
                                           "token in practice, as in OpenAI. Ids must be below the vocabulary size.")
 
     def unsupported(self) -> str | None:
         """The first field set to something candorlm cannot do, if any."""
-        neutral = {"logprobs": (None, False, 0), "presence_penalty": (None, 0, 0.0),
-                   "frequency_penalty": (None, 0, 0.0),
-                   "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
-                   "top_logprobs": (None, 0), "tools": (None, []), "tool_choice": (None, "none"),
-                   "response_format": (None, {"type": "text"})}
-        for name, allowed in neutral.items():
-            if name in type(self).model_fields and not _one_of(getattr(self, name), allowed):
+        for name, info in type(self).model_fields.items():
+            neutral = next((m for m in info.metadata if isinstance(m, Neutral)), None)
+            if neutral is not None and not neutral.admits(getattr(self, name)):
                 return name
         return None
 
@@ -115,9 +124,9 @@ class _Sampling(_Body):
 class CompletionRequest(_Sampling):
     prompt: Text | list[Text] = Field(description="A prompt, or a list of prompts (one choice each per n).")
     max_tokens: PositiveInt | None = Field(None, description="Most new tokens per choice; default 16.")
-    echo: _neutral({"type": "boolean", "enum": [False]}) = None
-    best_of: _neutral({"type": "integer", "enum": [1]}) = None
-    suffix: _neutral({"type": "string", "enum": [""]}) = None
+    echo: _neutral(False) = None
+    best_of: _neutral(1) = None
+    suffix: _neutral("") = None
 
 
 class TextPart(_Body):
@@ -139,11 +148,10 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: PositiveInt | None = Field(None, description="Most new tokens; default: the rest of the context.")
     max_completion_tokens: PositiveInt | None = None
-    top_logprobs: _neutral({"type": "integer", "enum": [0]}) = None
-    tools: _neutral({"type": "array", "maxItems": 0}) = None
-    tool_choice: _neutral({"type": "string", "enum": ["none"]}) = None
-    response_format: _neutral({"type": "object", "properties": {"type": {"enum": ["text"]}}, "required": ["type"],
-                               "additionalProperties": False}) = None
+    top_logprobs: _neutral(0) = None
+    tools: _neutral([]) = None
+    tool_choice: _neutral("none") = None
+    response_format: _neutral({"type": "text"}) = None
 
 
 class ExplainRequest(_Body):

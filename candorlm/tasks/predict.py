@@ -94,7 +94,7 @@ class TaskModel:
 
     def _translate(self, inputs: list[Any], beam_size: int | None = None,
                    length_penalty: float | None = None) -> list[dict[str, Any]]:
-        from candorlm.tasks.translate import BEAM_SIZE, LENGTH_PENALTY, encode_source, refuse_tagger_search, translate
+        from candorlm.tasks.translate import encode_source, refuse_tagger_search, search_settings, translate
 
         src = self.source_tokenizer or self.tokenizer
         if self.info.get("head") == "tag":  # a tagger: one character per source token, no search to tune
@@ -104,10 +104,10 @@ class TaskModel:
             texts = [_field(x, "source", i) for i, x in enumerate(inputs)]
             return [{"translation": h} for h in tag_with_lm(self.model, src, self.tokenizer, texts, self.info, self.lm,
                                                                   self.channel)]
+        beam_size, length_penalty = search_settings(beam_size, length_penalty)
         sources = [encode_source(src, _field(x, "source", i), self.config.model.max_seq_len)
                    for i, x in enumerate(inputs)]
-        hyps = translate(self.model, self.tokenizer, sources, beam_size=BEAM_SIZE if beam_size is None else beam_size,
-                         length_penalty=LENGTH_PENALTY if length_penalty is None else length_penalty,
+        hyps = translate(self.model, self.tokenizer, sources, beam_size=beam_size, length_penalty=length_penalty,
                          src_pad=src.pad_id)
         return [{"translation": h} for h in hyps]
 

@@ -136,13 +136,15 @@ def default_arch_for(head: str | None = None, **_: Any) -> str:
     return "encoder" if head == "tag" else default_arch
 
 
-def check_search(beam_size: int | None, length_penalty: float | None) -> None:
-    """The beam options that were given, checked before any work (a bad one would otherwise stop a
-    fine-tune at its test evaluation, or score NaNs)."""
+def search_settings(beam_size: int | None, length_penalty: float | None) -> tuple[int, float]:
+    """The beam size and length penalty to decode with: those given, checked before any work (a bad
+    one would otherwise stop a fine-tune at its test evaluation, or score NaNs), else the defaults."""
     if beam_size is not None and beam_size < 1:
         raise CandorError(f"--beam-size must be at least 1 (1 = greedy), got {beam_size}")
     if length_penalty is not None and not math.isfinite(length_penalty):
         raise CandorError(f"--length-penalty must be a finite number, got {length_penalty}")
+    return (BEAM_SIZE if beam_size is None else beam_size,
+            LENGTH_PENALTY if length_penalty is None else length_penalty)
 
 
 def refuse_tagger_search(run: str | Path, beam_size: int | None, length_penalty: float | None) -> None:
@@ -162,7 +164,7 @@ def prepare(base: Base, data: str, seed: int = 0, tokenizer: str = "char", vocab
         raise CandorError(f"unknown translate head '{head}'. Valid: generate, tag.")
     if head == "tag":  # before any training, not at the test evaluation
         refuse_tagger_search("the run", beam_size, None)
-    check_search(beam_size, None)
+    search_settings(beam_size, None)
     splits, rule = load_records(data)
     if not splits["train"] or not splits["test"]:
         raise CandorError(f"{data}: too few pairs to split ({sum(map(len, splits.values()))}); "
@@ -236,7 +238,6 @@ def translate(model: nn.Module, tgt: Tokenizer, sources: Sequence[list[int]], *,
               length_penalty: float = LENGTH_PENALTY, max_new_tokens: int | None = None, batch_size: int = 64,
               src_pad: int = 0) -> list[str]:
     """Decode each (encoded) source; beam_size 1 is greedy search."""
-    check_search(beam_size, length_penalty)
     was_training = model.training
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
@@ -284,13 +285,12 @@ def evaluate(run: str | Path, data: str | None = None, beam_size: int | None = N
         length_penalty: Hypotheses are ranked by log-prob / length^this (None: 1.0).
         limit: Score only the first N test examples.
     """
-    check_search(beam_size, length_penalty)
+    settings = search_settings(beam_size, length_penalty)
     rd, config, info, model, tgt, src = load_task_run(run)
     tagger = info.get("head") == "tag"
     if tagger:
         refuse_tagger_search(rd.path, beam_size, length_penalty)
-    beam_size = BEAM_SIZE if beam_size is None else beam_size
-    length_penalty = LENGTH_PENALTY if length_penalty is None else length_penalty
+    beam_size, length_penalty = settings
     if config.model.arch != "seq2seq" and not tagger:
         raise CandorError(f"{rd.path} is a {config.model.arch} run; translation is evaluated on seq2seq runs "
                           f"and on taggers (finetune --head tag)")
